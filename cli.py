@@ -1,0 +1,352 @@
+"""The `sdtrt` command: turns arguments into options and errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from sdtrt import __version__
+from sdtrt.errors import InputError, SdtrtError
+
+if TYPE_CHECKING:
+    from sdtrt.engine.manifest import Manifest
+    from sdtrt.runtime.pipeline import GenerationOutput
+
+app = typer.Typer(
+    help="Stable Diffusion as an optimized inference engine: build engines, then run them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+class _LevelPrefix(logging.Formatter):
+    """'warning: message', one line, the way the error lines read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sdtrt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what each stage does.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelPrefix())
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
+    )
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Every failure the user can fix becomes one line on stderr and exit status 1."""
+    try:
+        yield
+    except SdtrtError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
+    """'512' or '512x768' (height x width) to a (height, width) pair."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or any(v <= 0 for v in values):
+        raise InputError(f"{option} must look like 512 or 512x768 (height x width), got '{text}'")
+    return (values[0], values[-1])
+
+
+def _quiet_torch_libraries() -> None:
+    """diffusers and transformers print progress bars and hints that say nothing to our users."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+
+
+@app.command()
+def preset(
+    name: Annotated[str, typer.Argument(help="Preset name: tiny or sd15.")],
+    directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
+) -> None:
+    """Write a built-in model (random weights, real architecture) as a diffusers folder."""
+    with _errors():
+        from sdtrt.export.presets import get_preset, write_preset
+
+        get_preset(name)
+        _quiet_torch_libraries()
+        with console.status(f"writing preset {name}"):
+            write_preset(name, directory)
+        out.print(f"wrote preset [bold]{name}[/] to {directory}")
+
+
+def _build_progress(progress: Progress) -> Callable[[str, str], None]:
+    stages = ("export", "optimize", "validate")
+    tasks: dict[str, TaskID] = {}
+
+    def report(component: str, stage: str) -> None:
+        if component not in tasks:
+            tasks[component] = progress.add_task(component, total=len(stages))
+        task = tasks[component]
+        if stage in stages:
+            progress.update(
+                task, completed=stages.index(stage), description=f"{component}: {stage}"
+            )
+        else:
+            progress.update(task, completed=len(stages), description=f"{component}: {stage}")
+
+    return report
+
+
+@app.command()
+def build(
+    model: Annotated[
+        str, typer.Argument(help="A diffusers folder, a preset (tiny, sd15) or a hub id.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Engine directory to write.")],
+    backend: Annotated[str, typer.Option(help="Engine backend.")] = "onnxruntime",
+    min_size: Annotated[str | None, typer.Option(help="Smallest image, HxW or N.")] = None,
+    opt_size: Annotated[str | None, typer.Option(help="Image size to optimise for.")] = None,
+    max_size: Annotated[str | None, typer.Option(help="Largest image, HxW or N.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most images per call.")] = 4,
+    components: Annotated[
+        str | None, typer.Option(help="Comma-separated networks to build (add vae_encoder).")
+    ] = None,
+) -> None:
+    """Export a model to ONNX, build engines and check them against PyTorch."""
+    with _errors():
+        from sdtrt.engine.options import BuildOptions
+        from sdtrt.export.build import ExportOptions
+        from sdtrt.export.build import build as run_build
+
+        build_options = BuildOptions(
+            backend=backend,
+            min_size=parse_size(min_size, "--min-size"),
+            opt_size=parse_size(opt_size, "--opt-size"),
+            max_size=parse_size(max_size, "--max-size"),
+            max_batch=max_batch,
+        )
+        export_options = ExportOptions()
+        if components:
+            export_options = ExportOptions(
+                components=tuple(c.strip() for c in components.split(","))
+            )
+        _quiet_torch_libraries()
+        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            manifest = run_build(
+                model, output, export_options, build_options, _build_progress(progress)
+            )
+        out.print(_components_table(manifest))
+        out.print(f"engines written to [bold]{output}[/]")
+
+
+def _components_table(manifest: Manifest) -> Table:
+    table = Table(title=f"{manifest.model.name} ({manifest.model.family})")
+    for column in (
+        "component",
+        "backend",
+        "precision",
+        "max abs error",
+        "relative error",
+        "build s",
+    ):
+        table.add_column(column, justify="left" if column in ("component", "backend") else "right")
+    for record in manifest.components.values():
+        worst = max(record.validation, key=lambda v: v.relative_error)
+        table.add_row(
+            record.name,
+            f"{record.backend} {record.backend_version}",
+            record.precision.value,
+            f"{worst.max_abs_error:.2e}",
+            f"{worst.relative_error:.2e}",
+            f"{record.build_seconds:.1f}",
+        )
+    return table
+
+
+@app.command()
+def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -> None:
+    """Show what an engine directory holds: components, backend, ranges, validation errors."""
+    with _errors():
+        from sdtrt.engine.manifest import read_manifest
+
+        manifest = read_manifest(directory)
+        ranges = manifest.ranges
+        out.print(
+            f"model      {manifest.model.name} ({manifest.source.kind}: {manifest.source.ref})"
+        )
+        out.print(f"built      {manifest.created} by sdtrt {manifest.sdtrt_version}")
+        out.print(
+            f"sizes      {ranges.size.describe()} px in steps of {ranges.size_step}, "
+            f"optimised for {ranges.size.opt[0]}x{ranges.size.opt[1]}; "
+            f"up to {ranges.max_batch} images per call"
+        )
+        out.print(_components_table(manifest))
+        profiles = Table(title="shape ranges (min / opt / max)")
+        for column in ("component", "input", "min", "opt", "max"):
+            profiles.add_column(column)
+        for record in manifest.components.values():
+            for name, shape in record.io.profile.items():
+                profiles.add_row(
+                    record.name, name, *(str(list(s)) for s in (shape.min, shape.opt, shape.max))
+                )
+        out.print(profiles)
+
+
+def _output_paths(output: Path, count: int) -> list[Path]:
+    if output.suffix.lower() != ".png":
+        raise InputError(f"the output must be a .png file, got {output}")
+    if output.is_dir():
+        raise InputError(
+            f"{output} is a directory; give a file name such as {output / 'image.png'}"
+        )
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def _timing_table(result: GenerationOutput) -> Table:
+    timings = result.timings
+    steps = len(timings.unet)
+    table = Table(title="timings")
+    table.add_column("stage")
+    table.add_column("total ms", justify="right")
+    table.add_column("per step ms", justify="right")
+    rows = [
+        ("tokenizer", timings.tokenize, None),
+        ("text encoder", timings.text_encoder, None),
+        (f"unet x {steps}", sum(timings.unet), sum(timings.unet) / steps),
+        (f"scheduler + guidance x {steps}", sum(timings.scheduler), sum(timings.scheduler) / steps),
+        ("vae decoder", timings.vae_decoder, None),
+        ("total", timings.total, None),
+    ]
+    for stage, seconds, per_step in rows:
+        table.add_row(
+            stage, f"{seconds * 1e3:.1f}", "" if per_step is None else f"{per_step * 1e3:.2f}"
+        )
+    return table
+
+
+@app.command()
+def run(
+    directory: Annotated[Path, typer.Argument(help="Engine directory written by `sdtrt build`.")],
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path(
+        "out.png"
+    ),
+    negative: Annotated[str, typer.Option(help="What to steer away from.")] = "",
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
+    guidance: Annotated[
+        float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")
+    ] = 7.5,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for the initial noise; random if unset.")
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option(help="Image height in pixels; the model's native size if unset."),
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="Image width in pixels.")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Sampler: ddim, euler, pndm; the model's own if unset.")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Images to make from the prompt.")] = 1,
+) -> None:
+    """Generate images from a prompt with the engines in DIRECTORY."""
+    with _errors():
+        from sdtrt.runtime.images import parameters_text, save_png
+        from sdtrt.runtime.pipeline import Pipeline
+
+        paths = _output_paths(output, batch)
+        with Pipeline.load(directory) as pipe:
+            columns = (
+                TextColumn("sampling"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console, transient=True) as progress:
+                task = progress.add_task("sampling", total=None)
+
+                def advance(i: int, total: int) -> None:
+                    progress.update(task, completed=i + 1, total=total)
+
+                result = pipe(
+                    prompt,
+                    negative_prompt=negative,
+                    height=height,
+                    width=width,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    seed=seed,
+                    scheduler=scheduler,
+                    num_images_per_prompt=batch,
+                    step_callback=advance,
+                )
+            request = result.request
+            for index, (image, path) in enumerate(zip(result.images, paths, strict=True)):
+                settings = {
+                    "Steps": request.steps,
+                    "Sampler": request.scheduler,
+                    "CFG scale": request.guidance_scale,
+                    "Seed": request.seed,
+                    "Size": f"{request.width}x{request.height}",
+                    "Model": pipe.manifest.model.name,
+                }
+                if batch > 1:
+                    settings["Batch pos"] = index
+                try:
+                    save_png(image, path, parameters_text(prompt, negative, settings))  # type: ignore[arg-type]
+                except OSError as error:
+                    raise InputError(f"cannot write {path}: {error.strerror}") from None
+                out.print(f"wrote {path}")
+        out.print(_timing_table(result))
+
+
+def main() -> None:
+    app(prog_name="sdtrt")
+
+
+if __name__ == "__main__":
+    main()

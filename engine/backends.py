@@ -1,0 +1,36 @@
+"""The backends an engine can be built with and loaded by, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from sdtrt.engine.base import Engine
+from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
+from sdtrt.engine.tensors import ComponentIO
+from sdtrt.errors import InputError
+
+
+class Backend(Protocol):
+    name: str
+
+    def version(self) -> str: ...
+
+    def build(self, onnx_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]]: ...
+
+    def load(
+        self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]
+    ) -> Engine: ...
+
+
+BACKENDS: dict[str, Backend] = {"onnxruntime": OnnxRuntimeBackend()}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise InputError(
+            f"unknown backend '{name}'; choose one of: {', '.join(sorted(BACKENDS))}"
+        ) from None

@@ -1,0 +1,131 @@
+"""manifest.json: the only contract between a build and the runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.ranges import BuildRanges, Size
+from sdtrt.engine.tensors import ComponentIO
+from sdtrt.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Validation(_Frozen):
+    """How far one output of a built engine is from the PyTorch module it was exported from."""
+
+    output: str
+    max_abs_error: float
+    output_scale: float  # max |torch output|
+    relative_error: float  # max_abs_error / output_scale
+    tolerance: float  # the relative error the build allowed
+
+
+class ComponentRecord(_Frozen):
+    """One built network: its files, how it was built, and how well it matched torch."""
+
+    name: str
+    onnx: str  # path relative to the engine directory
+    engine: str  # the file the backend loads
+    files: dict[str, int]  # every file of this component, relative path -> size in bytes
+    backend: str
+    backend_version: str
+    precision: Precision
+    io: ComponentIO
+    settings: dict[str, Any]  # backend-specific load settings, read back by the backend
+    validation: list[Validation]
+    build_key: str  # digest of everything the build depended on; equal key, reusable build
+    build_seconds: float
+
+
+class ModelInfo(_Frozen):
+    """What the runtime needs to know of the model beyond its networks."""
+
+    family: str
+    name: str
+    native_size: Size
+    vae_scale_factor: int
+    latent_channels: int
+    vae_scaling_factor: float
+    vae_shift_factor: float | None = None
+    text_max_length: int
+
+
+class SourceInfo(_Frozen):
+    kind: Literal["folder", "preset", "hub"]
+    ref: str
+    content_hash: str
+
+
+class Manifest(_Frozen):
+    format_version: int
+    sdtrt_version: str
+    created: str
+    source: SourceInfo
+    model: ModelInfo
+    ranges: BuildRanges
+    build_options: BuildOptions
+    export_options: dict[str, Any]
+    components: dict[str, ComponentRecord]
+    tokenizer: str
+    scheduler_config: str
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read and check `directory`/manifest.json; every failure is one ArtifactError line."""
+    if not directory.exists():
+        raise ArtifactError(
+            f"engine directory {directory} does not exist; "
+            f"create it with `sdtrt build MODEL --output {directory}`"
+        )
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is a file, not an sdtrt engine directory")
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(
+            f"{directory} is not an sdtrt engine directory (no {MANIFEST_NAME}); "
+            "build one with `sdtrt build`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}); rebuild the engines") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(version, int):
+        raise ArtifactError(f"{path} has no format_version; rebuild the engines")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory} was written by a newer sdtrt (manifest format {version}, this sdtrt "
+            f"reads up to {FORMAT_VERSION}); upgrade sdtrt or rebuild the engines"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(
+            f"{path} is invalid ({where}: {first['msg']}); rebuild the engines"
+        ) from None
+
+
+def check_component_files(directory: Path, record: ComponentRecord) -> None:
+    """Catch a missing or truncated file before a backend fails on it with a cryptic error."""
+    for relative, size in record.files.items():
+        path = directory / relative
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing; rebuild the engines with `sdtrt build`")
+        actual = path.stat().st_size
+        if actual != size:
+            raise ArtifactError(
+                f"{path} is damaged ({actual} bytes, built as {size}); "
+                "rebuild the engines with `sdtrt build`"
+            )

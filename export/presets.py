@@ -1,0 +1,181 @@
+"""Built-in models made from configs with random weights: no download, real architectures.
+
+A preset is written as an ordinary diffusers folder, so everything downstream (the build, the
+tests' diffusers reference) treats it exactly like a user's model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdtrt.errors import InputError
+from sdtrt.export.clip_vocab import real_clip_merges, tiny_clip_merges, write_clip_files
+
+# Stable Diffusion 1.x's noise schedule and default sampler, as its scheduler_config.json has them.
+SD1_SCHEDULER: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "trained_betas": None,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]  # CLIPTextConfig arguments; vocab and special ids come later
+    merges: Callable[[], list[tuple[str, str]]]
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD1_SCHEDULER))
+    seed: int = 0
+
+
+TINY = Preset(
+    name="tiny",
+    description="a few-MB Stable Diffusion 1.x lookalike, 64x64 px, for tests and demos",
+    unet={
+        "sample_size": 32,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    vae={
+        "sample_size": 64,
+        "block_out_channels": (32, 64),
+        "down_block_types": ("DownEncoderBlock2D",) * 2,
+        "up_block_types": ("UpDecoderBlock2D",) * 2,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+    },
+    text_encoder={
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 5,
+        "max_position_embeddings": 77,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "quick_gelu",
+    },
+    merges=tiny_clip_merges,
+)
+
+SD15 = Preset(
+    name="sd15",
+    description="the Stable Diffusion 1.5 architecture (860M UNet, CLIP ViT-L/14), random weights",
+    unet={
+        "sample_size": 64,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    vae={
+        "sample_size": 512,
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "scaling_factor": 0.18215,
+    },
+    text_encoder={
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "max_position_embeddings": 77,
+        "projection_dim": 768,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "quick_gelu",
+    },
+    merges=real_clip_merges,
+)
+
+PRESETS = {p.name: p for p in (TINY, SD15)}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from None
+
+
+def _write_pipeline(preset: Preset, directory: Path) -> None:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer_dir = directory / "tokenizer"
+    merges = preset.merges()
+    vocab_size = write_clip_files(tokenizer_dir, merges)
+    end_id = vocab_size - 1  # <|endoftext|> closes the CLIP vocabulary
+    torch.manual_seed(preset.seed)
+    unet = UNet2DConditionModel(**preset.unet)
+    vae = AutoencoderKL(**preset.vae)
+    text_config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        bos_token_id=end_id - 1,
+        eos_token_id=end_id,
+        pad_token_id=end_id,
+        **preset.text_encoder,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(preset.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory, safe_serialization=True)  # type: ignore[attr-defined]
+    # save_pretrained rewrites the tokenizer in its own layout; restore the classic CLIP files,
+    # as real Stable Diffusion folders ship them, which every transformers version reads.
+    shutil.rmtree(tokenizer_dir)
+    write_clip_files(tokenizer_dir, merges)
+
+
+def write_preset(name: str, directory: Path) -> None:
+    """Write preset `name` as a diffusers folder at `directory`, which must be new or empty."""
+    preset = get_preset(name)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise InputError(f"{directory} already exists and is not empty; choose a new directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        _write_pipeline(preset, staging)
+        if directory.exists():
+            directory.rmdir()
+        os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,264 @@
+"""One spec per network: ONNX names, dynamic dims, profiles, sample inputs and the torch wrapper.
+
+A spec states its tensors with symbolic dims ("batch", "latent_height", ...). `dims` turns the
+user's build ranges into (min, opt, max) sizes for each symbol; the profile, the ONNX dynamic
+axes, the export and validation inputs all derive from that single table.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+from sdtrt.engine.ranges import BuildRanges
+from sdtrt.engine.tensors import ComponentIO, ShapeRange, TensorSpec
+
+DimRanges = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
+Point = dict[str, int]  # symbol -> size
+
+
+def _latent_dims(ranges: BuildRanges, vae_scale_factor: int) -> DimRanges:
+    (h0, w0), (h1, w1), (h2, w2) = ranges.size.min, ranges.size.opt, ranges.size.max
+    f = vae_scale_factor
+    return {
+        "latent_height": (h0 // f, h1 // f, h2 // f),
+        "latent_width": (w0 // f, w1 // f, w2 // f),
+    }
+
+
+class ComponentSpec(ABC):
+    """A network to export. Subclasses name their tensors and wrap the torch module."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @abstractmethod
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        """(min, opt, max) for every symbolic dim of this network, from the build ranges."""
+
+    @abstractmethod
+    def module(self) -> torch.nn.Module:
+        """A module taking the inputs positionally, in order, and returning the outputs in order."""
+
+    @abstractmethod
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Realistic inputs at `point`, for tracing and for validation against torch."""
+
+    def opt_point(self, ranges: BuildRanges) -> Point:
+        return {symbol: opt for symbol, (_, opt, _) in self.dims(ranges).items()}
+
+    def trace_point(self, ranges: BuildRanges) -> Point:
+        """The sizes to trace the export at; the optimal ones unless the network needs otherwise."""
+        return self.opt_point(ranges)
+
+    def io(self, ranges: BuildRanges) -> ComponentIO:
+        dims = self.dims(ranges)
+
+        def shape(spec: TensorSpec, which: int) -> tuple[int, ...]:
+            return tuple(d if isinstance(d, int) else dims[d][which] for d in spec.shape)
+
+        profile = {
+            t.name: ShapeRange(min=shape(t, 0), opt=shape(t, 1), max=shape(t, 2))
+            for t in self.inputs
+            if any(isinstance(d, str) for d in t.shape)
+        }
+        return ComponentIO(inputs=self.inputs, outputs=self.outputs, profile=profile)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {
+            t.name: {axis: d for axis, d in enumerate(t.shape) if isinstance(d, str)}
+            for t in (*self.inputs, *self.outputs)
+        }
+
+
+class _Wrapper(torch.nn.Module):
+    """Adapts a diffusers/transformers module to positional tensors in, tensors out."""
+
+    def __init__(self, inner: torch.nn.Module, call: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self._call = call
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self._call(self.inner, *args)
+
+
+class TextEncoderSpec(ComponentSpec):
+    """CLIP text encoder: token ids to the per-token hidden states the UNet attends to."""
+
+    name = "text_encoder"
+
+    def __init__(self, text_encoder: Any, max_length: int) -> None:
+        self.text_encoder = text_encoder
+        self.vocab_size = int(text_encoder.config.vocab_size)
+        hidden = int(text_encoder.config.hidden_size)
+        self.inputs = (TensorSpec(name="input_ids", dtype="int32", shape=("batch", max_length)),)
+        self.outputs = (
+            TensorSpec(
+                name="last_hidden_state", dtype="float32", shape=("batch", max_length, hidden)
+            ),
+        )
+
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        # Prompts and negative prompts are encoded in one call, hence twice the images.
+        return {"batch": (1, 2, 2 * ranges.max_batch)}
+
+    def module(self) -> torch.nn.Module:
+        return _Wrapper(
+            self.text_encoder,
+            lambda m, ids: m(ids.to(torch.int64), return_dict=False)[0],
+        )
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        length = int(self.inputs[0].shape[1])
+        ids = rng.integers(0, self.vocab_size, size=(point["batch"], length), dtype=np.int32)
+        return {"input_ids": ids}
+
+
+class UNetSpec(ComponentSpec):
+    """The denoising UNet: noisy latents, timestep and text states to the model's prediction."""
+
+    name = "unet"
+
+    def __init__(self, unet: Any, vae_scale_factor: int, max_length: int) -> None:
+        self.unet = unet
+        self.vae_scale_factor = vae_scale_factor
+        config = unet.config
+        self.down_factor = 2 ** (len(config.block_out_channels) - 1)
+        channels, context = int(config.in_channels), int(config.cross_attention_dim)
+        latent = ("batch", channels, "latent_height", "latent_width")
+        self.inputs = (
+            TensorSpec(name="sample", dtype="float32", shape=latent),
+            TensorSpec(name="timestep", dtype="float32", shape=("batch",)),
+            TensorSpec(
+                name="encoder_hidden_states", dtype="float32", shape=("batch", max_length, context)
+            ),
+        )
+        out = ("batch", int(config.out_channels), "latent_height", "latent_width")
+        self.outputs = (TensorSpec(name="noise_pred", dtype="float32", shape=out),)
+
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        return {
+            "batch": (1, 2, 2 * ranges.max_batch),
+            **_latent_dims(ranges, self.vae_scale_factor),
+        }
+
+    def trace_point(self, ranges: BuildRanges) -> Point:
+        # diffusers' UNet upsamples by a fixed factor when the latent size divides its downsampling
+        # factor, and to the skip connection's size otherwise. Tracing at a size that does not
+        # divide records the second path, which is exact for every size, so the engine accepts
+        # any multiple of the VAE factor as diffusers does.
+        point = self.opt_point(ranges)
+        if self.down_factor > 1:
+            for symbol in ("latent_height", "latent_width"):
+                if point[symbol] % self.down_factor == 0:
+                    point[symbol] += 1
+        return point
+
+    def module(self) -> torch.nn.Module:
+        return _Wrapper(
+            self.unet,
+            lambda m, sample, t, context: m(sample, t, context, return_dict=False)[0],
+        )
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        batch = point["batch"]
+        _, channels, _, _ = self.inputs[0].shape
+        _, length, context = self.inputs[2].shape
+        latent = (batch, int(channels), point["latent_height"], point["latent_width"])
+        return {
+            "sample": rng.standard_normal(latent, dtype=np.float32),
+            "timestep": np.full((batch,), 500.0, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal(
+                (batch, int(length), int(context)), dtype=np.float32
+            ),
+        }
+
+
+class _VaeSpec(ComponentSpec):
+    """The VAE halves share their dims: images and latents one VAE factor apart, no guidance."""
+
+    vae_scale_factor: int
+
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        latent = _latent_dims(ranges, self.vae_scale_factor)
+        f = self.vae_scale_factor
+        (h0, h1, h2), (w0, w1, w2) = latent["latent_height"], latent["latent_width"]
+        return {
+            "batch": (1, 1, ranges.max_batch),
+            **latent,
+            "height": (h0 * f, h1 * f, h2 * f),
+            "width": (w0 * f, w1 * f, w2 * f),
+        }
+
+
+class VaeDecoderSpec(_VaeSpec):
+    """VAE decoder: scaled latents to an image in [-1, 1]."""
+
+    name = "vae_decoder"
+
+    def __init__(self, vae: Any, vae_scale_factor: int) -> None:
+        self.vae = vae
+        self.vae_scale_factor = vae_scale_factor
+        config = vae.config
+        self.inputs = (
+            TensorSpec(
+                name="latent",
+                dtype="float32",
+                shape=("batch", int(config.latent_channels), "latent_height", "latent_width"),
+            ),
+        )
+        self.outputs = (
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=("batch", int(config.out_channels), "height", "width"),
+            ),
+        )
+
+    def module(self) -> torch.nn.Module:
+        return _Wrapper(self.vae, lambda m, latent: m.decode(latent, return_dict=False)[0])
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        channels = int(self.inputs[0].shape[1])
+        shape = (point["batch"], channels, point["latent_height"], point["latent_width"])
+        # Latents as the decoder sees them: unit variance divided by the scaling factor.
+        scale = float(self.vae.config.scaling_factor)
+        return {"latent": rng.standard_normal(shape, dtype=np.float32) / np.float32(scale)}
+
+
+class VaeEncoderSpec(_VaeSpec):
+    """VAE encoder: an image in [-1, 1] to the latent distribution's mean and log-variance."""
+
+    name = "vae_encoder"
+
+    def __init__(self, vae: Any, vae_scale_factor: int) -> None:
+        self.vae = vae
+        self.vae_scale_factor = vae_scale_factor
+        config = vae.config
+        self.inputs = (
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=("batch", int(config.in_channels), "height", "width"),
+            ),
+        )
+        moments = 2 * int(config.latent_channels)
+        self.outputs = (
+            TensorSpec(
+                name="latent_moments",
+                dtype="float32",
+                shape=("batch", moments, "latent_height", "latent_width"),
+            ),
+        )
+
+    def module(self) -> torch.nn.Module:
+        return _Wrapper(self.vae, lambda m, image: m.encode(image).latent_dist.parameters)
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        channels = int(self.inputs[0].shape[1])
+        shape = (point["batch"], channels, point["height"], point["width"])
+        return {"image": rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)}

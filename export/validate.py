@@ -1,0 +1,58 @@
+"""A built engine against the PyTorch module it came from, on the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sdtrt.engine.base import Engine
+from sdtrt.engine.manifest import Validation
+from sdtrt.errors import BuildError
+from sdtrt.export.specs import ComponentSpec
+
+
+def torch_reference(spec: ComponentSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        result = spec.module().eval()(*(torch.from_numpy(inputs[t.name]) for t in spec.inputs))
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    return {t.name: r.float().numpy() for t, r in zip(spec.outputs, results, strict=True)}
+
+
+def compare(
+    reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], tolerance: float
+) -> list[Validation]:
+    """Errors of `actual` against `reference`, per output; tolerance is relative to output scale."""
+    report = []
+    for name, expected in reference.items():
+        got = actual[name]
+        if got.shape != expected.shape:
+            raise BuildError(f"output '{name}' has shape {got.shape}, torch gives {expected.shape}")
+        error = float(np.max(np.abs(got.astype(np.float64) - expected))) if expected.size else 0.0
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+        if not np.isfinite(error):
+            error = float("inf")
+        report.append(
+            Validation(
+                output=name,
+                max_abs_error=error,
+                output_scale=scale,
+                relative_error=error / scale if scale > 0 else error,
+                tolerance=tolerance,
+            )
+        )
+    return report
+
+
+def validate(
+    spec: ComponentSpec, engine: Engine, inputs: dict[str, np.ndarray], tolerance: float
+) -> list[Validation]:
+    """Run both on `inputs`; raise BuildError when any output misses the tolerance."""
+    report = compare(torch_reference(spec, inputs), engine.infer(inputs), tolerance)
+    for item in report:
+        if not item.relative_error <= tolerance:
+            raise BuildError(
+                f"{spec.name} output '{item.output}' differs from torch by "
+                f"{item.max_abs_error:.3g} "
+                f"({item.relative_error:.3g} of its scale {item.output_scale:.3g}; "
+                f"allowed {tolerance:.3g})"
+            )
+    return report

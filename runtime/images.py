@@ -1,0 +1,46 @@
+"""Decoded images to arrays, PIL images and PNG files that remember how they were made."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+
+def postprocess(decoded: np.ndarray) -> np.ndarray:
+    """VAE output (N, 3, H, W) in [-1, 1] to (N, H, W, 3) float32 in [0, 1], as diffusers does."""
+    return np.clip(decoded / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1).astype(np.float32, copy=False)
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    pixels = (images * 255).round().astype(np.uint8)
+    return [Image.fromarray(p) for p in pixels]
+
+
+def parameters_text(prompt: str, negative_prompt: str, settings: Mapping[str, object]) -> str:
+    """Generation settings in the `parameters` layout most image tools read and write."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items()))
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, path: Path, parameters: str) -> None:
+    """Write `path` whole or not at all, with `parameters` in its text chunk."""
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -1,0 +1,170 @@
+"""What every scheduler shares: config merging, noise schedules, and the scheduler interface.
+
+Arithmetic follows diffusers' dtypes (float32 tensors for the training schedule, float64 numpy
+where diffusers uses numpy) so that results agree to float32 rounding, not just in spirit.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+from sdtrt.errors import InputError
+
+# Draws standard normal float32 noise of a shape; stochastic samplers get their noise from it.
+Noise = Callable[[tuple[int, ...]], np.ndarray]
+
+PlanT = TypeVar("PlanT")
+StateT = TypeVar("StateT")
+
+# Config keys of the training noise schedule, shared by every discrete-time scheduler.
+NOISE_SCHEDULE_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+}
+
+
+class Scheduler(ABC, Generic[PlanT, StateT]):
+    """A sampler configured like its diffusers namesake, with no hidden state.
+
+    `plan(steps)` computes everything that depends only on the step count; `timesteps(plan)` is
+    what the UNet sees at each model call; `step` takes the model output of call `i` and the
+    state returned by the previous call, and returns the next latents and state.
+    """
+
+    name: ClassVar[str]
+    diffusers_name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+
+    def __init__(self, model_config: Mapping[str, Any]) -> None:
+        """Take the keys of `model_config` this scheduler knows, like diffusers' `from_config`."""
+        self.config = {k: model_config.get(k, v) for k, v in self.defaults.items()}
+
+    @abstractmethod
+    def plan(self, num_inference_steps: int) -> PlanT: ...
+
+    @abstractmethod
+    def timesteps(self, plan: PlanT) -> np.ndarray:
+        """The timestep given to the UNet at each model call, one per call."""
+
+    def init_noise_sigma(self, plan: PlanT) -> float:
+        return 1.0
+
+    def initial_state(self, plan: PlanT) -> StateT:
+        return None  # type: ignore[return-value]
+
+    def scale_model_input(self, sample: np.ndarray, i: int, plan: PlanT) -> np.ndarray:
+        return sample
+
+    @abstractmethod
+    def step(
+        self,
+        model_output: np.ndarray,
+        i: int,
+        sample: np.ndarray,
+        plan: PlanT,
+        state: StateT,
+        noise: Noise,
+    ) -> tuple[np.ndarray, StateT]: ...
+
+
+def check_steps(num_inference_steps: int, config: Mapping[str, Any]) -> None:
+    if num_inference_steps < 1:
+        raise InputError(f"steps must be at least 1, got {num_inference_steps}")
+    if num_inference_steps > config["num_train_timesteps"]:
+        raise InputError(
+            f"steps must be at most {config['num_train_timesteps']} (the model's training "
+            f"timesteps), got {num_inference_steps}"
+        )
+
+
+def linspace32(start: float, end: float, n: int) -> np.ndarray:
+    """float32 linspace rounded as torch's CPU kernel rounds it: each value once, from whichever
+    end is nearer. Betas one ulp apart move late samples by ~1e-5, so the rounding matters."""
+    first, last = np.float64(np.float32(start)), np.float64(np.float32(end))
+    step = np.float64(np.float32((np.float32(end) - np.float32(start)) / np.float32(max(n - 1, 1))))
+    i = np.arange(n)
+    return np.where(i < n // 2, first + step * i, last - step * (n - 1 - i)).astype(np.float32)
+
+
+def _alpha_bar_cosine(t: float) -> float:
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def betas(config: Mapping[str, Any]) -> np.ndarray:
+    """The training noise schedule's betas (float32), from beta_schedule or trained_betas."""
+    n = int(config["num_train_timesteps"])
+    if config.get("trained_betas") is not None:
+        result = np.asarray(config["trained_betas"], dtype=np.float32)
+    elif config["beta_schedule"] == "linear":
+        result = linspace32(config["beta_start"], config["beta_end"], n)
+    elif config["beta_schedule"] == "scaled_linear":
+        result = linspace32(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n) ** 2
+    elif config["beta_schedule"] == "squaredcos_cap_v2":
+        result = np.array(
+            [
+                min(1 - _alpha_bar_cosine((i + 1) / n) / _alpha_bar_cosine(i / n), 0.999)
+                for i in range(n)
+            ]
+        )
+    else:
+        raise InputError(
+            f"unsupported beta_schedule '{config['beta_schedule']}' in scheduler config"
+        )
+    result = result.astype(np.float32)
+    if config.get("rescale_betas_zero_snr"):
+        result = rescale_zero_terminal_snr(result)
+    return result
+
+
+def rescale_zero_terminal_snr(beta: np.ndarray) -> np.ndarray:
+    """Shift the schedule so the last timestep has zero SNR; Lin et al. 2023, Algorithm 1."""
+    root = np.sqrt(alphas_cumprod(beta))
+    first, last = root[0].copy(), root[-1].copy()
+    root = (root - last) * (first / (first - last))
+    bar = root**2
+    alphas = np.concatenate([bar[:1], bar[1:] / bar[:-1]])
+    return (1 - alphas).astype(np.float32)
+
+
+def alphas_cumprod(beta: np.ndarray) -> np.ndarray:
+    """Cumulative product of (1 - beta), accumulated in float64 as torch does on the CPU."""
+    return np.cumprod(1 - beta, dtype=np.float64).astype(np.float32)
+
+
+def spaced_timesteps(config: Mapping[str, Any], num_inference_steps: int) -> np.ndarray:
+    """Integer timesteps, high to low, by config's timestep_spacing (Lin et al. 2023, Table 2)."""
+    n = int(config["num_train_timesteps"])
+    spacing = config["timestep_spacing"]
+    if spacing == "linspace":
+        return np.linspace(0, n - 1, num_inference_steps).round()[::-1].astype(np.int64)
+    if spacing == "leading":
+        ratio = n // num_inference_steps
+        steps = (np.arange(0, num_inference_steps) * ratio).round()[::-1].astype(np.int64)
+        return steps + int(config["steps_offset"])
+    if spacing == "trailing":
+        return np.round(np.arange(n, 0, -n / num_inference_steps)).astype(np.int64) - 1
+    raise InputError(f"unsupported timestep_spacing '{spacing}' in scheduler config")
+
+
+def predicted_original(
+    prediction_type: str, model_output: np.ndarray, sample: np.ndarray, alpha_prod: np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x0, epsilon) from a model output of `prediction_type` at cumulative alpha `alpha_prod`."""
+    beta_prod = 1 - alpha_prod
+    if prediction_type == "epsilon":
+        return (sample - beta_prod**0.5 * model_output) / alpha_prod**0.5, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - alpha_prod**0.5 * model_output) / beta_prod**0.5
+    if prediction_type == "v_prediction":
+        return (
+            alpha_prod**0.5 * sample - beta_prod**0.5 * model_output,
+            alpha_prod**0.5 * model_output + beta_prod**0.5 * sample,
+        )
+    raise InputError(f"unsupported prediction_type '{prediction_type}' in scheduler config")

@@ -1,0 +1,95 @@
+"""DDIM: denoising diffusion implicit models, Song et al. 2020 (deterministic when eta = 0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sdtrt.runtime.schedulers.common import (
+    NOISE_SCHEDULE_DEFAULTS,
+    Noise,
+    Scheduler,
+    alphas_cumprod,
+    betas,
+    check_steps,
+    predicted_original,
+    spaced_timesteps,
+)
+
+
+@dataclass(frozen=True)
+class DDIMPlan:
+    timesteps: np.ndarray  # int64
+    alphas_cumprod: np.ndarray
+    final_alpha_cumprod: np.float32
+    step_ratio: int
+
+
+class DDIMScheduler(Scheduler[DDIMPlan, None]):
+    """DDIM, Song et al. 2020; eta = 0 (the diffusers pipelines' default)."""
+
+    name = "ddim"
+    diffusers_name = "DDIMScheduler"
+    defaults: dict[str, Any] = {
+        **NOISE_SCHEDULE_DEFAULTS,
+        "clip_sample": True,
+        "set_alpha_to_one": True,
+        "steps_offset": 0,
+        "prediction_type": "epsilon",
+        "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995,
+        "clip_sample_range": 1.0,
+        "sample_max_value": 1.0,
+        "timestep_spacing": "leading",
+        "rescale_betas_zero_snr": False,
+    }
+
+    def plan(self, num_inference_steps: int) -> DDIMPlan:
+        check_steps(num_inference_steps, self.config)
+        cumprod = alphas_cumprod(betas(self.config))
+        final = np.float32(1.0) if self.config["set_alpha_to_one"] else cumprod[0]
+        return DDIMPlan(
+            timesteps=spaced_timesteps(self.config, num_inference_steps),
+            alphas_cumprod=cumprod,
+            final_alpha_cumprod=final,
+            # diffusers steps back by this ratio whatever the spacing; so do we.
+            step_ratio=self.config["num_train_timesteps"] // num_inference_steps,
+        )
+
+    def timesteps(self, plan: DDIMPlan) -> np.ndarray:
+        return plan.timesteps
+
+    def step(
+        self,
+        model_output: np.ndarray,
+        i: int,
+        sample: np.ndarray,
+        plan: DDIMPlan,
+        state: None,
+        noise: Noise,
+    ) -> tuple[np.ndarray, None]:
+        t = int(plan.timesteps[i])
+        prev_t = t - plan.step_ratio
+        alpha_prod = plan.alphas_cumprod[t]
+        alpha_prev = plan.alphas_cumprod[prev_t] if prev_t >= 0 else plan.final_alpha_cumprod
+        x0, eps = predicted_original(
+            self.config["prediction_type"], model_output, sample, alpha_prod
+        )
+        if self.config["thresholding"]:
+            x0 = threshold(
+                x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
+            )
+        elif self.config["clip_sample"]:
+            limit = self.config["clip_sample_range"]
+            x0 = np.clip(x0, -limit, limit)
+        prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
+        return prev.astype(np.float32, copy=False), None
+
+
+def threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Dynamic thresholding, Saharia et al. 2022 (Imagen), per sample."""
+    flat = x0.reshape(x0.shape[0], -1).astype(np.float32)
+    s = np.quantile(np.abs(flat), ratio, axis=1).astype(np.float32)
+    s = np.clip(s, 1, max_value)[:, None]
+    return (np.clip(flat, -s, s) / s).reshape(x0.shape)

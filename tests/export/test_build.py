@@ -1,0 +1,91 @@
+"""What `build` writes, and what it reuses when built again."""
+
+import json
+import shutil
+
+import pytest
+from sdtrt.engine.manifest import read_manifest
+from sdtrt.engine.options import BuildOptions
+from sdtrt.errors import InputError, ModelSourceError
+from sdtrt.export.build import ExportOptions, build
+
+ALL = ExportOptions(components=("text_encoder", "unet", "vae_decoder", "vae_encoder"))
+
+
+def _stages(model, output, export_options, build_options):
+    seen = {}
+    build(
+        model, output, export_options, build_options, lambda c, s: seen.setdefault(c, []).append(s)
+    )
+    return seen
+
+
+def test_manifest_describes_the_build(tiny_engine_dir, tiny_model_dir):
+    manifest = read_manifest(tiny_engine_dir)
+    assert manifest.source.kind == "folder" and manifest.source.ref == str(tiny_model_dir)
+    assert len(manifest.source.content_hash) == 64
+    model = manifest.model
+    assert model.native_size == (64, 64) and model.vae_scale_factor == 2
+    assert model.vae_scaling_factor == pytest.approx(0.18215) and model.text_max_length == 77
+    assert manifest.ranges.size.min == (32, 32) and manifest.ranges.size.max == (128, 128)
+    unet = manifest.components["unet"]
+    assert unet.backend == "onnxruntime" and unet.precision.value == "fp32"
+    assert unet.io.profile["sample"].max == (8, 4, 64, 64)  # 4 images, doubled for guidance
+    assert manifest.components["vae_decoder"].io.profile["latent"].max == (4, 4, 64, 64)
+    tokenizer = json.loads((tiny_engine_dir / manifest.tokenizer).read_text())
+    assert tokenizer["padding"]["strategy"] == {"Fixed": 77}
+    scheduler = json.loads((tiny_engine_dir / manifest.scheduler_config).read_text())
+    assert scheduler["_class_name"] == "PNDMScheduler" and scheduler["steps_offset"] == 1
+
+
+def test_same_build_again_reuses_everything(engine_copy, tiny_model_dir):
+    before = read_manifest(engine_copy)
+    stages = _stages(str(tiny_model_dir), engine_copy, ALL, BuildOptions())
+    assert stages == {name: ["reused"] for name in ALL.components}
+    after = read_manifest(engine_copy)
+    assert after.components == before.components
+
+
+def test_changed_ranges_rebuild_what_they_touch(engine_copy, tiny_model_dir):
+    options = ExportOptions(components=("text_encoder", "vae_decoder"))
+    stages = _stages(str(tiny_model_dir), engine_copy, options, BuildOptions(max_batch=2))
+    assert stages == {
+        name: ["export", "optimize", "validate", "done"] for name in options.components
+    }
+    manifest = read_manifest(engine_copy)
+    assert set(manifest.components) == set(options.components)
+    assert not (engine_copy / "unet").exists()  # components no longer asked for are dropped
+    assert manifest.components["text_encoder"].io.profile["input_ids"].max == (4, 77)
+
+
+def test_unknown_component_is_refused_before_work(tmp_path):
+    with pytest.raises(InputError, match="unknown component vae; choose from"):
+        build("tiny", tmp_path / "out", ExportOptions(components=("vae",)))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda t: (t / "vocab.json").write_text("{broken"), "the tokenizer in"),
+        (lambda t: shutil.rmtree(t), "the tokenizer in"),
+    ],
+)
+def test_bad_tokenizer_fails_the_build_with_one_line(tiny_model_dir, tmp_path, damage, message):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model / "tokenizer")
+    with pytest.raises(ModelSourceError) as error:
+        build(str(model), tmp_path / "out")
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_not_a_stable_diffusion_pipeline(tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    index = json.loads((model / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    (model / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelSourceError, match="is a StableDiffusionXLPipeline; sdtrt builds"):
+        build(str(model), tmp_path / "out")
