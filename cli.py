@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+
 from sdtrt import __version__
 from sdtrt.errors import InputError, SdtrtError
 

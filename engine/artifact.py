@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from pydantic import ValidationError
+
 from sdtrt.engine.manifest import MANIFEST_NAME, ComponentRecord, Manifest, read_manifest
 from sdtrt.errors import ArtifactError, BuildError
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from types import TracebackType
 
 import numpy as np
+
 from sdtrt.engine.tensors import ComponentIO, TensorSpec, check_feeds
 
 

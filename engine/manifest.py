@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.ranges import BuildRanges, Size
 from sdtrt.engine.tensors import ComponentIO

@@ -8,12 +8,14 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from sdtrt.engine.base import Engine
 from sdtrt.engine.tensors import ComponentIO
-from sdtrt.errors import ArtifactError, BackendUnavailable
+from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible
 
 ENGINE_NAME = "engine.onnx"
-PROVIDERS = ["CPUExecutionProvider"]
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
 # Saved graphs stop at the portable "extended" level; the hardware-specific layout passes of
 # "all" run when the engine loads, so an engine directory moves between CPUs safely.
 SAVE_LEVEL = "ORT_ENABLE_EXTENDED"
@@ -28,6 +30,20 @@ def _ort() -> ModuleType:
             "onnxruntime is not installed; run `pip install onnxruntime`"
         ) from None
     return onnxruntime
+
+
+def choose_providers(available: list[str]) -> list[str]:
+    """CUDA where this onnxruntime has it (the onnxruntime-gpu package on a GPU), else the CPU."""
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def check_providers(recorded: list[str], available: list[str], path: Path) -> None:
+    missing = [p for p in recorded if p not in available]
+    if missing:
+        raise EngineIncompatible(
+            f"{path} was built for {', '.join(missing)}, which this onnxruntime lacks "
+            f"(it has {', '.join(available)}); rebuild the engines here with `sdtrt build`"
+        )
 
 
 class OnnxRuntimeBackend:
@@ -50,8 +66,10 @@ class OnnxRuntimeBackend:
             options.add_session_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
             )
-        ort.InferenceSession(str(onnx_path), options, providers=PROVIDERS)
-        return ENGINE_NAME, {"providers": PROVIDERS, "graph_optimization_level": LOAD_LEVEL}
+        providers = choose_providers(ort.get_available_providers())
+        # Optimised for the providers it will run on: fusions differ between them.
+        ort.InferenceSession(str(onnx_path), options, providers=providers)
+        return ENGINE_NAME, {"providers": providers, "graph_optimization_level": LOAD_LEVEL}
 
     def load(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> Engine:
         return OrtEngine(name, path, io, settings)
@@ -63,14 +81,14 @@ class OrtEngine(Engine):
     def __init__(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> None:
         super().__init__(name, io)
         ort = _ort()
+        providers = list(settings.get("providers", [CPU]))
+        check_providers(providers, ort.get_available_providers(), path)
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, settings.get("graph_optimization_level", LOAD_LEVEL)
         )
         try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=list(settings.get("providers", PROVIDERS))
-            )
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # ORT raises its own untyped errors for bad files
             reason = str(error).strip().splitlines()[0][:200]
             raise ArtifactError(

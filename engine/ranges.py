@@ -7,6 +7,7 @@ ranges, so the user reasons in pixels and images while engines see tensor shapes
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
+
 from sdtrt.engine.options import BuildOptions
 from sdtrt.errors import InputError
 

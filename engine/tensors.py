@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
 from sdtrt.errors import InputError
 
 Dim = int | str

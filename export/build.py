@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
 from sdtrt import __version__
 from sdtrt.engine.artifact import RECORD_NAME, ArtifactWriter, write_json
 from sdtrt.engine.backends import Backend, get_backend

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
+
 from sdtrt.errors import BuildError
 from sdtrt.export.specs import ComponentSpec
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from sdtrt.engine.ranges import BuildRanges
 from sdtrt.engine.tensors import ComponentIO, ShapeRange, TensorSpec
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Validation
 from sdtrt.errors import BuildError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,11 +36,12 @@ def save_png(image: Image.Image, path: Path, parameters: str) -> None:
     info = PngInfo()
     info.add_text("parameters", parameters)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Opened by name rather than with mkstemp so the file gets the usual umask permissions.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(temporary, "xb") as handle:
             image.save(handle, format="PNG", pnginfo=info)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         raise

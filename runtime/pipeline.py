@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest, check_component_files, read_manifest

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from sdtrt.errors import ArtifactError
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from sdtrt.tolerances import END_TO_END_PSNR_DB
 
 

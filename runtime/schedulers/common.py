@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
+
 from sdtrt.errors import InputError
 
 # Draws standard normal float32 noise of a shape; stochastic samplers get their noise from it.

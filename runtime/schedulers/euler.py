@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers.common import (
     NOISE_SCHEDULE_DEFAULTS,

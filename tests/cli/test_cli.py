@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
+
 from sdtrt.cli import app, parse_size
 from sdtrt.errors import InputError
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

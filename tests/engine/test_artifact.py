@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from sdtrt.engine.artifact import ArtifactWriter, write_json
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.errors import BuildError

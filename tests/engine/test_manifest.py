@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pytest
+
 from sdtrt.engine.manifest import FORMAT_VERSION, check_component_files, read_manifest
 from sdtrt.errors import ArtifactError
 

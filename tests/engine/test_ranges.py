@@ -1,4 +1,5 @@
 import pytest
+
 from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.ranges import check_batch, check_image_size, resolve_ranges
 from sdtrt.errors import InputError

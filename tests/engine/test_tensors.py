@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from sdtrt.engine.tensors import ComponentIO, ShapeRange, TensorSpec, check_feeds
 from sdtrt.errors import InputError
 

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.options import BuildOptions
 from sdtrt.errors import InputError, ModelSourceError

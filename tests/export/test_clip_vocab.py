@@ -2,8 +2,9 @@
 
 import json
 
-from sdtrt.export.clip_vocab import real_clip_merges, tiny_clip_merges, write_clip_files
 from transformers import CLIPTokenizer
+
+from sdtrt.export.clip_vocab import real_clip_merges, tiny_clip_merges, write_clip_files
 
 
 def test_real_vocabulary_gives_clip_ids(tmp_path):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.export.family import load_family

@@ -1,6 +1,7 @@
 """The real Stable Diffusion 1.5 architecture, random weights: builds, validates and runs."""
 
 import pytest
+
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.options import BuildOptions
 from sdtrt.export.build import build

@@ -1,4 +1,5 @@
 import pytest
+
 from sdtrt.errors import InputError, ModelSourceError
 from sdtrt.export.presets import write_preset
 from sdtrt.export.sources import _download, describe_model_ref, digest_files

@@ -1,9 +1,10 @@
 """The engine directory's tokenizer.json gives the ids of the model's own tokenizer."""
 
 import pytest
-from sdtrt.export.tokenizer_export import PROBE_PROMPTS, export_tokenizer
 from tokenizers import Tokenizer
 from transformers import CLIPTokenizer
+
+from sdtrt.export.tokenizer_export import PROBE_PROMPTS, export_tokenizer
 
 PROMPTS = PROBE_PROMPTS + [
     "A PHOTO OF AN ASTRONAUT",

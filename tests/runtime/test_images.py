@@ -1,5 +1,6 @@
 import numpy as np
 from PIL import Image
+
 from sdtrt.runtime.images import parameters_text, postprocess, save_png, to_pil
 
 

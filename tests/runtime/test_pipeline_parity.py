@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_same_image, psnr
+
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import SCHEDULERS
 from sdtrt.tolerances import END_TO_END_PSNR_DB

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.request import make_request

@@ -7,6 +7,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import SCHEDULERS, create_scheduler, resolve_scheduler_name
 from sdtrt.tolerances import SCHEDULER_TOLERANCE

@@ -1,6 +1,7 @@
 import logging
 
 import numpy as np
+
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 
