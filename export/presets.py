@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from sdtrt.errors import InputError
-from sdtrt.export.clip_vocab import real_clip_merges, tiny_clip_merges, write_clip_files
+from sdtrt.export.clip_vocab import (
+    END,
+    START,
+    real_clip_merges,
+    tiny_clip_merges,
+    vocab_from_merges,
+    write_clip_files,
+)
 
 # Stable Diffusion 1.x's noise schedule and default sampler, as its scheduler_config.json has them.
 SD1_SCHEDULER: dict[str, Any] = {
@@ -40,6 +47,9 @@ class Preset:
     text_encoder: dict[str, Any]  # CLIPTextConfig arguments; vocab and special ids come later
     merges: Callable[[], list[tuple[str, str]]]
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD1_SCHEDULER))
+    # SD 1.x pads prompts with <|endoftext|>, SD 2.x with "!" (id 0); the text encoder attends
+    # to every one of the 77 positions, so the pad token changes images.
+    pad_token: str = END
     seed: int = 0
 
 
@@ -134,16 +144,16 @@ def _write_pipeline(preset: Preset, directory: Path) -> None:
 
     tokenizer_dir = directory / "tokenizer"
     merges = preset.merges()
-    vocab_size = write_clip_files(tokenizer_dir, merges)
-    end_id = vocab_size - 1  # <|endoftext|> closes the CLIP vocabulary
+    vocab = vocab_from_merges(merges)
+    write_clip_files(tokenizer_dir, merges, preset.pad_token)
     torch.manual_seed(preset.seed)
     unet = UNet2DConditionModel(**preset.unet)
     vae = AutoencoderKL(**preset.vae)
     text_config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        bos_token_id=end_id - 1,
-        eos_token_id=end_id,
-        pad_token_id=end_id,
+        vocab_size=len(vocab),
+        bos_token_id=vocab[START],
+        eos_token_id=vocab[END],
+        pad_token_id=vocab[preset.pad_token],
         **preset.text_encoder,
     )
     text_encoder = CLIPTextModel(text_config)
@@ -161,12 +171,16 @@ def _write_pipeline(preset: Preset, directory: Path) -> None:
     # save_pretrained rewrites the tokenizer in its own layout; restore the classic CLIP files,
     # as real Stable Diffusion folders ship them, which every transformers version reads.
     shutil.rmtree(tokenizer_dir)
-    write_clip_files(tokenizer_dir, merges)
+    write_clip_files(tokenizer_dir, merges, preset.pad_token)
 
 
 def write_preset(name: str, directory: Path) -> None:
     """Write preset `name` as a diffusers folder at `directory`, which must be new or empty."""
-    preset = get_preset(name)
+    write_model(get_preset(name), directory)
+
+
+def write_model(preset: Preset, directory: Path) -> None:
+    """Write `preset`'s model as a diffusers folder at `directory`, which must be new or empty."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InputError(f"{directory} already exists and is not empty; choose a new directory")
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
 """CLIP's real vocabulary rebuilt offline from its merge list, and the tiny preset's small one."""
 
+import importlib.util
 import json
 
+import pytest
 from transformers import CLIPTokenizer
 
+from sdtrt.errors import ModelSourceError
 from sdtrt.export.clip_vocab import real_clip_merges, tiny_clip_merges, write_clip_files
 
 
@@ -26,3 +29,9 @@ def test_tiny_vocabulary_has_merges_and_clip_layout(tmp_path):
     assert (
         json.loads((tmp_path / "tokenizer_config.json").read_text())["pad_token"] == "<|endoftext|>"
     )
+
+
+def test_missing_vocabulary_package_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelSourceError, match=r"pip install --no-deps open-clip-torch"):
+        real_clip_merges()
