@@ -290,9 +290,16 @@ def run(
     ] = None,
     width: Annotated[int | None, typer.Option(help="Image width in pixels.")] = None,
     scheduler: Annotated[
-        str | None, typer.Option(help="Sampler: ddim, euler, pndm; the model's own if unset.")
+        str | None,
+        typer.Option(
+            help="Sampler: euler_a, dpmpp_2m_karras, unipc, ... (see the README) or a diffusers "
+            "class name; the model's own if unset."
+        ),
     ] = None,
     batch: Annotated[int, typer.Option(help="Images to make from the prompt.")] = 1,
+    noise: Annotated[
+        str, typer.Option(help="Noise generator: torch (seeds match diffusers) or numpy.")
+    ] = "torch",
 ) -> None:
     """Generate images from a prompt with the engines in DIRECTORY."""
     with _errors():
@@ -323,6 +330,7 @@ def run(
                     seed=seed,
                     scheduler=scheduler,
                     num_images_per_prompt=batch,
+                    noise=noise,
                     step_callback=advance,
                 )
             request = result.request
@@ -335,6 +343,8 @@ def run(
                     "Size": f"{request.width}x{request.height}",
                     "Model": pipe.manifest.model.name,
                 }
+                if request.noise != "torch":
+                    settings["Noise"] = request.noise
                 if batch > 1:
                     settings["Batch pos"] = index
                 try:

@@ -22,6 +22,7 @@ from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest, check_component_files, read_manifest
 from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.images import postprocess, to_pil
+from sdtrt.runtime.noise import NoiseSource, make_noise
 from sdtrt.runtime.request import Request, make_request
 from sdtrt.runtime.schedulers import create_scheduler
 from sdtrt.runtime.tokenizer import PromptTokenizer
@@ -123,9 +124,15 @@ class Pipeline:
         scheduler: str | None = None,
         num_images_per_prompt: int = 1,
         output_type: Literal["pil", "np"] = "pil",
+        noise: str = "torch",
         step_callback: StepCallback | None = None,
     ) -> GenerationOutput:
-        """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`."""
+        """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`.
+
+        With `noise="torch"` (the default) a seed draws exactly the noise that diffusers draws
+        from `torch.Generator("cpu").manual_seed(seed)`, so both make the same image;
+        `noise="numpy"` uses numpy's own generator instead.
+        """
         started = time.perf_counter()
         if output_type not in ("pil", "np"):
             raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
@@ -141,12 +148,13 @@ class Pipeline:
             seed,
             scheduler,
             num_images_per_prompt,
+            noise,
         )
         timings = Timings()
-        rng = np.random.default_rng(request.seed)
+        source = make_noise(request.noise, request.seed)
         context = self._encode(request, timings)
-        latents = self._initial_latents(request, latents, rng)
-        latents = self._denoise(request, context, latents, rng, timings, step_callback)
+        latents = self._initial_latents(request, latents, source)
+        latents = self._denoise(request, context, latents, source, timings, step_callback)
         mark = time.perf_counter()
         model = self.manifest.model
         decoded = self.engines["vae_decoder"].infer(
@@ -173,13 +181,13 @@ class Pipeline:
         return np.repeat(states, request.images_per_prompt, axis=0)
 
     def _initial_latents(
-        self, request: Request, latents: np.ndarray | None, rng: np.random.Generator
+        self, request: Request, latents: np.ndarray | None, source: NoiseSource
     ) -> np.ndarray:
         model = self.manifest.model
         f = model.vae_scale_factor
         shape = (request.batch, model.latent_channels, request.height // f, request.width // f)
         if latents is None:
-            return rng.standard_normal(shape, dtype=np.float32)
+            return source.randn(shape)
         latents = np.asarray(latents)
         if latents.shape != shape:
             raise InputError(
@@ -192,7 +200,7 @@ class Pipeline:
         request: Request,
         context: np.ndarray,
         latents: np.ndarray,
-        rng: np.random.Generator,
+        source: NoiseSource,
         timings: Timings,
         step_callback: StepCallback | None,
     ) -> np.ndarray:
@@ -203,10 +211,6 @@ class Pipeline:
         latents = latents * np.float32(scheduler.init_noise_sigma(plan))
         unet = self.engines["unet"]
         guidance = np.float32(request.guidance_scale)
-
-        def noise(shape: tuple[int, ...]) -> np.ndarray:
-            return rng.standard_normal(shape, dtype=np.float32)
-
         for i, t in enumerate(timesteps):
             mark = time.perf_counter()
             model_input = np.concatenate([latents, latents]) if request.guided else latents
@@ -220,7 +224,7 @@ class Pipeline:
             if request.guided:
                 unconditional, conditional = np.split(prediction, 2)
                 prediction = unconditional + guidance * (conditional - unconditional)
-            latents, state = scheduler.step(prediction, i, latents, plan, state, noise)
+            latents, state = scheduler.step(prediction, i, latents, plan, state, source.randn)
             timings.unet.append(unet_done - unet_started)
             timings.scheduler.append(time.perf_counter() - mark - (unet_done - unet_started))
             if step_callback is not None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from sdtrt.engine.manifest import Manifest
 from sdtrt.engine.ranges import check_batch, check_image_size
 from sdtrt.errors import InputError
-from sdtrt.runtime.schedulers import resolve_scheduler_name
+from sdtrt.runtime.noise import NOISE_KINDS, NoiseKind
+from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Request:
     images_per_prompt: int
     scheduler: str
     seed: int
+    noise: NoiseKind
 
     @property
     def batch(self) -> int:
@@ -44,6 +46,18 @@ def _as_prompts(value: str | Sequence[str], what: str) -> list[str]:
     return prompts
 
 
+def _scheduler(asked: str | None, default: str) -> str:
+    if asked is not None:
+        return resolve_scheduler_name(asked)
+    try:
+        return resolve_scheduler_name(default)
+    except InputError:
+        raise InputError(
+            f"the model's own scheduler, {default}, is not available here; choose one with "
+            f"--scheduler (one of: {', '.join(scheduler_names())})"
+        ) from None
+
+
 def make_request(
     manifest: Manifest,
     default_scheduler: str,
@@ -56,6 +70,7 @@ def make_request(
     seed: int | None,
     scheduler: str | None,
     num_images_per_prompt: int,
+    noise: str = "torch",
 ) -> Request:
     prompts = _as_prompts(prompt, "prompt")
     if negative_prompt is None:
@@ -80,6 +95,8 @@ def make_request(
     if num_images_per_prompt < 1:
         raise InputError(f"images per prompt must be at least 1, got {num_images_per_prompt}")
     check_batch(manifest.ranges, len(prompts) * num_images_per_prompt)
+    if noise not in NOISE_KINDS:
+        raise InputError(f"unknown noise source '{noise}'; choose one of: {', '.join(NOISE_KINDS)}")
     if seed is not None and not 0 <= seed < 2**64:
         raise InputError(f"seed must be between 0 and 2**64 - 1, got {seed}")
     return Request(
@@ -90,6 +107,7 @@ def make_request(
         steps=num_inference_steps,
         guidance_scale=float(guidance_scale),
         images_per_prompt=num_images_per_prompt,
-        scheduler=resolve_scheduler_name(scheduler or default_scheduler),
+        scheduler=_scheduler(scheduler, default_scheduler),
         seed=secrets.randbits(63) if seed is None else int(seed),
+        noise=noise,  # type: ignore[arg-type]
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -39,7 +40,6 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
     state returned by the previous call, and returns the next latents and state.
     """
 
-    name: ClassVar[str]
     diffusers_name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
 
@@ -75,6 +75,28 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
     ) -> tuple[np.ndarray, StateT]: ...
 
 
+@dataclass(frozen=True)
+class TimestepPlan:
+    """Integer timesteps and the training schedule, for samplers that step on alpha_bar."""
+
+    timesteps: np.ndarray  # int64, one per model call
+    alphas_cumprod: np.ndarray  # float32, per training timestep
+    final_alpha_cumprod: np.float32  # alpha_bar after the last step
+
+
+def timestep_plan(
+    config: Mapping[str, Any], steps: int, final_alpha: np.float32 | None
+) -> TimestepPlan:
+    """Timesteps by spacing; the final alpha_bar is `final_alpha`, or alpha_bar at t = 0."""
+    check_steps(steps, config)
+    cumprod = alphas_cumprod(betas(config))
+    return TimestepPlan(
+        timesteps=spaced_timesteps(config, steps),
+        alphas_cumprod=cumprod,
+        final_alpha_cumprod=cumprod[0] if final_alpha is None else final_alpha,
+    )
+
+
 def check_steps(num_inference_steps: int, config: Mapping[str, Any]) -> None:
     if num_inference_steps < 1:
         raise InputError(f"steps must be at least 1, got {num_inference_steps}")
@@ -98,6 +120,24 @@ def _alpha_bar_cosine(t: float) -> float:
     return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
 
+def _alpha_bar_exp(t: float) -> float:
+    return math.exp(t * -12.0)
+
+
+def _alpha_bar_laplace(t: float) -> float:
+    lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+    snr = math.exp(lmb)
+    return math.sqrt(snr / (1 + snr))
+
+
+# beta_schedule names that discretise a continuous alpha_bar(t) (Nichol and Dhariwal 2021).
+ALPHA_BAR = {
+    "squaredcos_cap_v2": _alpha_bar_cosine,
+    "exp": _alpha_bar_exp,
+    "laplace": _alpha_bar_laplace,
+}
+
+
 def betas(config: Mapping[str, Any]) -> np.ndarray:
     """The training noise schedule's betas (float32), from beta_schedule or trained_betas."""
     n = int(config["num_train_timesteps"])
@@ -107,12 +147,16 @@ def betas(config: Mapping[str, Any]) -> np.ndarray:
         result = linspace32(config["beta_start"], config["beta_end"], n)
     elif config["beta_schedule"] == "scaled_linear":
         result = linspace32(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n) ** 2
-    elif config["beta_schedule"] == "squaredcos_cap_v2":
+    elif config["beta_schedule"] in ALPHA_BAR:
+        alpha_bar = ALPHA_BAR[config["beta_schedule"]]
         result = np.array(
-            [
-                min(1 - _alpha_bar_cosine((i + 1) / n) / _alpha_bar_cosine(i / n), 0.999)
-                for i in range(n)
-            ]
+            [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+        )
+    elif config["beta_schedule"] == "sigmoid":
+        ramp = linspace32(-6, 6, n)
+        result = np.float32(1) / (np.float32(1) + np.exp(-ramp))
+        result = result * np.float32(config["beta_end"] - config["beta_start"]) + np.float32(
+            config["beta_start"]
         )
     else:
         raise InputError(
@@ -169,3 +213,11 @@ def predicted_original(
             alpha_prod**0.5 * model_output + beta_prod**0.5 * sample,
         )
     raise InputError(f"unsupported prediction_type '{prediction_type}' in scheduler config")
+
+
+def threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Dynamic thresholding, Saharia et al. 2022 (Imagen), per sample."""
+    flat = x0.reshape(x0.shape[0], -1).astype(np.float32)
+    s = np.quantile(np.abs(flat), ratio, axis=1).astype(np.float32)
+    s = np.clip(s, 1, max_value)[:, None]
+    return (np.clip(flat, -s, s) / s).reshape(x0.shape)

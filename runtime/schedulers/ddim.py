@@ -11,26 +11,21 @@ from sdtrt.runtime.schedulers.common import (
     NOISE_SCHEDULE_DEFAULTS,
     Noise,
     Scheduler,
-    alphas_cumprod,
-    betas,
-    check_steps,
+    TimestepPlan,
     predicted_original,
-    spaced_timesteps,
+    threshold,
+    timestep_plan,
 )
 
 
 @dataclass(frozen=True)
-class DDIMPlan:
-    timesteps: np.ndarray  # int64
-    alphas_cumprod: np.ndarray
-    final_alpha_cumprod: np.float32
-    step_ratio: int
+class DDIMPlan(TimestepPlan):
+    step_ratio: int  # diffusers steps back by this whatever the spacing; so do we
 
 
 class DDIMScheduler(Scheduler[DDIMPlan, None]):
     """DDIM, Song et al. 2020; eta = 0 (the diffusers pipelines' default)."""
 
-    name = "ddim"
     diffusers_name = "DDIMScheduler"
     defaults: dict[str, Any] = {
         **NOISE_SCHEDULE_DEFAULTS,
@@ -47,14 +42,12 @@ class DDIMScheduler(Scheduler[DDIMPlan, None]):
     }
 
     def plan(self, num_inference_steps: int) -> DDIMPlan:
-        check_steps(num_inference_steps, self.config)
-        cumprod = alphas_cumprod(betas(self.config))
-        final = np.float32(1.0) if self.config["set_alpha_to_one"] else cumprod[0]
+        final = np.float32(1.0) if self.config["set_alpha_to_one"] else None
+        base = timestep_plan(self.config, num_inference_steps, final)
         return DDIMPlan(
-            timesteps=spaced_timesteps(self.config, num_inference_steps),
-            alphas_cumprod=cumprod,
-            final_alpha_cumprod=final,
-            # diffusers steps back by this ratio whatever the spacing; so do we.
+            timesteps=base.timesteps,
+            alphas_cumprod=base.alphas_cumprod,
+            final_alpha_cumprod=base.final_alpha_cumprod,
             step_ratio=self.config["num_train_timesteps"] // num_inference_steps,
         )
 
@@ -86,11 +79,3 @@ class DDIMScheduler(Scheduler[DDIMPlan, None]):
             x0 = np.clip(x0, -limit, limit)
         prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
         return prev.astype(np.float32, copy=False), None
-
-
-def threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
-    """Dynamic thresholding, Saharia et al. 2022 (Imagen), per sample."""
-    flat = x0.reshape(x0.shape[0], -1).astype(np.float32)
-    s = np.quantile(np.abs(flat), ratio, axis=1).astype(np.float32)
-    s = np.clip(s, 1, max_value)[:, None]
-    return (np.clip(flat, -s, s) / s).reshape(x0.shape)

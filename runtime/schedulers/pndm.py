@@ -40,7 +40,6 @@ class PNDMState:
 class PNDMScheduler(Scheduler[PNDMPlan, PNDMState]):
     """PNDM, Liu et al. 2022: Runge-Kutta warm-up (unless skipped) then linear multistep."""
 
-    name = "pndm"
     diffusers_name = "PNDMScheduler"
     defaults: dict[str, Any] = {
         **NOISE_SCHEDULE_DEFAULTS,

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from sdtrt.cli import app, parse_size
 from sdtrt.errors import InputError
+from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
 
 runner = CliRunner()
 
@@ -137,7 +138,8 @@ def test_run_refuses_bad_engine_directories(engine_copy, tmp_path, damage, messa
         (["--steps", "0"], "steps must be a whole number of at least 1, got 0"),
         (["--guidance", "nan"], "guidance must be a finite number, got nan"),
         (["--guidance", "inf"], "guidance must be a finite number, got inf"),
-        (["--scheduler", "k_lms"], "unknown scheduler 'k_lms'; choose one of: ddim, euler, pndm"),
+        (["--scheduler", "k_lms"], "unknown scheduler 'k_lms'; choose one of: ddim, ddpm, deis,"),
+        (["--noise", "gpu"], "unknown noise source 'gpu'; choose one of: torch, numpy"),
         (["--batch", "9"], "9 images per call exceeds the built maximum of 4"),
         (["-o", "picture.jpg"], "the output must be a .png file"),
     ],
@@ -198,3 +200,23 @@ def test_parse_size():
     for bad in ("", "x", "0", "12x", "axb", "1x2x3", str(math.inf)):
         with pytest.raises(InputError):
             parse_size(bad, "--x")
+
+
+@pytest.mark.parametrize("scheduler", scheduler_names() + ["DPMSolverMultistepScheduler"])
+def test_run_with_every_scheduler(tiny_engine_dir, tmp_path, scheduler):
+    output = tmp_path / "out.png"
+    result = sdtrt(
+        "run",
+        tiny_engine_dir,
+        "a cat",
+        "-o",
+        output,
+        "--steps",
+        3,
+        "--scheduler",
+        scheduler,
+        "--seed",
+        1,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert f"Sampler: {resolve_scheduler_name(scheduler)}," in Image.open(output).info["parameters"]

@@ -7,7 +7,7 @@ import torch
 from helpers import assert_same_image, psnr
 
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.runtime.schedulers import SCHEDULERS
+from sdtrt.runtime.schedulers import SCHEDULERS, scheduler_names
 from sdtrt.tolerances import END_TO_END_PSNR_DB
 
 
@@ -17,13 +17,17 @@ def pipe(tiny_engine_dir):
         yield pipeline
 
 
-def _reference(diffusers_pipeline, scheduler, **kwargs):
+def _reference(diffusers_pipeline, scheduler, seed=0, **kwargs):
+    """diffusers' image with scheduler `scheduler` (as sdtrt names it) and a seeded generator."""
     original = diffusers_pipeline.scheduler
-    cls = getattr(diffusers, SCHEDULERS[scheduler].diffusers_name)
-    diffusers_pipeline.scheduler = cls.from_config(original.config)
+    choice = SCHEDULERS[scheduler]
+    cls = getattr(diffusers, choice.cls.diffusers_name)
+    diffusers_pipeline.scheduler = cls.from_config({**original.config, **choice.overrides})
+    if "latents" in kwargs:
+        kwargs["latents"] = torch.from_numpy(kwargs["latents"])
     try:
-        latents = torch.from_numpy(kwargs.pop("latents"))
-        return diffusers_pipeline(**kwargs, latents=latents, output_type="np").images
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return diffusers_pipeline(**kwargs, generator=generator, output_type="np").images
     finally:
         diffusers_pipeline.scheduler = original
 
@@ -49,7 +53,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "pndm"])
 def test_same_image_as_diffusers(pipe, diffusers_pipeline, scheduler, case):
     kwargs = dict(CASES[case])
     prompts = kwargs["prompt"] if isinstance(kwargs["prompt"], list) else [kwargs["prompt"]]
@@ -57,6 +61,30 @@ def test_same_image_as_diffusers(pipe, diffusers_pipeline, scheduler, case):
     expected = _reference(diffusers_pipeline, scheduler, **kwargs)
     actual = pipe(**kwargs, scheduler=scheduler, output_type="np").images
     assert_same_image(expected, actual)
+
+
+@pytest.mark.parametrize("scheduler", scheduler_names())
+def test_every_scheduler_makes_diffusers_image(pipe, diffusers_pipeline, scheduler):
+    """Initial latents given; the stochastic samplers' noise comes from the same seed."""
+    kwargs = dict(
+        prompt="a castle", negative_prompt="fog", height=48, width=80, num_inference_steps=7
+    )
+    kwargs["latents"] = _latents(1, 48, 80)
+    expected = _reference(diffusers_pipeline, scheduler, seed=3, **kwargs)
+    actual = pipe(**kwargs, scheduler=scheduler, seed=3, output_type="np").images
+    assert_same_image(expected, actual)
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "euler_a", "dpmpp_sde", "ddpm", "lcm"])
+def test_same_seed_same_image(pipe, diffusers_pipeline, scheduler):
+    """No latents given: the seed alone reproduces diffusers' torch.Generator("cpu") image,
+    for a batch of prompts with several images each."""
+    kwargs = dict(prompt=["a cat", "a lighthouse"], num_images_per_prompt=2, num_inference_steps=6)
+    expected = _reference(diffusers_pipeline, scheduler, seed=1234, **kwargs)
+    actual = pipe(**kwargs, scheduler=scheduler, seed=1234, output_type="np").images
+    assert_same_image(expected, actual)
+    numpy_noise = pipe(**kwargs, scheduler=scheduler, seed=1234, noise="numpy", output_type="np")
+    assert psnr(expected, numpy_noise.images) < END_TO_END_PSNR_DB
 
 
 def test_images_per_prompt(pipe, diffusers_pipeline):

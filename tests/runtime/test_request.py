@@ -28,6 +28,13 @@ def request(manifest, **overrides):
     return make_request(manifest, "PNDMScheduler", **arguments)
 
 
+def test_unknown_default_scheduler_asks_for_one(manifest):
+    with pytest.raises(InputError, match="the model's own scheduler, KDPM2DiscreteScheduler, is"):
+        make_request(
+            manifest, "KDPM2DiscreteScheduler", "a cat", None, None, None, 5, 7.5, 1, None, 1
+        )
+
+
 def test_defaults(manifest):
     made = request(manifest)
     assert (made.height, made.width) == (64, 64)
@@ -52,7 +59,8 @@ def test_negative_prompts_pair_with_prompts(manifest):
         (dict(num_inference_steps=0), "steps must be a whole number of at least 1, got 0"),
         (dict(guidance_scale=math.nan), "guidance must be a finite number, got nan"),
         (dict(guidance_scale=math.inf), "guidance must be a finite number, got inf"),
-        (dict(scheduler="dpm++"), "unknown scheduler 'dpm++'; choose one of: ddim, euler, pndm"),
+        (dict(scheduler="dpm++"), "unknown scheduler 'dpm++'; choose one of: ddim, ddpm, deis"),
+        (dict(noise="cuda"), "unknown noise source 'cuda'; choose one of: torch, numpy"),
         (dict(num_images_per_prompt=5), "5 images per call exceeds the built maximum of 4"),
         (dict(num_images_per_prompt=0), "images per prompt must be at least 1"),
         (dict(prompt=[]), "prompt must not be an empty list"),
