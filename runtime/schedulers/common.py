@@ -50,9 +50,9 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
     @abstractmethod
     def plan(self, num_inference_steps: int) -> PlanT: ...
 
-    @abstractmethod
     def timesteps(self, plan: PlanT) -> np.ndarray:
         """The timestep given to the UNet at each model call, one per call."""
+        return plan.timesteps  # type: ignore[attr-defined, no-any-return]
 
     def init_noise_sigma(self, plan: PlanT) -> float:
         return 1.0
@@ -213,6 +213,15 @@ def predicted_original(
             alpha_prod**0.5 * model_output + beta_prod**0.5 * sample,
         )
     raise InputError(f"unsupported prediction_type '{prediction_type}' in scheduler config")
+
+
+def limit_x0(x0: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """The predicted clean sample, dynamically thresholded or clipped as the config asks."""
+    if config.get("thresholding"):
+        return threshold(x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
+    if config.get("clip_sample"):
+        return np.clip(x0, -config["clip_sample_range"], config["clip_sample_range"])
+    return x0
 
 
 def threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:

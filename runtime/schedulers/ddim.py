@@ -12,8 +12,8 @@ from sdtrt.runtime.schedulers.common import (
     Noise,
     Scheduler,
     TimestepPlan,
+    limit_x0,
     predicted_original,
-    threshold,
     timestep_plan,
 )
 
@@ -51,9 +51,6 @@ class DDIMScheduler(Scheduler[DDIMPlan, None]):
             step_ratio=self.config["num_train_timesteps"] // num_inference_steps,
         )
 
-    def timesteps(self, plan: DDIMPlan) -> np.ndarray:
-        return plan.timesteps
-
     def step(
         self,
         model_output: np.ndarray,
@@ -70,12 +67,6 @@ class DDIMScheduler(Scheduler[DDIMPlan, None]):
         x0, eps = predicted_original(
             self.config["prediction_type"], model_output, sample, alpha_prod
         )
-        if self.config["thresholding"]:
-            x0 = threshold(
-                x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
-            )
-        elif self.config["clip_sample"]:
-            limit = self.config["clip_sample_range"]
-            x0 = np.clip(x0, -limit, limit)
+        x0 = limit_x0(x0, self.config)
         prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
         return prev.astype(np.float32, copy=False), None

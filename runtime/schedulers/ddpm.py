@@ -12,8 +12,8 @@ from sdtrt.runtime.schedulers.common import (
     Noise,
     Scheduler,
     TimestepPlan,
+    limit_x0,
     predicted_original,
-    threshold,
     timestep_plan,
 )
 
@@ -49,9 +49,6 @@ class DDPMScheduler(Scheduler[TimestepPlan, None]):
     def plan(self, num_inference_steps: int) -> TimestepPlan:
         return timestep_plan(self.config, num_inference_steps, final_alpha=np.float32(1.0))
 
-    def timesteps(self, plan: TimestepPlan) -> np.ndarray:
-        return plan.timesteps
-
     def step(
         self,
         model_output: np.ndarray,
@@ -69,12 +66,7 @@ class DDPMScheduler(Scheduler[TimestepPlan, None]):
         current_alpha = alpha / alpha_prev
         current_beta = 1 - current_alpha
         x0, _ = predicted_original(self.config["prediction_type"], model_output, sample, alpha)
-        if self.config["thresholding"]:
-            x0 = threshold(
-                x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
-            )
-        elif self.config["clip_sample"]:
-            x0 = np.clip(x0, -self.config["clip_sample_range"], self.config["clip_sample_range"])
+        x0 = limit_x0(x0, self.config)
         x0_coeff = alpha_prev**0.5 * current_beta / beta
         sample_coeff = current_alpha**0.5 * beta_prev / beta
         prev = x0_coeff * x0 + sample_coeff * sample

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sdtrt.runtime.schedulers.common import NOISE_SCHEDULE_DEFAULTS, Noise
+from sdtrt.runtime.schedulers.common import NOISE_SCHEDULE_DEFAULTS, Noise, limit_x0
 from sdtrt.runtime.schedulers.sigmas import SigmaPlan, SigmaScheduler, sigma_plan
 
 
@@ -65,9 +65,7 @@ class HeunScheduler(SigmaScheduler[SigmaPlan, HeunState | None]):
             else (plan.sigmas[i - 1], plan.sigmas[i])
         )
         denoised = self.denoised(model_output, sample, sigma if predictor else sigma_next)
-        if self.config["clip_sample"]:
-            limit = self.config["clip_sample_range"]
-            denoised = np.clip(denoised, -limit, limit)
+        denoised = limit_x0(denoised, self.config)
         if state is None:
             derivative = (sample - denoised) / sigma
             dt = sigma_next - sigma

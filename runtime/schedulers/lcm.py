@@ -15,8 +15,8 @@ from sdtrt.runtime.schedulers.common import (
     alphas_cumprod,
     betas,
     check_steps,
+    limit_x0,
     predicted_original,
-    threshold,
 )
 
 SIGMA_DATA = np.float32(0.5)
@@ -65,9 +65,6 @@ class LCMScheduler(Scheduler[TimestepPlan, None]):
             final_alpha_cumprod=np.float32(1.0) if self.config["set_alpha_to_one"] else cumprod[0],
         )
 
-    def timesteps(self, plan: TimestepPlan) -> np.ndarray:
-        return plan.timesteps
-
     def step(
         self,
         model_output: np.ndarray,
@@ -86,12 +83,7 @@ class LCMScheduler(Scheduler[TimestepPlan, None]):
         c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
         c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** np.float32(0.5)
         x0, _ = predicted_original(self.config["prediction_type"], model_output, sample, alpha)
-        if self.config["thresholding"]:
-            x0 = threshold(
-                x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
-            )
-        elif self.config["clip_sample"]:
-            x0 = np.clip(x0, -self.config["clip_sample_range"], self.config["clip_sample_range"])
+        x0 = limit_x0(x0, self.config)
         denoised = c_out * x0 + c_skip * sample
         if last:
             return denoised.astype(np.float32, copy=False), None

@@ -20,7 +20,7 @@ from sdtrt.runtime.schedulers.common import (
     alphas_cumprod,
     betas,
     check_steps,
-    threshold,
+    limit_x0,
 )
 from sdtrt.runtime.schedulers.sigmas import (
     exponential_sigmas,
@@ -143,9 +143,6 @@ class MultistepScheduler(Scheduler[MultistepPlan, Any]):
             lam=lam,
         )
 
-    def timesteps(self, plan: MultistepPlan) -> np.ndarray:
-        return plan.timesteps
-
     def initial_state(self, plan: MultistepPlan) -> Any:
         return History()
 
@@ -163,11 +160,7 @@ class MultistepScheduler(Scheduler[MultistepPlan, Any]):
             x0 = alpha * sample - sigma * model_output
         else:
             raise InputError(f"unsupported prediction_type '{prediction}' in scheduler config")
-        if self.config["thresholding"]:
-            x0 = threshold(
-                x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
-            )
-        return x0
+        return limit_x0(x0, self.config)
 
     def noise_prediction(
         self, model_output: np.ndarray, sample: np.ndarray, i: int, plan: MultistepPlan
@@ -184,10 +177,7 @@ class MultistepScheduler(Scheduler[MultistepPlan, Any]):
         else:
             raise InputError(f"unsupported prediction_type '{prediction}' in scheduler config")
         if self.config["thresholding"]:
-            x0 = (sample - sigma * epsilon) / alpha
-            x0 = threshold(
-                x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
-            )
+            x0 = limit_x0((sample - sigma * epsilon) / alpha, self.config)
             epsilon = (sample - alpha * x0) / sigma
         return epsilon
 

@@ -70,9 +70,6 @@ class PNDMScheduler(Scheduler[PNDMPlan, PNDMState]):
             step_ratio=ratio,
         )
 
-    def timesteps(self, plan: PNDMPlan) -> np.ndarray:
-        return plan.timesteps
-
     def initial_state(self, plan: PNDMPlan) -> PNDMState:
         return PNDMState()
 

@@ -123,9 +123,6 @@ PlanT = TypeVar("PlanT", bound=SigmaPlan)
 class SigmaScheduler(Scheduler[PlanT, StateT]):
     """Shared by samplers that step in sigma: inputs scaled by 1 / sqrt(sigma^2 + 1)."""
 
-    def timesteps(self, plan: PlanT) -> np.ndarray:
-        return plan.timesteps
-
     def init_noise_sigma(self, plan: PlanT) -> float:
         largest = plan.sigmas.max()
         if self.config["timestep_spacing"] in ("linspace", "trailing"):

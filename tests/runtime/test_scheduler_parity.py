@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sdtrt.errors import InputError
+from sdtrt.export.presets import SD1_SCHEDULER
 from sdtrt.runtime.noise import TorchCPUGenerator
 from sdtrt.runtime.schedulers import (
     SCHEDULERS,
@@ -22,16 +23,7 @@ from sdtrt.runtime.schedulers import (
 )
 from sdtrt.tolerances import SCHEDULER_TOLERANCE
 
-SD1 = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-}
+SD1 = SD1_SCHEDULER
 COMMON = {
     "sd1": {},
     "v_prediction": {"prediction_type": "v_prediction"},
