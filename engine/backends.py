@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sdtrt.engine.base import Engine
+from sdtrt.engine.manifest import ComponentRecord, check_component_files
 from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
@@ -20,8 +21,10 @@ class Backend(Protocol):
     def build(self, onnx_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]]: ...
 
     def load(
-        self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]
-    ) -> Engine: ...
+        self, name: str, path: Path, portable: Path, io: ComponentIO, settings: Mapping[str, Any]
+    ) -> Engine:
+        """Load the engine at `path`; `portable` is the exported ONNX it was built from."""
+        ...
 
 
 BACKENDS: dict[str, Backend] = {"onnxruntime": OnnxRuntimeBackend()}
@@ -34,3 +37,11 @@ def get_backend(name: str) -> Backend:
         raise InputError(
             f"unknown backend '{name}'; choose one of: {', '.join(sorted(BACKENDS))}"
         ) from None
+
+
+def load_component(directory: Path, record: ComponentRecord) -> Engine:
+    """Open one built network of an engine directory, after checking its files are whole."""
+    check_component_files(directory, record)
+    return get_backend(record.backend).load(
+        record.name, directory / record.engine, directory / record.onnx, record.io, record.settings
+    )

@@ -164,7 +164,7 @@ def _build_component(
     engine_name, settings = backend.build(folder / ONNX_NAME, folder)
     progress(spec.name, "validate")
     io = spec.io(ranges)
-    with backend.load(spec.name, folder / engine_name, io, settings) as engine:
+    with backend.load(spec.name, folder / engine_name, folder / ONNX_NAME, io, settings) as engine:
         report = validate(
             spec, engine, spec.sample_inputs(spec.opt_point(ranges), rng), EXPORT_FP32_RELATIVE
         )

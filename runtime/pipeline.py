@@ -17,9 +17,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from sdtrt.engine.backends import get_backend
+from sdtrt.engine.backends import load_component
 from sdtrt.engine.base import Engine
-from sdtrt.engine.manifest import Manifest, check_component_files, read_manifest
+from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.images import postprocess, to_pil
 from sdtrt.runtime.noise import NoiseSource, make_noise
@@ -61,10 +61,7 @@ def _load_engine(directory: Path, manifest: Manifest, name: str, backend: str | 
             f"{directory} holds {record.backend} engines, not {backend}; "
             f"rebuild with `sdtrt build --backend {backend}`"
         )
-    check_component_files(directory, record)
-    return get_backend(record.backend).load(
-        name, directory / record.engine, record.io, record.settings
-    )
+    return load_component(directory, record)
 
 
 class Pipeline:

@@ -1,6 +1,14 @@
 import pytest
 
-from sdtrt.engine.onnxruntime_backend import CPU, CUDA, check_providers, choose_providers
+from sdtrt.engine.onnxruntime_backend import (
+    CPU,
+    CUDA,
+    check_providers,
+    choose_providers,
+    cpu_flags,
+    nchwc_block,
+    use_laid_out_graph,
+)
 from sdtrt.errors import EngineIncompatible
 
 
@@ -13,3 +21,44 @@ def test_an_engine_for_missing_providers_asks_for_a_rebuild(tmp_path):
     check_providers([CPU], [CUDA, CPU], tmp_path)
     with pytest.raises(EngineIncompatible, match="was built for CUDAExecutionProvider, which this"):
         check_providers([CUDA, CPU], [CPU], tmp_path / "engine.onnx")
+
+
+def test_nchwc_block_follows_the_vector_width():
+    assert nchwc_block({"avx512f", "avx2", "fma"}) == 16
+    assert nchwc_block({"avx2", "fma", "sse4_2"}) == 8
+    assert nchwc_block({"sse4_2", "neon"}) == 0
+    assert nchwc_block(set()) is None
+
+
+def test_laid_out_graphs_only_on_the_cpu_they_suit():
+    assert use_laid_out_graph({"providers": [CPU]}, None)  # portable save
+    assert use_laid_out_graph({"nchwc_block": 8}, 8)
+    assert not use_laid_out_graph({"nchwc_block": 8}, 16)
+    assert not use_laid_out_graph({"nchwc_block": 8}, None)
+
+
+def test_a_build_on_this_machine_loads_its_own_layout(tiny_engine_dir):
+    from sdtrt.engine.manifest import read_manifest
+
+    settings = read_manifest(tiny_engine_dir).components["unet"].settings
+    assert use_laid_out_graph(settings, nchwc_block(cpu_flags()))
+
+
+def test_another_cpus_layout_falls_back_to_the_portable_graph(engine_copy, caplog):
+    import json
+
+    import numpy as np
+
+    from sdtrt.engine.backends import load_component
+    from sdtrt.engine.manifest import read_manifest
+
+    path = engine_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["components"]["vae_decoder"]["settings"]["nchwc_block"] = 64
+    path.write_text(json.dumps(data))
+    record = read_manifest(engine_copy).components["vae_decoder"]
+    (engine_copy / record.engine).write_bytes(b"x" * (engine_copy / record.engine).stat().st_size)
+    with load_component(engine_copy, record) as engine:  # would fail on the damaged engine file
+        image = engine.infer({"latent": np.zeros((1, 4, 32, 32), np.float32)})["image"]
+    assert image.shape == (1, 3, 64, 64)
+    assert "laid out for another CPU" in caplog.text

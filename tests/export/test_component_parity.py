@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdtrt.engine.backends import get_backend
+from sdtrt.engine.backends import load_component
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.export.family import load_family
 from sdtrt.export.validate import compare, torch_reference
@@ -39,9 +39,7 @@ def test_engine_matches_torch_across_the_range(name, specs, tiny_engine_dir):
     record = manifest.components[name]
     spec = specs[name]
     rng = np.random.default_rng(123)
-    engine = get_backend(record.backend).load(
-        name, tiny_engine_dir / record.engine, record.io, record.settings
-    )
+    engine = load_component(tiny_engine_dir, record)
     with engine, torch.no_grad():
         for point in _points(spec, manifest.ranges):
             inputs = spec.sample_inputs(point, rng)
