@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -353,6 +353,61 @@ def run(
                     raise InputError(f"cannot write {path}: {error.strerror}") from None
                 out.print(f"wrote {path}")
         out.print(_timing_table(result))
+
+
+@app.command()
+def bench(
+    directory: Annotated[Path, typer.Argument(help="Engine directory written by `sdtrt build`.")],
+    steps: Annotated[int, typer.Option(help="Denoising steps per image.")] = 30,
+    height: Annotated[
+        int | None, typer.Option(help="Image height; the model's native size if unset.")
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="Image width.")] = None,
+    batch: Annotated[int, typer.Option(help="Images per call.")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Sampler; the model's own if unset.")
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed runs.")] = 5,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON.")
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(help="Also run diffusers (torch eager) and OpenVINO, and report speed-ups."),
+    ] = False,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="With --compare: the diffusers folder the engines came from."),
+    ] = None,
+) -> None:
+    """Measure latency per stage, end to end, images/s and memory; --compare adds references."""
+    with _errors():
+        from sdtrt.bench.render import bench_tables, compare_tables
+        from sdtrt.bench.runner import BenchOptions, run_bench
+
+        options = BenchOptions(
+            steps=steps, height=height, width=width, batch=batch, scheduler=scheduler,
+            warmup=warmup, runs=runs,
+        )  # fmt: skip
+        with console.status("benchmarking") as status:
+            if compare:
+                from sdtrt.bench.compare import compare as run_compare
+
+                _quiet_torch_libraries()
+                report: Any = run_compare(directory, options, model, progress=status.update)
+                tables = compare_tables(report)
+            else:
+                report = run_bench(directory, options, progress=status.update)
+                tables = bench_tables(report)
+        for table in tables:
+            out.print(table)
+        if json_file is not None:
+            try:
+                json_file.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            except OSError as error:
+                raise InputError(f"cannot write {json_file}: {error.strerror}") from None
+            out.print(f"wrote {json_file}")
 
 
 def main() -> None:
