@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sdtrt import __version__
+from sdtrt.engine.options import Precision
 from sdtrt.errors import InputError, SdtrtError
 
 if TYPE_CHECKING:
@@ -126,6 +127,8 @@ def _build_progress(progress: Progress) -> Callable[[str, str], None]:
     tasks: dict[str, TaskID] = {}
 
     def report(component: str, stage: str) -> None:
+        if not tasks:
+            progress.start()  # shown from the first component on: errors before it stay one line
         if component not in tasks:
             tasks[component] = progress.add_task(component, total=len(stages))
         task = tasks[component]
@@ -145,11 +148,29 @@ def build(
         str, typer.Argument(help="A diffusers folder, a preset (tiny, sd15) or a hub id.")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine directory to write.")],
-    backend: Annotated[str, typer.Option(help="Engine backend.")] = "onnxruntime",
+    backend: Annotated[
+        str, typer.Option(help="onnxruntime (CPU), onnxruntime-cuda or tensorrt.")
+    ] = "onnxruntime",
+    precision: Annotated[
+        Precision, typer.Option(help="fp16 converts the graphs (the VAE decoder stays fp32).")
+    ] = Precision.FP32,
+    fp16_vae: Annotated[
+        bool, typer.Option(help="With fp16: the VAE decoder too (for fp16-safe VAEs only).")
+    ] = False,
     min_size: Annotated[str | None, typer.Option(help="Smallest image, HxW or N.")] = None,
     opt_size: Annotated[str | None, typer.Option(help="Image size to optimise for.")] = None,
     max_size: Annotated[str | None, typer.Option(help="Largest image, HxW or N.")] = None,
     max_batch: Annotated[int, typer.Option(help="Most images per call.")] = 4,
+    static: Annotated[
+        bool,
+        typer.Option(help="One shape only (--opt-size, --max-batch images): TensorRT CUDA graphs."),
+    ] = False,
+    workspace: Annotated[
+        float | None, typer.Option(help="TensorRT workspace limit in GiB; TensorRT's own if unset.")
+    ] = None,
+    optimization_level: Annotated[
+        int, typer.Option(help="TensorRT builder optimisation level, 0 (fast build) to 5.")
+    ] = 3,
     components: Annotated[
         str | None, typer.Option(help="Comma-separated networks to build (add vae_encoder).")
     ] = None,
@@ -160,12 +181,21 @@ def build(
         from sdtrt.export.build import ExportOptions
         from sdtrt.export.build import build as run_build
 
+        if not 0 <= optimization_level <= 5:
+            raise InputError(f"--optimization-level must be 0 to 5, got {optimization_level}")
+        if workspace is not None and workspace <= 0:
+            raise InputError(f"--workspace must be a positive number of GiB, got {workspace}")
         build_options = BuildOptions(
             backend=backend,
+            precision=precision,
+            fp16_vae=fp16_vae,
             min_size=parse_size(min_size, "--min-size"),
             opt_size=parse_size(opt_size, "--opt-size"),
             max_size=parse_size(max_size, "--max-size"),
             max_batch=max_batch,
+            static=static,
+            workspace_gib=workspace,
+            optimization_level=optimization_level,
         )
         export_options = ExportOptions()
         if components:
@@ -174,10 +204,14 @@ def build(
             )
         _quiet_torch_libraries()
         columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
+        progress = Progress(*columns, console=console, transient=False, auto_refresh=True)
+        try:
             manifest = run_build(
                 model, output, export_options, build_options, _build_progress(progress)
             )
+        finally:
+            if progress.live.is_started:
+                progress.stop()
         out.print(_components_table(manifest))
         out.print(f"engines written to [bold]{output}[/]")
 
@@ -408,6 +442,21 @@ def bench(
             except OSError as error:
                 raise InputError(f"cannot write {json_file}: {error.strerror}") from None
             out.print(f"wrote {json_file}")
+
+
+@app.command()
+def doctor() -> None:
+    """Report Python, numpy, ONNX Runtime, CUDA, GPUs and TensorRT, and which backends work here."""
+    with _errors():
+        from sdtrt.engine.doctor import diagnose
+
+        table = Table(title="sdtrt doctor", show_header=False)
+        table.add_column("what")
+        table.add_column("found")
+        for finding in diagnose():
+            colour = "green" if finding.ok else "yellow"
+            table.add_row(finding.topic, f"[{colour}]{escape(finding.value)}[/]")
+        out.print(table)
 
 
 def main() -> None:

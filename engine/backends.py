@@ -8,7 +8,9 @@ from typing import Any, Protocol
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import ComponentRecord, check_component_files
-from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
+from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
+from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.tensorrt_backend import TensorRtBackend
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
 
@@ -16,9 +18,21 @@ from sdtrt.errors import InputError
 class Backend(Protocol):
     name: str
 
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """The library's version; raises BackendUnavailable where this backend cannot run."""
+        ...
 
-    def build(self, onnx_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]]: ...
+    def build(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        io: ComponentIO,
+        options: BuildOptions,
+        cache_dir: Path,
+    ) -> tuple[str, dict[str, Any]]:
+        """Build `onnx_path` into `out_dir`: the engine file's name and its load settings.
+        `cache_dir` holds what builds share (TensorRT's timing cache)."""
+        ...
 
     def load(
         self, name: str, path: Path, portable: Path, io: ComponentIO, settings: Mapping[str, Any]
@@ -27,7 +41,10 @@ class Backend(Protocol):
         ...
 
 
-BACKENDS: dict[str, Backend] = {"onnxruntime": OnnxRuntimeBackend()}
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (OnnxRuntimeBackend(), OnnxRuntimeCudaBackend(), TensorRtBackend())
+}
 
 
 def get_backend(name: str) -> Backend:

@@ -15,7 +15,9 @@ class Engine(ABC):
     """One built network. `infer` checks its feeds against `io` and returns fresh arrays.
 
     Outputs never alias buffers the engine reuses, so callers may keep them across calls.
-    Engines are safe to call from several threads at once.
+    Engines are safe to call from several threads at once. A GPU engine may keep an input on the
+    device between calls when it is passed again as the very same read-only array; make an
+    array read-only (`array.setflags(write=False)`) only when its contents will not change.
     """
 
     def __init__(self, name: str, io: ComponentIO) -> None:

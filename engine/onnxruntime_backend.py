@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sdtrt.engine.base import Engine
+from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible
 
@@ -41,13 +42,16 @@ def _ort() -> ModuleType:
     return onnxruntime
 
 
-def choose_providers(available: list[str]) -> list[str]:
-    """CUDA where this onnxruntime has it (the onnxruntime-gpu package on a GPU), else the CPU."""
-    return [CUDA, CPU] if CUDA in available else [CPU]
-
-
-def check_providers(recorded: list[str], available: list[str], path: Path) -> None:
+def check_providers(
+    recorded: list[str], available: list[str], path: Path, build: bool = False
+) -> None:
     missing = [p for p in recorded if p not in available]
+    if missing and build:
+        raise BackendUnavailable(
+            f"this onnxruntime has no {', '.join(missing)} (it has {', '.join(available)}); "
+            "for CUDA install onnxruntime-gpu in place of onnxruntime (`pip install 'sdtrt[gpu]'`) "
+            "on a machine with an NVIDIA GPU"
+        )
     if missing:
         raise EngineIncompatible(
             f"{path} was built for {', '.join(missing)}, which this onnxruntime lacks "
@@ -88,15 +92,28 @@ def use_laid_out_graph(settings: Mapping[str, Any], block: int | None) -> bool:
 
 
 class OnnxRuntimeBackend:
+    """ONNX Runtime on the CPU."""
+
     name = "onnxruntime"
+    providers = [CPU]
 
     def version(self) -> str:
-        return str(_ort().__version__)
+        """onnxruntime's version; BackendUnavailable where it lacks this backend's providers."""
+        ort = _ort()
+        check_providers(self.providers, ort.get_available_providers(), Path("."), build=True)
+        return str(ort.__version__)
 
-    def build(self, onnx_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]]:
+    def build(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        io: ComponentIO,
+        options: BuildOptions,
+        cache_dir: Path,
+    ) -> tuple[str, dict[str, Any]]:
         """Optimise `onnx_path` into `out_dir`; return the engine file name and load settings."""
         ort = _ort()
-        providers = choose_providers(ort.get_available_providers())
+        providers = self.providers
         block = nchwc_block(cpu_flags())
         cpu_only = providers == [CPU] and block is not None
         options = ort.SessionOptions()
@@ -133,6 +150,18 @@ class OnnxRuntimeBackend:
         return OrtEngine(name, path, io, settings)
 
 
+class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
+    """ONNX Runtime on an NVIDIA GPU (the onnxruntime-gpu package), through IO binding."""
+
+    name = "onnxruntime-cuda"
+    providers = [CUDA, CPU]
+
+    def load(
+        self, name: str, path: Path, portable: Path, io: ComponentIO, settings: Mapping[str, Any]
+    ) -> Engine:
+        return OrtCudaEngine(name, path, io, settings)
+
+
 class OrtEngine(Engine):
     """An ONNX Runtime session behind the Engine interface. Sessions run concurrently, safely."""
 
@@ -160,3 +189,30 @@ class OrtEngine(Engine):
 
     def close(self) -> None:
         self._session = None
+
+
+class OrtCudaEngine(OrtEngine):
+    """Outputs stay on the GPU until one copy back, and a read-only input passed again as the
+    same array stays on the GPU between calls (see Engine)."""
+
+    def __init__(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> None:
+        super().__init__(name, path, io, settings)
+        self._resident: dict[str, tuple[np.ndarray, Any]] = {}
+
+    def _device_input(self, name: str, array: np.ndarray) -> Any:
+        held = self._resident.get(name)
+        if held is not None and held[0] is array:
+            return held[1]
+        value = _ort().OrtValue.ortvalue_from_numpy(array, "cuda", 0)
+        if not array.flags.writeable:
+            self._resident[name] = (array, value)
+        return value
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self._session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, self._device_input(name, array))
+        for name in self._output_names:
+            binding.bind_output(name, "cuda")
+        self._session.run_with_iobinding(binding)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))

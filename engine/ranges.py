@@ -34,6 +34,7 @@ class BuildRanges(BaseModel):
     size: SizeRange
     size_step: int
     max_batch: int
+    static: bool = False  # exactly size.opt and max_batch images, nothing else
 
 
 def _round_down(value: float, step: int) -> int:
@@ -72,8 +73,13 @@ def resolve_ranges(options: BuildOptions, native: Size, size_step: int) -> Build
         )
     if options.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
+    if options.static:
+        lo = hi = opt
     return BuildRanges(
-        size=SizeRange(min=lo, opt=opt, max=hi), size_step=size_step, max_batch=options.max_batch
+        size=SizeRange(min=lo, opt=opt, max=hi),
+        size_step=size_step,
+        max_batch=options.max_batch,
+        static=options.static,
     )
 
 
@@ -94,6 +100,11 @@ def check_image_size(ranges: BuildRanges, height: int, width: int) -> None:
 def check_batch(ranges: BuildRanges, images: int) -> None:
     if images < 1:
         raise InputError(f"the batch must hold at least one image, got {images}")
+    if ranges.static and images != ranges.max_batch:
+        raise InputError(
+            f"these engines were built for exactly {ranges.max_batch} images per call (--static); "
+            "ask for that many or rebuild without --static"
+        )
     if images > ranges.max_batch:
         raise InputError(
             f"{images} images per call exceeds the built maximum of {ranges.max_batch}; "

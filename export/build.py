@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,16 +18,18 @@ from sdtrt import __version__
 from sdtrt.engine.artifact import RECORD_NAME, ArtifactWriter, write_json
 from sdtrt.engine.backends import Backend, get_backend
 from sdtrt.engine.manifest import FORMAT_VERSION, ComponentRecord, Manifest, SourceInfo
-from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
+from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
 from sdtrt.export.family import COMPONENT_FOLDERS, DEFAULT_COMPONENTS, load_family
 from sdtrt.export.onnx_export import DEFAULT_OPSET, export_onnx
+from sdtrt.export.precision import component_precision
 from sdtrt.export.sources import digest_files, open_source
 from sdtrt.export.specs import ComponentSpec
 from sdtrt.export.tokenizer_export import export_tokenizer
 from sdtrt.export.validate import validate
-from sdtrt.tolerances import EXPORT_FP32_RELATIVE
+from sdtrt.tolerances import EXPORT_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def build(
             f"unknown component {', '.join(unknown)}; choose from {', '.join(COMPONENT_FOLDERS)}"
         )
     backend = get_backend(build_options.backend)
-    backend_version = backend.version()
+    backend_version = backend.version()  # fails fast where the backend cannot run
     with open_source(model) as source:
         loaded = load_family(source.path, source.name)
         info = loaded.info()
@@ -85,47 +88,19 @@ def build(
             )
             (writer.staging / SCHEDULER_FILE).parent.mkdir(exist_ok=True)
             write_json(writer.staging / SCHEDULER_FILE, loaded.scheduler_config())
-            records: dict[str, ComponentRecord] = {}
-            for spec in loaded.specs(export_options.components):
-                key = build_key(
-                    {
-                        "format": FORMAT_VERSION,
-                        "sdtrt": __version__,
-                        "component": spec.name,
-                        "sources": [digests[f] for f in COMPONENT_FOLDERS[spec.name]],
-                        "export": export_options.opset,
-                        "backend": [backend.name, backend_version],
-                        "precision": build_options.precision.value,
-                        "io": spec.io(ranges).model_dump(mode="json"),
-                    }
-                )
-                reused = writer.reuse(spec.name, key)
-                if reused is not None:
-                    progress(spec.name, "reused")
-                    records[spec.name] = reused
-                    continue
-                record = _build_component(
-                    spec,
-                    writer,
-                    backend,
-                    backend_version,
-                    ranges,
-                    build_options,
-                    export_options,
-                    key,
-                    progress,
-                )
-                writer.finish_component(record)
-                progress(spec.name, "done")
-                records[spec.name] = record
+            job = _Job(
+                writer, backend, backend_version, ranges, build_options, export_options, progress
+            )
+            records = {
+                spec.name: job.component(spec, [digests[f] for f in COMPONENT_FOLDERS[spec.name]])
+                for spec in loaded.specs(export_options.components)
+            }
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 sdtrt_version=__version__,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 source=SourceInfo(
-                    kind=source.kind,
-                    ref=source.ref,
-                    content_hash=build_key(digests),
+                    kind=source.kind, ref=source.ref, content_hash=build_key(digests)
                 ),
                 model=info,
                 ranges=ranges,
@@ -139,60 +114,87 @@ def build(
     return manifest
 
 
-def _build_component(
-    spec: ComponentSpec,
-    writer: ArtifactWriter,
-    backend: Backend,
-    backend_version: str,
-    ranges: BuildRanges,
-    build_options: BuildOptions,
-    export_options: ExportOptions,
-    key: str,
-    progress: Progress,
-) -> ComponentRecord:
-    started = time.perf_counter()
-    folder = writer.component_dir(spec.name)
-    rng = np.random.default_rng(0)
-    progress(spec.name, "export")
-    export_onnx(
-        spec,
-        spec.sample_inputs(spec.trace_point(ranges), rng),
-        folder / ONNX_NAME,
-        export_options.opset,
-    )
-    progress(spec.name, "optimize")
-    engine_name, settings = backend.build(folder / ONNX_NAME, folder)
-    progress(spec.name, "validate")
-    io = spec.io(ranges)
-    with backend.load(spec.name, folder / engine_name, folder / ONNX_NAME, io, settings) as engine:
-        report = validate(
-            spec, engine, spec.sample_inputs(spec.opt_point(ranges), rng), EXPORT_FP32_RELATIVE
+@dataclass(frozen=True)
+class _Job:
+    """What every component of one build shares."""
+
+    writer: ArtifactWriter
+    backend: Backend
+    backend_version: str
+    ranges: BuildRanges
+    build_options: BuildOptions
+    export_options: ExportOptions
+    progress: Progress
+
+    def component(self, spec: ComponentSpec, sources: list[str]) -> ComponentRecord:
+        """The built component: reused when nothing it depends on changed, else built."""
+        options = self.build_options
+        precision = component_precision(spec.name, options.precision, options.fp16_vae)
+        io = spec.io(self.ranges)
+        key = build_key(
+            {
+                "format": FORMAT_VERSION,
+                "sdtrt": __version__,
+                "component": spec.name,
+                "sources": sources,
+                "export": self.export_options.opset,
+                "backend": [self.backend.name, self.backend_version],
+                "precision": precision.value,
+                "engine": options.model_dump(
+                    mode="json", include={"static", "workspace_gib", "optimization_level"}
+                ),
+                "io": io.model_dump(mode="json"),
+            }
         )
-    for item in report:
-        log.info(
-            "%s %s: max abs error %.3g, relative %.3g (allowed %.3g)",
-            spec.name,
-            item.output,
-            item.max_abs_error,
-            item.relative_error,
-            item.tolerance,
+        reused = self.writer.reuse(spec.name, key)
+        if reused is not None:
+            self.progress(spec.name, "reused")
+            return reused
+        record = self._build(spec, precision, io, key)
+        self.writer.finish_component(record)
+        self.progress(spec.name, "done")
+        return record
+
+    def _build(
+        self, spec: ComponentSpec, precision: Precision, io: ComponentIO, key: str
+    ) -> ComponentRecord:
+        started = time.perf_counter()
+        folder = self.writer.component_dir(spec.name)
+        onnx_path = folder / ONNX_NAME
+        rng = np.random.default_rng(0)
+        self.progress(spec.name, "export")
+        trace_inputs = spec.sample_inputs(spec.trace_point(self.ranges), rng)
+        export_onnx(spec, trace_inputs, onnx_path, self.export_options.opset, precision)
+        self.progress(spec.name, "optimize")
+        engine_name, settings = self.backend.build(
+            onnx_path, folder, io, self.build_options, self.writer.output.parent
         )
-    files = {
-        f"{spec.name}/{p.name}": p.stat().st_size
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != RECORD_NAME
-    }
-    return ComponentRecord(
-        name=spec.name,
-        onnx=f"{spec.name}/{ONNX_NAME}",
-        engine=f"{spec.name}/{engine_name}",
-        files=files,
-        backend=backend.name,
-        backend_version=backend_version,
-        precision=build_options.precision,
-        io=io,
-        settings=settings,
-        validation=report,
-        build_key=key,
-        build_seconds=round(time.perf_counter() - started, 3),
-    )
+        self.progress(spec.name, "validate")
+        tolerance = EXPORT_TOLERANCE[precision]
+        with self.backend.load(spec.name, folder / engine_name, onnx_path, io, settings) as engine:
+            inputs = spec.sample_inputs(spec.opt_point(self.ranges), rng)
+            report = validate(spec, engine, inputs, tolerance)
+        for item in report:
+            log.info(
+                "%s %s: max abs error %.3g, relative %.3g (allowed %.3g)",
+                spec.name, item.output, item.max_abs_error, item.relative_error, item.tolerance,
+            )  # fmt: skip
+        files = {
+            f"{spec.name}/{p.name}": p.stat().st_size
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != RECORD_NAME
+        }
+        return ComponentRecord(
+            name=spec.name,
+            onnx=f"{spec.name}/{ONNX_NAME}",
+            engine=f"{spec.name}/{engine_name}",
+            files=files,
+            backend=self.backend.name,
+            backend_version=self.backend_version,
+            precision=precision,
+            io=io,
+            settings=settings,
+            validation=report,
+            build_key=key,
+            build_seconds=round(time.perf_counter() - started, 3),
+        )

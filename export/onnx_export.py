@@ -19,7 +19,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
+from sdtrt.engine.options import Precision
 from sdtrt.errors import BuildError
+from sdtrt.export.precision import to_fp16
 from sdtrt.export.specs import ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,14 @@ INLINE_LIMIT = 2**31 - 2**27
 
 
 def export_onnx(
-    spec: ComponentSpec, inputs: dict[str, np.ndarray], path: Path, opset: int = DEFAULT_OPSET
+    spec: ComponentSpec,
+    inputs: dict[str, np.ndarray],
+    path: Path,
+    opset: int = DEFAULT_OPSET,
+    precision: Precision = Precision.FP32,
 ) -> None:
-    """Export `spec`'s module traced on `inputs` to `path` (plus `path`.data for big graphs)."""
+    """Export `spec`'s module traced on `inputs` to `path` (plus `path`.data for big graphs),
+    converted to fp16 (see precision.py) when asked."""
     module = spec.module().eval()
     args = tuple(torch.from_numpy(inputs[t.name]) for t in spec.inputs)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
@@ -55,6 +62,9 @@ def export_onnx(
         # Passed straight in so that _clean holds the only reference and can free it early:
         # a UNet is several GB per copy.
         model = _clean(onnx.load(str(raw)))
+    if precision is Precision.FP16:
+        # The converter appends its casts at the end of the node list; ONNX wants them in order.
+        model = gs.export_onnx(gs.import_onnx(to_fp16(model)).toposort())
     _save_checked(model, path)
 
 

@@ -20,6 +20,12 @@ DimRanges = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
 Point = dict[str, int]  # symbol -> size
 
 
+def _batch_dims(ranges: BuildRanges, rows_per_image: int) -> tuple[int, int, int]:
+    """(min, opt, max) rows for networks that see `rows_per_image` rows per image."""
+    most = rows_per_image * ranges.max_batch
+    return (most, most, most) if ranges.static else (1, rows_per_image, most)
+
+
 def _latent_dims(ranges: BuildRanges, vae_scale_factor: int) -> DimRanges:
     (h0, w0), (h1, w1), (h2, w2) = ranges.size.min, ranges.size.opt, ranges.size.max
     f = vae_scale_factor
@@ -105,7 +111,7 @@ class TextEncoderSpec(ComponentSpec):
 
     def dims(self, ranges: BuildRanges) -> DimRanges:
         # Prompts and negative prompts are encoded in one call, hence twice the images.
-        return {"batch": (1, 2, 2 * ranges.max_batch)}
+        return {"batch": _batch_dims(ranges, 2)}
 
     def module(self) -> torch.nn.Module:
         return _Wrapper(
@@ -142,10 +148,7 @@ class UNetSpec(ComponentSpec):
         self.outputs = (TensorSpec(name="noise_pred", dtype="float32", shape=out),)
 
     def dims(self, ranges: BuildRanges) -> DimRanges:
-        return {
-            "batch": (1, 2, 2 * ranges.max_batch),
-            **_latent_dims(ranges, self.vae_scale_factor),
-        }
+        return {"batch": _batch_dims(ranges, 2), **_latent_dims(ranges, self.vae_scale_factor)}
 
     def trace_point(self, ranges: BuildRanges) -> Point:
         # diffusers' UNet upsamples by a fixed factor when the latent size divides its downsampling
@@ -189,7 +192,7 @@ class _VaeSpec(ComponentSpec):
         f = self.vae_scale_factor
         (h0, h1, h2), (w0, w1, w2) = latent["latent_height"], latent["latent_width"]
         return {
-            "batch": (1, 1, ranges.max_batch),
+            "batch": _batch_dims(ranges, 1),
             **latent,
             "height": (h0 * f, h1 * f, h2 * f),
             "width": (w0 * f, w1 * f, w2 * f),

@@ -175,7 +175,9 @@ class Pipeline:
         mark = time.perf_counter()
         states = self.engines["text_encoder"].infer({"input_ids": ids})["last_hidden_state"]
         timings.text_encoder = time.perf_counter() - mark
-        return np.repeat(states, request.images_per_prompt, axis=0)
+        context = np.repeat(states, request.images_per_prompt, axis=0)
+        context.setflags(write=False)  # the same every step: GPU engines keep it on the device
+        return context
 
     def _initial_latents(
         self, request: Request, latents: np.ndarray | None, source: NoiseSource

@@ -63,3 +63,15 @@ def test_batch_checks():
         check_batch(ranges, 3)
     with pytest.raises(InputError, match="at least one image"):
         check_batch(ranges, 0)
+
+
+def test_static_builds_one_shape():
+    ranges = resolve_ranges(
+        BuildOptions(static=True, opt_size=(512, 768), max_batch=2), (512, 512), 8
+    )
+    assert ranges.size.min == ranges.size.opt == ranges.size.max == (512, 768)
+    check_batch(ranges, 2)
+    with pytest.raises(InputError, match="exactly 2 images per call"):
+        check_batch(ranges, 1)
+    with pytest.raises(InputError, match="outside the built range"):
+        check_image_size(ranges, 512, 512)

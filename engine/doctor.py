@@ -1,0 +1,82 @@
+"""`sdtrt doctor`: what this machine has, and which backends can run here (and if not, why)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+from dataclasses import dataclass
+
+from sdtrt import __version__
+from sdtrt.engine.backends import BACKENDS
+from sdtrt.errors import SdtrtError
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    value: str
+    ok: bool = True
+
+
+def _version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cuda_findings() -> list[Finding]:
+    from sdtrt.engine import cuda
+
+    try:
+        count = cuda.device_count()
+        if count == 0:
+            return [Finding("CUDA", "no NVIDIA GPU or driver visible", False)]
+        versions = cuda.versions()
+        findings = [
+            Finding("CUDA driver", _cuda_version(versions["driver"])),
+            Finding("CUDA runtime", _cuda_version(versions["runtime"])),
+        ]
+        for index in range(count):
+            gpu = cuda.device_properties(index)
+            memory = gpu["total_memory"] / 2**30
+            findings.append(
+                Finding(f"GPU {index}", f"{gpu['name']}, compute capability "
+                        f"{gpu['compute_capability']}, {memory:.0f} GiB")
+            )  # fmt: skip
+        return findings
+    except SdtrtError as error:
+        return [Finding("CUDA", str(error), False)]
+
+
+def _cuda_version(encoded: int) -> str:
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
+def diagnose() -> list[Finding]:
+    findings = [
+        Finding("sdtrt", __version__),
+        Finding("Python", f"{sys.version.split()[0]} ({platform.platform()})"),
+        Finding("numpy", _version_of("numpy") or "not installed", _version_of("numpy") is not None),
+    ]
+    ort = _version_of("onnxruntime") or _version_of("onnxruntime-gpu")
+    if ort and importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        providers = ", ".join(onnxruntime.get_available_providers())
+        findings.append(Finding("onnxruntime", f"{ort} (providers: {providers})"))
+    else:
+        findings.append(Finding("onnxruntime", "not installed", False))
+    findings += _cuda_findings()
+    tensorrt = (
+        _version_of("tensorrt") or _version_of("tensorrt-cu12") or _version_of("tensorrt-cu13")
+    )
+    findings.append(Finding("TensorRT", tensorrt or "not installed", tensorrt is not None))
+    for name, backend in BACKENDS.items():
+        try:
+            findings.append(Finding(f"backend {name}", f"usable ({backend.version()})"))
+        except SdtrtError as error:
+            findings.append(Finding(f"backend {name}", f"not usable: {error}", False))
+    return findings

@@ -1,0 +1,59 @@
+"""fp16 through the ONNX graph, not builder flags: which parts stay fp32, and the conversion.
+
+TensorRT 11 dropped the FP16 builder flag; a strongly typed network runs each layer in the type
+the graph gives it, on TensorRT 10 and 11 alike. So the graph itself is converted, keeping in
+fp32 what loses too much in fp16:
+
+- normalisation statistics (GroupNorm, exported as InstanceNormalization, and LayerNorm) and
+  softmax, whose sums overflow or lose their small terms;
+- the sinusoidal timestep embedding, whose arguments reach ~1000 where fp16 steps by 0.5 (diffusers
+  computes it in fp32 too);
+- the whole VAE decoder by default: Stable Diffusion VAEs overflow fp16 in their last blocks.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from sdtrt.engine.options import Precision
+
+FP32_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization", "Softmax")
+# The timestep embedding is found by its sin and cos; everything feeding them stays fp32.
+EMBEDDING_OPS = ("Sin", "Cos")
+FP32_BY_DEFAULT = ("vae_decoder",)
+
+
+def component_precision(component: str, asked: Precision, fp16_vae: bool = False) -> Precision:
+    """The precision `component` is built in when the build asks for `asked`."""
+    if asked is Precision.FP16 and component in FP32_BY_DEFAULT and not fp16_vae:
+        return Precision.FP32
+    return asked
+
+
+def embedding_nodes(graph: onnx.GraphProto) -> set[str]:
+    """Names of the nodes that compute the inputs of sin/cos, back to the graph's inputs."""
+    producer = {output: node for node in graph.node for output in node.output}
+    names = {node.name for node in graph.node if node.op_type in EMBEDDING_OPS}
+    pending = [i for node in graph.node if node.op_type in EMBEDDING_OPS for i in node.input]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is None or node.name in names:
+            continue
+        names.add(node.name)
+        pending.extend(node.input)
+    return names
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with fp16 weights and arithmetic, fp32 where listed above, fp32 inputs/outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for index, node in enumerate(model.graph.node):
+        if not node.name:  # the converter selects nodes by name
+            node.name = f"node_{index}"
+    return convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(FP32_OPS),
+        node_block_list=sorted(embedding_nodes(model.graph)),
+    )

@@ -1,0 +1,78 @@
+"""`sdtrt bench` and the side-by-side harness on the tiny model."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sdtrt.bench.compare import compare, model_folder
+from sdtrt.bench.runner import BenchOptions, BenchReport, run_bench
+from sdtrt.bench.stats import Latency
+from sdtrt.cli import app
+from sdtrt.engine.manifest import read_manifest
+from sdtrt.errors import InputError
+
+
+def test_latency_percentiles():
+    latency = Latency.of([0.001 * v for v in range(1, 101)])
+    assert latency.samples == 100 and latency.p50_ms == pytest.approx(50.5)
+    assert latency.p90_ms == pytest.approx(90.1) and latency.p99_ms == pytest.approx(99.01)
+
+
+def test_bench_report(tiny_engine_dir):
+    options = BenchOptions(steps=4, runs=2, warmup=1, scheduler="euler", batch=2, height=48)
+    report = run_bench(tiny_engine_dir, options)
+    assert (report.height, report.width, report.scheduler, report.unet_calls) == (
+        48,
+        64,
+        "euler",
+        4,
+    )
+    assert report.stages["unet_step"].samples == 8 and report.stages["end_to_end"].samples == 2
+    assert all(stage.p50_ms > 0 for stage in report.stages.values())
+    assert report.images_per_second == pytest.approx(
+        2 / (report.stages["end_to_end"].p50_ms / 1e3), rel=1e-3
+    )
+    assert report.peak_rss_mib > 0 and 0 < report.import_seconds < 30
+    assert report.machine["onnxruntime_providers"]
+    assert BenchReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_bench_command_writes_json(tiny_engine_dir, tmp_path):
+    target = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app, ["bench", str(tiny_engine_dir), "--steps", "2", "--runs", "2", "--json", str(target)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "end to end" in result.stdout and "images / s" in result.stdout
+    assert json.loads(target.read_text())["stages"]["unet_step"]["samples"] == 6  # PNDM: 3 calls
+
+
+def test_bench_refuses_bad_options(tiny_engine_dir):
+    result = CliRunner().invoke(app, ["bench", str(tiny_engine_dir), "--runs", "0"])
+    assert result.exit_code == 1 and "--runs must be >= 1" in result.stderr
+
+
+def test_compare_against_diffusers_and_openvino(tiny_engine_dir, tiny_model_dir):
+    options = BenchOptions(steps=3, runs=2, scheduler="dpmpp_2m")
+    report = compare(tiny_engine_dir, options, model=tiny_model_dir)
+    assert set(report.unet_step) == {"sdtrt", "torch eager", "openvino"}
+    assert set(report.end_to_end) == {"sdtrt", "diffusers"}
+    assert set(report.speedups) == {"unet vs torch eager", "unet vs openvino", "image vs diffusers"}
+    assert all(value > 0 for value in report.speedups.values())
+    assert report.host_step_us > 0
+
+
+def test_reference_folder_comes_from_the_manifest_or_the_option(
+    tiny_engine_dir, tiny_model_dir, tmp_path
+):
+    manifest = read_manifest(tiny_engine_dir)
+    assert model_folder(manifest, None) == str(tiny_model_dir)
+    assert model_folder(manifest, tiny_model_dir) == str(tiny_model_dir)
+    with pytest.raises(InputError, match="is not a diffusers model folder"):
+        model_folder(manifest, tmp_path)
+    preset = manifest.model_copy(
+        update={"source": manifest.source.model_copy(update={"kind": "preset", "ref": "sd15"})}
+    )
+    with pytest.raises(InputError, match="pass --model with its diffusers folder"):
+        model_folder(preset, None)

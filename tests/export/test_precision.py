@@ -1,0 +1,58 @@
+"""fp16 through the graph: what stays fp32, and fp16 graphs validated on the CPU against torch."""
+
+import onnx
+import pytest
+
+from sdtrt.engine.manifest import read_manifest
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.export.build import ExportOptions, build
+from sdtrt.export.precision import component_precision, embedding_nodes
+from sdtrt.tolerances import EXPORT_FP16_RELATIVE
+
+
+def test_vae_decoder_stays_fp32_unless_asked():
+    assert component_precision("unet", Precision.FP16) is Precision.FP16
+    assert component_precision("vae_decoder", Precision.FP16) is Precision.FP32
+    assert component_precision("vae_decoder", Precision.FP16, fp16_vae=True) is Precision.FP16
+    assert component_precision("vae_decoder", Precision.FP32, fp16_vae=True) is Precision.FP32
+
+
+def test_timestep_embedding_is_found(tiny_engine_dir):
+    graph = onnx.load(str(tiny_engine_dir / "unet" / "model.onnx")).graph
+    found = embedding_nodes(graph)
+    ops = {node.op_type for node in graph.node if node.name in found}
+    assert {"Sin", "Cos", "Mul"} <= ops
+    assert len(found) < 40  # the embedding, not the network
+
+
+@pytest.fixture(scope="module")
+def fp16_engines(tiny_model_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("fp16") / "engines"
+    build(str(tiny_model_dir), output, ExportOptions(), BuildOptions(precision=Precision.FP16))
+    return output
+
+
+def test_fp16_build_validates_against_torch(fp16_engines):
+    components = read_manifest(fp16_engines).components
+    assert {name: c.precision for name, c in components.items()} == {
+        "text_encoder": Precision.FP16,
+        "unet": Precision.FP16,
+        "vae_decoder": Precision.FP32,
+    }
+    for name in ("text_encoder", "unet"):
+        for item in components[name].validation:
+            assert item.tolerance == EXPORT_FP16_RELATIVE
+            # fp16 really ran: more error than fp32 shows, within the fp16 tolerance.
+            assert 1e-4 < item.relative_error <= EXPORT_FP16_RELATIVE, (name, item)
+    unet = onnx.load(str(fp16_engines / "unet" / "model.onnx"))
+    types = {t.data_type for t in unet.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types
+    assert unet.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O
+
+
+def test_fp16_engines_generate(fp16_engines):
+    from sdtrt.runtime.pipeline import Pipeline
+
+    with Pipeline.load(fp16_engines) as pipe:
+        images = pipe("a cat", num_inference_steps=3, seed=1, output_type="np").images
+    assert images.shape == (1, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
