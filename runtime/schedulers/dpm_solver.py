@@ -82,13 +82,28 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         sde = config["algorithm_type"].startswith("sde")
         z = noise(model_output.shape) if sde else None
         order = int(config["solver_order"])
-        if order == 1 or state.warmed < 1 or final:
-            prev = self._first_order(state.outputs[-1], i, sample, plan, z)
-        elif order == 2 or state.warmed < 2 or second_last:
-            prev = self._second_order(state.outputs, i, sample, plan, z)
-        else:
-            prev = self._third_order(state.outputs, i, sample, plan, z)
+        # A last step from sigma_min to sigma_min has h = 0: the step ratio r0 = h_0 / h is then
+        # infinite and its term vanishes, as in diffusers; numpy need not warn about it.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prev = self._update(state, order, final, second_last, i, sample, plan, z)
         return prev.astype(np.float32, copy=False), self.warmed(state)
+
+    def _update(
+        self,
+        state: History,
+        order: int,
+        final: bool,
+        second_last: bool,
+        i: int,
+        sample: np.ndarray,
+        plan: MultistepPlan,
+        z: np.ndarray | None,
+    ) -> np.ndarray:
+        if order == 1 or state.warmed < 1 or final:
+            return self._first_order(state.outputs[-1], i, sample, plan, z)
+        if order == 2 or state.warmed < 2 or second_last:
+            return self._second_order(state.outputs, i, sample, plan, z)
+        return self._third_order(state.outputs, i, sample, plan, z)
 
     def _first_order(
         self, m: np.ndarray, i: int, x: np.ndarray, plan: MultistepPlan, z: np.ndarray | None
