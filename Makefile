@@ -34,7 +34,7 @@ test: typecheck
 # mypy over the whole package, TensorRT and CUDA calls included (see .ci/typings.py).
 typecheck: install
 	$(BIN)/python .ci/typings.py
-	$(BIN)/python -m mypy engine runtime export bench cli.py errors.py tolerances.py
+	$(BIN)/python -m mypy engine runtime export bench ui cli.py errors.py tolerances.py
 
 # Real-architecture checks (sd15 preset): many minutes and ~16 GB of memory.
 test-slow: install

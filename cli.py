@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,10 +25,6 @@ from rich.table import Table
 from sdtrt import __version__
 from sdtrt.engine.options import Precision
 from sdtrt.errors import InputError, SdtrtError
-
-if TYPE_CHECKING:
-    from sdtrt.engine.manifest import Manifest
-    from sdtrt.runtime.pipeline import GenerationOutput
 
 app = typer.Typer(
     help="Stable Diffusion as an optimized inference engine: build engines, then run them.",
@@ -180,6 +176,7 @@ def build(
         from sdtrt.engine.options import BuildOptions
         from sdtrt.export.build import ExportOptions
         from sdtrt.export.build import build as run_build
+        from sdtrt.ui.tables import components_table
 
         if not 0 <= optimization_level <= 5:
             raise InputError(f"--optimization-level must be 0 to 5, got {optimization_level}")
@@ -212,32 +209,8 @@ def build(
         finally:
             if progress.live.is_started:
                 progress.stop()
-        out.print(_components_table(manifest))
+        out.print(components_table(manifest))
         out.print(f"engines written to [bold]{output}[/]")
-
-
-def _components_table(manifest: Manifest) -> Table:
-    table = Table(title=f"{manifest.model.name} ({manifest.model.family})")
-    for column in (
-        "component",
-        "backend",
-        "precision",
-        "max abs error",
-        "relative error",
-        "build s",
-    ):
-        table.add_column(column, justify="left" if column in ("component", "backend") else "right")
-    for record in manifest.components.values():
-        worst = max(record.validation, key=lambda v: v.relative_error)
-        table.add_row(
-            record.name,
-            f"{record.backend} {record.backend_version}",
-            record.precision.value,
-            f"{worst.max_abs_error:.2e}",
-            f"{worst.relative_error:.2e}",
-            f"{record.build_seconds:.1f}",
-        )
-    return table
 
 
 @app.command()
@@ -245,6 +218,7 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
     """Show what an engine directory holds: components, backend, ranges, validation errors."""
     with _errors():
         from sdtrt.engine.manifest import read_manifest
+        from sdtrt.ui.tables import components_table, profiles_table
 
         manifest = read_manifest(directory)
         ranges = manifest.ranges
@@ -257,16 +231,8 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
             f"optimised for {ranges.size.opt[0]}x{ranges.size.opt[1]}; "
             f"up to {ranges.max_batch} images per call"
         )
-        out.print(_components_table(manifest))
-        profiles = Table(title="shape ranges (min / opt / max)")
-        for column in ("component", "input", "min", "opt", "max"):
-            profiles.add_column(column)
-        for record in manifest.components.values():
-            for name, shape in record.io.profile.items():
-                profiles.add_row(
-                    record.name, name, *(str(list(s)) for s in (shape.min, shape.opt, shape.max))
-                )
-        out.print(profiles)
+        out.print(components_table(manifest))
+        out.print(profiles_table(manifest))
 
 
 def _output_paths(output: Path, count: int) -> list[Path]:
@@ -279,28 +245,6 @@ def _output_paths(output: Path, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
-
-
-def _timing_table(result: GenerationOutput) -> Table:
-    timings = result.timings
-    steps = len(timings.unet)
-    table = Table(title="timings")
-    table.add_column("stage")
-    table.add_column("total ms", justify="right")
-    table.add_column("per step ms", justify="right")
-    rows = [
-        ("tokenizer", timings.tokenize, None),
-        ("text encoder", timings.text_encoder, None),
-        (f"unet x {steps}", sum(timings.unet), sum(timings.unet) / steps),
-        (f"scheduler + guidance x {steps}", sum(timings.scheduler), sum(timings.scheduler) / steps),
-        ("vae decoder", timings.vae_decoder, None),
-        ("total", timings.total, None),
-    ]
-    for stage, seconds, per_step in rows:
-        table.add_row(
-            stage, f"{seconds * 1e3:.1f}", "" if per_step is None else f"{per_step * 1e3:.2f}"
-        )
-    return table
 
 
 @app.command()
@@ -339,6 +283,7 @@ def run(
     with _errors():
         from sdtrt.runtime.images import parameters_text, save_png
         from sdtrt.runtime.pipeline import Pipeline
+        from sdtrt.ui.tables import timing_table
 
         paths = _output_paths(output, batch)
         with Pipeline.load(directory) as pipe:
@@ -386,7 +331,7 @@ def run(
                 except OSError as error:
                     raise InputError(f"cannot write {path}: {error.strerror}") from None
                 out.print(f"wrote {path}")
-        out.print(_timing_table(result))
+        out.print(timing_table(result))
 
 
 @app.command()

@@ -1,0 +1,69 @@
+"""The tables `sdtrt build`, `info` and `run` print."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from sdtrt.engine.manifest import Manifest
+from sdtrt.runtime.pipeline import GenerationOutput
+
+
+def components_table(manifest: Manifest) -> Table:
+    """Each network: backend, precision, its worst error against torch, build time."""
+    table = Table(title=f"{manifest.model.name} ({manifest.model.family})")
+    for column in (
+        "component",
+        "backend",
+        "precision",
+        "max abs error",
+        "relative error",
+        "build s",
+    ):
+        table.add_column(column, justify="left" if column in ("component", "backend") else "right")
+    for record in manifest.components.values():
+        worst = max(record.validation, key=lambda v: v.relative_error)
+        table.add_row(
+            record.name,
+            f"{record.backend} {record.backend_version}",
+            record.precision.value,
+            f"{worst.max_abs_error:.2e}",
+            f"{worst.relative_error:.2e}",
+            f"{record.build_seconds:.1f}",
+        )
+    return table
+
+
+def profiles_table(manifest: Manifest) -> Table:
+    """The shapes each network was built for."""
+    table = Table(title="shape ranges (min / opt / max)")
+    for column in ("component", "input", "min", "opt", "max"):
+        table.add_column(column)
+    for record in manifest.components.values():
+        for name, shape in record.io.profile.items():
+            table.add_row(
+                record.name, name, *(str(list(s)) for s in (shape.min, shape.opt, shape.max))
+            )
+    return table
+
+
+def timing_table(result: GenerationOutput) -> Table:
+    """Per-stage time of one generation, per step where it repeats."""
+    timings = result.timings
+    steps = len(timings.unet)
+    table = Table(title="timings")
+    table.add_column("stage")
+    table.add_column("total ms", justify="right")
+    table.add_column("per step ms", justify="right")
+    rows = [
+        ("tokenizer", timings.tokenize, None),
+        ("text encoder", timings.text_encoder, None),
+        (f"unet x {steps}", sum(timings.unet), sum(timings.unet) / steps),
+        (f"scheduler + guidance x {steps}", sum(timings.scheduler), sum(timings.scheduler) / steps),
+        ("vae decoder", timings.vae_decoder, None),
+        ("total", timings.total, None),
+    ]
+    for stage, seconds, per_step in rows:
+        table.add_row(
+            stage, f"{seconds * 1e3:.1f}", "" if per_step is None else f"{per_step * 1e3:.2f}"
+        )
+    return table
