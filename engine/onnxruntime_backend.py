@@ -42,16 +42,20 @@ def _ort() -> ModuleType:
     return onnxruntime
 
 
-def check_providers(
-    recorded: list[str], available: list[str], path: Path, build: bool = False
-) -> None:
-    missing = [p for p in recorded if p not in available]
-    if missing and build:
+def require_providers(wanted: list[str], available: list[str]) -> None:
+    """Before a build: this onnxruntime must have the backend's providers."""
+    missing = [p for p in wanted if p not in available]
+    if missing:
         raise BackendUnavailable(
             f"this onnxruntime has no {', '.join(missing)} (it has {', '.join(available)}); "
             "for CUDA install onnxruntime-gpu in place of onnxruntime (`pip install 'sdtrt[gpu]'`) "
             "on a machine with an NVIDIA GPU"
         )
+
+
+def check_providers(recorded: list[str], available: list[str], path: Path) -> None:
+    """Before a load: the engine at `path` was built for providers this onnxruntime has."""
+    missing = [p for p in recorded if p not in available]
     if missing:
         raise EngineIncompatible(
             f"{path} was built for {', '.join(missing)}, which this onnxruntime lacks "
@@ -100,7 +104,7 @@ class OnnxRuntimeBackend:
     def version(self) -> str:
         """onnxruntime's version; BackendUnavailable where it lacks this backend's providers."""
         ort = _ort()
-        check_providers(self.providers, ort.get_available_providers(), Path("."), build=True)
+        require_providers(self.providers, ort.get_available_providers())
         return str(ort.__version__)
 
     def build(

@@ -83,6 +83,10 @@ class TimestepPlan:
     alphas_cumprod: np.ndarray  # float32, per training timestep
     final_alpha_cumprod: np.float32  # alpha_bar after the last step
 
+    def alpha_bar(self, t: int) -> np.float32:
+        """alpha_bar at training timestep t; past the end (t < 0), the final one."""
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
 
 def timestep_plan(
     config: Mapping[str, Any], steps: int, final_alpha: np.float32 | None

@@ -63,7 +63,7 @@ class DDIMScheduler(Scheduler[DDIMPlan, None]):
         t = int(plan.timesteps[i])
         prev_t = t - plan.step_ratio
         alpha_prod = plan.alphas_cumprod[t]
-        alpha_prev = plan.alphas_cumprod[prev_t] if prev_t >= 0 else plan.final_alpha_cumprod
+        alpha_prev = plan.alpha_bar(prev_t)
         x0, eps = predicted_original(
             self.config["prediction_type"], model_output, sample, alpha_prod
         )

@@ -61,7 +61,7 @@ class DDPMScheduler(Scheduler[TimestepPlan, None]):
         t = int(plan.timesteps[i])
         prev_t = int(plan.timesteps[i + 1]) if i + 1 < len(plan.timesteps) else -1
         alpha = plan.alphas_cumprod[t]
-        alpha_prev = plan.alphas_cumprod[prev_t] if prev_t >= 0 else plan.final_alpha_cumprod
+        alpha_prev = plan.alpha_bar(prev_t)
         beta, beta_prev = 1 - alpha, 1 - alpha_prev
         current_alpha = alpha / alpha_prev
         current_beta = 1 - current_alpha

@@ -42,7 +42,7 @@ class HeunScheduler(SigmaScheduler[SigmaPlan, HeunState | None]):
     }
 
     def plan(self, num_inference_steps: int) -> SigmaPlan:
-        base = sigma_plan({**self.config, "final_sigmas_type": "zero"}, num_inference_steps)
+        base = sigma_plan(self.config, num_inference_steps)
         sigmas, timesteps = base.sigmas, base.timesteps
         return SigmaPlan(
             timesteps=np.concatenate([timesteps[:1], timesteps[1:].repeat(2)]),

@@ -78,7 +78,7 @@ class LCMScheduler(Scheduler[TimestepPlan, None]):
         last = i == len(plan.timesteps) - 1
         prev_t = t if last else int(plan.timesteps[i + 1])
         alpha = plan.alphas_cumprod[t]
-        alpha_prev = plan.alphas_cumprod[prev_t] if prev_t >= 0 else plan.final_alpha_cumprod
+        alpha_prev = plan.alpha_bar(prev_t)
         scaled = np.float32(t) * np.float32(self.config["timestep_scaling"])
         c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
         c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** np.float32(0.5)

@@ -49,9 +49,7 @@ class LMSScheduler(SigmaScheduler[LMSPlan, tuple[np.ndarray, ...]]):
     }
 
     def plan(self, num_inference_steps: int) -> LMSPlan:
-        # diffusers' LMS takes Karras bounds from the schedule only, never from the config.
-        config = {**self.config, "sigma_min": None, "sigma_max": None, "final_sigmas_type": "zero"}
-        base = sigma_plan(config, num_inference_steps)
+        base = sigma_plan(self.config, num_inference_steps)
         coefficients = tuple(
             lms_coefficients(base.sigmas, i, min(i + 1, ORDER)) for i in range(num_inference_steps)
         )

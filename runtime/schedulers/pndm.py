@@ -12,6 +12,7 @@ from sdtrt.runtime.schedulers.common import (
     NOISE_SCHEDULE_DEFAULTS,
     Noise,
     Scheduler,
+    TimestepPlan,
     alphas_cumprod,
     betas,
     check_steps,
@@ -22,11 +23,10 @@ ORDER = 4  # PRK warms up the four-step linear multistep method
 
 
 @dataclass(frozen=True)
-class PNDMPlan:
-    timesteps: np.ndarray  # int64: the Runge-Kutta warm-up calls, then the multistep ones
+class PNDMPlan(TimestepPlan):
+    """Timesteps: the Runge-Kutta warm-up calls, then the multistep ones."""
+
     prk_calls: int
-    alphas_cumprod: np.ndarray
-    final_alpha_cumprod: np.float32
     step_ratio: int
 
 
@@ -138,7 +138,7 @@ class PNDMScheduler(Scheduler[PNDMPlan, PNDMState]):
     ) -> np.ndarray:
         """Liu et al. 2022, eq. 11: the transfer from t to prev_t given a noise estimate."""
         alpha = plan.alphas_cumprod[t]
-        alpha_prev = plan.alphas_cumprod[prev_t] if prev_t >= 0 else plan.final_alpha_cumprod
+        alpha_prev = plan.alpha_bar(prev_t)
         beta, beta_prev = 1 - alpha, 1 - alpha_prev
         prediction = self.config["prediction_type"]
         if prediction == "v_prediction":
