@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Installed before the project so that pip keeps this build; the export extra accepts torch >= 2.1.
 TORCH ?= torch==2.13.0
+TRT_STUBS := 10.13.0.35.1
 PROMPT ?= a photo of an astronaut riding a horse on mars
 
-.PHONY: install demo test typecheck test-slow test-gpu clean
+.PHONY: install demo test test-onnxruntime-versions chromium typecheck test-slow test-gpu clean
 
 install: $(VENV)/.installed
 
@@ -14,13 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	# CLIP's BPE merge list for real-vocabulary presets (sd15); the package's own
-	# dependencies (torchvision, ...) are not needed for that file.
-	$(BIN)/pip install --quiet --no-deps open-clip-torch
-	# TensorRT's type stubs, for checking the GPU code; their dependency is TensorRT itself,
-	# which only installs where there is an NVIDIA GPU.
-	$(BIN)/pip install --quiet --no-deps tensorrt-stubs
-	$(BIN)/pip install --quiet -e ".[export,dev]"
+	# TensorRT's type stubs, for checking the GPU code: downloaded, not installed, since the
+	# package depends on TensorRT itself (which installs only beside an NVIDIA GPU); .ci/typings.py
+	# unpacks them.
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/stubs "tensorrt-stubs==$(TRT_STUBS)"
+	$(BIN)/pip install --quiet -e ".[export,serve,ray,dev]"
 	touch $@
 
 # Build the tiny preset end to end and draw one image: demo/astronaut.png.
@@ -28,13 +27,38 @@ demo: install
 	$(BIN)/sdtrt build tiny --output demo/tiny
 	$(BIN)/sdtrt run demo/tiny "$(PROMPT)" --seed 0 --steps 25 --output demo/astronaut.png
 
-test: typecheck
+test: typecheck test-onnxruntime-versions chromium
 	$(BIN)/python -m pytest
+
+# What depends on the installed onnxruntime (the fp16 graphs, the saved engines) also runs against
+# the oldest onnxruntime sdtrt supports and the newest onnxruntime-gpu release, each unpacked
+# beside the venv and put first on the path.
+ORT_VERSIONS ?= 1.20.1 1.31.1
+ORT_TESTS := tests/export/test_fp16.py tests/export/test_precision.py \
+	tests/engine/test_onnxruntime_backend.py tests/engine/test_onnxruntime_cuda.py
+test-onnxruntime-versions: install
+	@for version in $(ORT_VERSIONS); do \
+		target=$(VENV)/onnxruntime-$$version; \
+		test -d $$target || $(BIN)/pip install --quiet --no-deps --target $$target \
+			"onnxruntime==$$version" || exit 1; \
+		echo "onnxruntime $$version:"; \
+		PYTHONPATH=$$target EXPECT_ONNXRUNTIME_VERSION=$$version \
+			$(BIN)/python -m pytest -q $(ORT_TESTS) || exit 1; \
+	done
+
+# Debian's chromium, for the headless-browser test of the web page: installed when missing and
+# this is root on a Debian-like machine; elsewhere that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "chromium could not be installed: the browser test will skip"; \
+	else echo "chromium is missing and cannot be installed here: the browser test will skip"; fi
 
 # mypy over the whole package, TensorRT and CUDA calls included (see .ci/typings.py).
 typecheck: install
 	$(BIN)/python .ci/typings.py
-	$(BIN)/python -m mypy engine runtime export bench ui cli.py errors.py tolerances.py
+	$(BIN)/python -m mypy -p sdtrt
 
 # Real-architecture checks (sd15 preset): many minutes and ~16 GB of memory.
 test-slow: install

@@ -27,3 +27,7 @@ class BuildError(SdtrtError):
 
 class BackendUnavailable(SdtrtError):
     """The requested backend's library is not installed or cannot run here."""
+
+
+class NumericalError(SdtrtError):
+    """A network produced NaN or infinity (an fp16 overflow, most often): no image is written."""

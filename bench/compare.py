@@ -1,6 +1,7 @@
 """The side-by-side harness: one model, size, step count and scheduler through sdtrt and through
-the references — diffusers (torch eager) and, where installed, OpenVINO on the same exported
-UNet graph — in one process, rounds interleaved, reported as ratios.
+the references (references.py: diffusers in torch eager and compiled, and, on the same exported
+UNet graph, OpenVINO and ONNX Runtime) in one process, rounds interleaved, reported as ratios.
+Every row names the precision it computes in.
 
 A ratio measured in one run, with the contenders taking turns, holds on a noisy machine where
 absolute timings drift between runs. The references need the diffusers model folder (the
@@ -9,7 +10,6 @@ export extra brings torch and diffusers); OpenVINO is optional.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +19,21 @@ import numpy as np
 from pydantic import BaseModel
 
 from sdtrt.bench.machine import machine_info, peak_rss_mib
+from sdtrt.bench.references import (
+    TorchReference,
+    compiled_torch_unet,
+    onnxruntime_unet,
+    openvino_unets,
+)
 from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.runtime.schedulers import SCHEDULERS, resolve_scheduler_name
+from sdtrt.runtime.schedulers import resolve_scheduler_name
 
 Timed = Callable[[], object]
+DIFFUSERS = "diffusers torch eager fp32"
 
 
 class CompareReport(BaseModel):
@@ -36,7 +43,9 @@ class CompareReport(BaseModel):
     height: int
     width: int
     scheduler: str
-    unet_step: dict[str, Latency]  # per contender, one UNet call on the guided batch
+    sdtrt: str  # sdtrt's row: "sdtrt <backend> <precision>"
+    # Per contender, named with the precision it computes in: one UNet call on the guided batch.
+    unet_step: dict[str, Latency]
     end_to_end: dict[str, Latency]  # sdtrt and diffusers, whole image
     host_step_us: float  # sdtrt's own per-step work around the engine calls (p50)
     speedups: dict[str, float]  # reference p50 / sdtrt p50
@@ -78,7 +87,8 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
     model, rng = pipe.manifest.model, np.random.default_rng(0)
     f = model.vae_scale_factor
     rows = 2 * batch
-    context = pipe.engines["unet"].io.input("encoder_hidden_states").shape
+    # One prompt's worth of text states: the smallest the build accepts beyond the batch.
+    context = pipe.engines["unet"].io.profile["encoder_hidden_states"].min
     return {
         "sample": rng.standard_normal(
             (rows, model.latent_channels, height // f, width // f), dtype=np.float32
@@ -90,59 +100,17 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
     }
 
 
-def _torch_contenders(
-    folder: str,
-    options: BenchOptions,
-    feeds: dict[str, np.ndarray],
-    height: int,
-    width: int,
-    scheduler: str,
-) -> tuple[Timed, Timed]:
-    import diffusers
-    import torch
-
-    reference = diffusers.StableDiffusionPipeline.from_pretrained(
-        folder, safety_checker=None, requires_safety_checker=False
-    )
-    reference.set_progress_bar_config(disable=True)
-    choice = SCHEDULERS[scheduler]
-    cls = getattr(diffusers, choice.cls.diffusers_name)
-    reference.scheduler = cls.from_config({**reference.scheduler.config, **choice.overrides})
-    tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
-
-    def unet() -> object:
-        with torch.inference_mode():
-            return reference.unet(
-                tensors["sample"], tensors["timestep"], tensors["encoder_hidden_states"]
-            )
-
-    def image() -> object:
-        with torch.inference_mode():
-            return reference(
-                options.prompt, height=height, width=width, num_inference_steps=options.steps,
-                guidance_scale=options.guidance, num_images_per_prompt=options.batch,
-                generator=torch.Generator("cpu").manual_seed(options.seed), output_type="np",
-            )  # fmt: skip
-
-    return unet, image
-
-
-def _openvino_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Timed | None:
-    if importlib.util.find_spec("openvino") is None:
-        return None
-    import openvino
-
-    core = openvino.Core()
-    graph = core.read_model(str(onnx_path))
-    graph.reshape({name: list(array.shape) for name, array in feeds.items()})
-    request = core.compile_model(graph, "CPU").create_infer_request()
-    return lambda: request.infer(feeds)
+def engine_label(manifest: Manifest, component: str = "unet") -> str:
+    """sdtrt's row: its backend and the precision the network was built in."""
+    record = manifest.components[component]
+    return f"sdtrt {record.backend} {record.precision.value}"
 
 
 def compare(
     directory: Path, options: BenchOptions, model: Path | None = None,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Callable[[str], None] = lambda _: None, torch_compile: bool = True,
 ) -> CompareReport:  # fmt: skip
+    """sdtrt's engines against the references (see references.py), rounds interleaved."""
     options.check()
     with Pipeline.load(directory) as pipe:
         folder = model_folder(pipe.manifest, model)
@@ -152,18 +120,28 @@ def compare(
         )
         scheduler = resolve_scheduler_name(options.scheduler or pipe.default_scheduler)
         feeds = _unet_feeds(pipe, height, width, options.batch)
+        ours_label = engine_label(pipe.manifest)
         progress("loading diffusers")
-        torch_unet, torch_image = _torch_contenders(
-            folder, options, feeds, height, width, scheduler
-        )
+        torch_reference = TorchReference(folder, scheduler)
         engine = pipe.engines["unet"]
-        unets: dict[str, Timed] = {"sdtrt": lambda: engine.infer(feeds), "torch eager": torch_unet}
+        unets: dict[str, Timed] = {
+            ours_label: lambda: engine.infer(feeds),
+            "torch eager fp32": torch_reference.unet(feeds),
+        }
+        if torch_compile:
+            progress("compiling the UNet with torch.compile")
+            compiled = compiled_torch_unet(torch_reference, feeds)
+            if compiled is not None:
+                unets["torch.compile fp32"] = compiled
+        graph = directory / pipe.manifest.components["unet"].onnx
         progress("loading OpenVINO")
-        openvino = _openvino_unet(directory / pipe.manifest.components["unet"].onnx, feeds)
-        if openvino is not None:
-            unets["openvino"] = openvino
+        unets.update(openvino_unets(graph, feeds))
+        if pipe.manifest.components["unet"].backend != "onnxruntime":
+            progress("loading ONNX Runtime")
+            unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
         progress("timing UNet steps")
         unet_step = _interleave(unets, options.runs)
+        del unets  # the references' sessions are large; free them before the whole images
         arguments = {
             **options.call_arguments(),
             "height": height,
@@ -178,14 +156,17 @@ def compare(
             return result
 
         progress("timing whole images")
-        end_to_end = _interleave({"sdtrt": ours, "diffusers": torch_image}, options.runs)
+        end_to_end = _interleave(
+            {ours_label: ours, DIFFUSERS: torch_reference.image(options, height, width)},
+            options.runs,
+        )
     speedups = {
-        f"unet vs {name}": round(v.p50_ms / unet_step["sdtrt"].p50_ms, 3)
+        f"unet vs {name}": round(v.p50_ms / unet_step[ours_label].p50_ms, 3)
         for name, v in unet_step.items()
-        if name != "sdtrt"
+        if name != ours_label
     }
-    speedups["image vs diffusers"] = round(
-        end_to_end["diffusers"].p50_ms / end_to_end["sdtrt"].p50_ms, 3
+    speedups[f"image vs {DIFFUSERS}"] = round(
+        end_to_end[DIFFUSERS].p50_ms / end_to_end[ours_label].p50_ms, 3
     )
     return CompareReport(
         machine=machine_info(),
@@ -194,6 +175,7 @@ def compare(
         height=height,
         width=width,
         scheduler=scheduler,
+        sdtrt=ours_label,
         unet_step=unet_step,
         end_to_end=end_to_end,
         host_step_us=round(float(np.median(host)) * 1e6, 1),

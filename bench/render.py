@@ -50,8 +50,9 @@ def bench_tables(report: BenchReport) -> list[Table]:
     if report.import_seconds is not None:
         summary.add_row("imports of `sdtrt run`", f"{report.import_seconds:.2f} s")
     summary.add_row("peak memory (RSS)", f"{report.peak_rss_mib:.0f} MiB")
-    for gpu in report.gpus_after:
-        summary.add_row(f"GPU memory ({gpu['name']})", f"{gpu['memory_used_mib']:.0f} MiB")
+    for gpu in report.gpus_loaded:
+        label = f"GPU memory in use, engines loaded ({gpu['name']})"
+        summary.add_row(label, f"{gpu['memory_used_mib']:.0f} MiB")
     summary.add_row(
         "machine", f"{machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB"
     )

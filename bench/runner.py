@@ -72,7 +72,7 @@ class BenchReport(BaseModel):
     stages: dict[str, Latency]
     images_per_second: float
     peak_rss_mib: float
-    gpus_after: list[dict[str, Any]]
+    gpus_loaded: list[dict[str, Any]]  # GPU memory in use with the engines loaded
 
 
 def measure_import_seconds() -> float | None:
@@ -121,6 +121,7 @@ def run_bench(
             progress(f"run {i + 1}/{options.runs}")
             results.append(pipe(**arguments))
         manifest = pipe.manifest
+        gpus_loaded = gpus()  # while the engines still hold their memory
     stages = stage_latencies(results)
     request = results[0].request
     return BenchReport(
@@ -140,5 +141,5 @@ def run_bench(
         stages=stages,
         images_per_second=round(request.batch / (stages["end_to_end"].p50_ms / 1e3), 4),
         peak_rss_mib=peak_rss_mib(),
-        gpus_after=gpus(),
+        gpus_loaded=gpus_loaded,
     )

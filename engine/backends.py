@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from sdtrt.engine import cuda
+from sdtrt.engine.auto import AUTO, Choice, pick, probe
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import ComponentRecord, check_component_files
-from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
-from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
+from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend
+from sdtrt.engine.openvino_backend import OpenVinoBackend
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.tensorrt_backend import TensorRtBackend
 from sdtrt.engine.tensors import ComponentIO
-from sdtrt.errors import InputError
+from sdtrt.errors import BackendUnavailable, InputError
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -40,10 +47,20 @@ class Backend(Protocol):
         """Load the engine at `path`; `portable` is the exported ONNX it was built from."""
         ...
 
+    def target(self) -> dict[str, str]:
+        """What an engine built here is tied to (GPU model, library release, CPU features):
+        part of the build key, so that a build for another target is never reused."""
+        ...
+
 
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
-    for backend in (OnnxRuntimeBackend(), OnnxRuntimeCudaBackend(), TensorRtBackend())
+    for backend in (
+        OnnxRuntimeBackend(),
+        OnnxRuntimeCudaBackend(),
+        TensorRtBackend(),
+        OpenVinoBackend(),
+    )
 }
 
 
@@ -52,8 +69,44 @@ def get_backend(name: str) -> Backend:
         return BACKENDS[name]
     except KeyError:
         raise InputError(
-            f"unknown backend '{name}'; choose one of: {', '.join(sorted(BACKENDS))}"
+            f"unknown backend '{name}'; choose one of: {', '.join(sorted([*BACKENDS, AUTO]))}"
         ) from None
+
+
+def _ort_cuda_usable() -> object:
+    """onnxruntime-gpu lists its CUDA provider with or without a GPU: look for one too."""
+    version = BACKENDS["onnxruntime-cuda"].version()
+    try:
+        count = cuda.device_count()
+    except BackendUnavailable:  # no cuda-bindings: the device nodes still tell
+        count = int(Path("/dev/nvidia0").exists())
+    if count == 0:
+        raise BackendUnavailable("no NVIDIA GPU is visible here")
+    return version
+
+
+def auto_choice() -> Choice:
+    """What `--backend auto` picks on this machine, and why."""
+    versions = {name: backend.version for name, backend in BACKENDS.items()}
+    return pick(probe({**versions, "onnxruntime-cuda": _ort_cuda_usable}))
+
+
+def choose_backend(options: BuildOptions) -> Backend:
+    """The backend a build runs on (`auto` resolved here), checked to support its precision."""
+    if options.backend == AUTO:
+        choice = auto_choice()
+        log.info("backend auto: %s (%s)", choice.backend, choice.reason)
+        backend = BACKENDS[choice.backend]
+    else:
+        backend = get_backend(options.backend)
+    if isinstance(backend, OpenVinoBackend):
+        backend.check_precision(options.precision)
+    elif options.precision not in (Precision.FP32, Precision.FP16):
+        raise InputError(
+            f"--precision {options.precision.value} is for --backend openvino; {backend.name} "
+            "computes in fp32 or fp16"
+        )
+    return backend
 
 
 def load_component(directory: Path, record: ComponentRecord) -> Engine:

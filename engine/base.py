@@ -15,9 +15,18 @@ class Engine(ABC):
     """One built network. `infer` checks its feeds against `io` and returns fresh arrays.
 
     Outputs never alias buffers the engine reuses, so callers may keep them across calls.
-    Engines are safe to call from several threads at once. A GPU engine may keep an input on the
-    device between calls when it is passed again as the very same read-only array; make an
-    array read-only (`array.setflags(write=False)`) only when its contents will not change.
+
+    Engines are safe to call from several threads at once, and such calls run side by side: a
+    server shares one loaded engine among its workers rather than loading one per worker. A GPU
+    engine gives each call in flight its own execution state (TensorRT: an execution context,
+    a stream, I/O buffers and activation scratch), made when every existing one is busy and
+    kept for later calls, so its memory grows with the most calls ever run at once. A GPU
+    engine may keep an input on the device between calls when it is passed again as the very
+    same read-only array; make an array read-only (`array.setflags(write=False)`) only when its
+    contents will not change.
+
+    `close()` frees the engine's memory; call it once no call is running. Closing again does
+    nothing, and an engine that is never closed frees its memory when garbage-collected.
     """
 
     def __init__(self, name: str, io: ComponentIO) -> None:

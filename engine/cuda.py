@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,15 +45,71 @@ def _check(what: str, result: tuple[Any, ...]) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def device_count() -> int:
-    """CUDA devices visible to this process; 0 where there is no driver or no GPU."""
+# Errors from cudaGetDeviceCount that mean "no GPU here" rather than "a GPU CUDA cannot use".
+_NO_GPU_ERRORS = frozenset({"cudaErrorNoDevice", "cudaErrorDevicesUnavailable"})
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """What cudaGetDeviceCount found: a count, or CUDA's own words for why it cannot count."""
+
+    count: int
+    problem: str | None = None
+
+
+def read_probe(error: str, text: str, count: int | None, driver: int, runtime: int) -> GpuProbe:
+    """Interpret cudaGetDeviceCount's answer. No driver at all (version 0) or no device means no
+    GPU; any other error (a driver older than this CUDA runtime, above all) is a real problem
+    that must be shown, not read as an empty machine."""
+    if error == "cudaSuccess":
+        return GpuProbe(int(count or 0))
+    if driver == 0 or error in _NO_GPU_ERRORS:
+        return GpuProbe(0)
+    problem = f"CUDA cannot use this machine's GPUs: {error} ({text})"
+    if error == "cudaErrorInsufficientDriver":
+        problem += (
+            f"; the NVIDIA driver supports CUDA {format_version(driver)} but cuda-bindings needs "
+            f"{format_version(runtime)}: update the driver or install a cuda-bindings (and "
+            "TensorRT) for the driver's CUDA major"
+        )
+    return GpuProbe(0, problem)
+
+
+def format_version(encoded: int) -> str:
+    """CUDA's encoded version (12040) as text ("12.4")."""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
+def probe() -> GpuProbe:
+    """How many CUDA devices this process sees, or why CUDA cannot tell."""
     require()
     from cuda.bindings import runtime as cudart
 
-    try:
-        return int(_check("cudaGetDeviceCount", cudart.cudaGetDeviceCount()))
-    except CudaError:
-        return 0
+    error, count = cudart.cudaGetDeviceCount()
+    _, name = cudart.cudaGetErrorName(error)
+    _, text = cudart.cudaGetErrorString(error)
+    driver_error, driver = cudart.cudaDriverGetVersion()
+    _, runtime = cudart.cudaRuntimeGetVersion()
+    return read_probe(
+        _text(name),
+        _text(text),
+        count,
+        int(driver) if driver_error == cudart.cudaError_t.cudaSuccess else 0,
+        int(runtime or 0),
+    )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def device_count() -> int:
+    """CUDA devices visible to this process: 0 where there is no driver or no GPU, and
+    BackendUnavailable with CUDA's error where a GPU is there but unusable (an old driver)."""
+    found = probe()
+    if found.problem is not None:
+        raise BackendUnavailable(found.problem)
+    return found.count
 
 
 def device_properties(device: int = 0) -> dict[str, Any]:
@@ -154,20 +211,68 @@ class Stream:
             self.handle = None
 
 
-class CudaGraph:
-    """Work recorded once on a stream and replayed with one launch (fixed shapes and addresses)."""
+class GraphCaptureError(CudaError):
+    """Recording work as a CUDA graph failed; the work must run without the graph."""
 
-    def __init__(self, stream: Stream, record: Callable[[], object]) -> None:
+
+def capture_problem(recorded: bool, status: str, end_error: str, nodes: int) -> str | None:
+    """Why a stream capture cannot be replayed, or None when it can: the recorded call must
+    have succeeded, the capture must still have been active when it ended, ending must have
+    returned a graph, and that graph must hold work (an empty one would replay nothing and
+    leave the last outputs in place)."""
+    if not recorded:
+        return "the recorded call reported failure"
+    if status != "cudaStreamCaptureStatusActive":
+        return f"the capture was not active at its end ({status})"
+    if end_error != "cudaSuccess":
+        return f"cudaStreamEndCapture failed ({end_error})"
+    if nodes == 0:
+        return "nothing was recorded"
+    return None
+
+
+class CudaGraph:
+    """Work recorded once on a stream and replayed with one launch (fixed shapes and addresses).
+
+    `record` returns whether the work it enqueued was accepted. Any failure raises
+    GraphCaptureError, after which nothing is left recorded and the stream is usable again.
+    """
+
+    def __init__(self, stream: Stream, record: Callable[[], bool]) -> None:
         from cuda.bindings import runtime as cudart
 
+        self._graph: Any = None
+        self._exec: Any = None
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _check("cudaStreamBeginCapture", cudart.cudaStreamBeginCapture(stream.handle, mode))
+        recorded = False
+        status = "cudaStreamCaptureStatusNone"
         try:
-            record()
+            recorded = bool(record())
         finally:
-            graph = _check("cudaStreamEndCapture", cudart.cudaStreamEndCapture(stream.handle))
-        self._graph: Any = graph
-        self._exec: Any = _check("cudaGraphInstantiate", cudart.cudaGraphInstantiate(graph, 0))
+            # Always end the capture, even when `record` raised: the stream must be usable.
+            info = cudart.cudaStreamGetCaptureInfo(stream.handle)
+            if info[0] == cudart.cudaError_t.cudaSuccess:
+                status = info[1].name
+            end_error, graph = cudart.cudaStreamEndCapture(stream.handle)
+            self._graph = graph if end_error == cudart.cudaError_t.cudaSuccess else None
+            if not recorded:
+                self.close()  # a failure or an exception: nothing of the capture is kept
+        nodes = 0
+        if self._graph is not None:
+            nodes_error, _, count = cudart.cudaGraphGetNodes(self._graph)
+            nodes = int(count) if nodes_error == cudart.cudaError_t.cudaSuccess else 0
+        problem = capture_problem(recorded, status, end_error.name, nodes)
+        if problem is None:
+            try:
+                self._exec = _check(
+                    "cudaGraphInstantiate", cudart.cudaGraphInstantiate(self._graph, 0)
+                )
+            except CudaError as error:
+                problem = str(error)
+        if problem is not None:
+            self.close()
+            raise GraphCaptureError(f"CUDA graph capture failed: {problem}")
 
     def launch(self, stream: Stream) -> None:
         from cuda.bindings import runtime as cudart
@@ -179,5 +284,7 @@ class CudaGraph:
 
         if self._exec is not None:
             _check("cudaGraphExecDestroy", cudart.cudaGraphExecDestroy(self._exec))
-            _check("cudaGraphDestroy", cudart.cudaGraphDestroy(self._graph))
             self._exec = None
+        if self._graph is not None:
+            _check("cudaGraphDestroy", cudart.cudaGraphDestroy(self._graph))
+            self._graph = None

@@ -9,7 +9,10 @@ import sys
 from dataclasses import dataclass
 
 from sdtrt import __version__
-from sdtrt.engine.backends import BACKENDS
+from sdtrt.engine.backends import BACKENDS, auto_choice
+from sdtrt.engine.onnxruntime_backend import cpu_flags
+from sdtrt.engine.openvino_backend import isa_features, precision_problem
+from sdtrt.engine.options import Precision
 from sdtrt.errors import SdtrtError
 
 
@@ -31,15 +34,17 @@ def _cuda_findings() -> list[Finding]:
     from sdtrt.engine import cuda
 
     try:
-        count = cuda.device_count()
-        if count == 0:
+        found = cuda.probe()
+        if found.problem is not None:  # CUDA's own error, e.g. a driver older than the runtime
+            return [Finding("CUDA", found.problem, False)]
+        if found.count == 0:
             return [Finding("CUDA", "no NVIDIA GPU or driver visible", False)]
         versions = cuda.versions()
         findings = [
-            Finding("CUDA driver", _cuda_version(versions["driver"])),
-            Finding("CUDA runtime", _cuda_version(versions["runtime"])),
+            Finding("CUDA driver", cuda.format_version(versions["driver"])),
+            Finding("CUDA runtime", cuda.format_version(versions["runtime"])),
         ]
-        for index in range(count):
+        for index in range(found.count):
             gpu = cuda.device_properties(index)
             memory = gpu["total_memory"] / 2**30
             findings.append(
@@ -51,15 +56,12 @@ def _cuda_findings() -> list[Finding]:
         return [Finding("CUDA", str(error), False)]
 
 
-def _cuda_version(encoded: int) -> str:
-    return f"{encoded // 1000}.{encoded % 1000 // 10}"
-
-
 def diagnose() -> list[Finding]:
     findings = [
         Finding("sdtrt", __version__),
         Finding("Python", f"{sys.version.split()[0]} ({platform.platform()})"),
         Finding("numpy", _version_of("numpy") or "not installed", _version_of("numpy") is not None),
+        _cpu_finding(),
     ]
     ort = _version_of("onnxruntime") or _version_of("onnxruntime-gpu")
     if ort and importlib.util.find_spec("onnxruntime") is not None:
@@ -69,6 +71,13 @@ def diagnose() -> list[Finding]:
         findings.append(Finding("onnxruntime", f"{ort} (providers: {providers})"))
     else:
         findings.append(Finding("onnxruntime", "not installed", False))
+    if _version_of("onnxruntime") and _version_of("onnxruntime-gpu"):
+        findings.append(Finding(
+            "onnxruntime packages",
+            "onnxruntime and onnxruntime-gpu are both installed and overwrite one module; keep "
+            "one: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`",
+            False,
+        ))  # fmt: skip
     findings += _cuda_findings()
     tensorrt = (
         _version_of("tensorrt") or _version_of("tensorrt-cu12") or _version_of("tensorrt-cu13")
@@ -79,4 +88,18 @@ def diagnose() -> list[Finding]:
             findings.append(Finding(f"backend {name}", f"usable ({backend.version()})"))
         except SdtrtError as error:
             findings.append(Finding(f"backend {name}", f"not usable: {error}", False))
+    try:
+        choice = auto_choice()
+        findings.append(Finding("backend auto", f"picks {choice.backend}: {choice.reason}"))
+    except SdtrtError as error:
+        findings.append(Finding("backend auto", str(error), False))
     return findings
+
+
+def _cpu_finding() -> Finding:
+    """The CPU's instruction sets that decide OpenVINO's kernels, and whether bf16 is there."""
+    features = isa_features(cpu_flags())
+    bf16 = precision_problem(Precision.BF16, set(features)) is None
+    listed = ", ".join(features) or "unknown"
+    answer = "yes" if bf16 else "no"
+    return Finding("CPU", f"{platform.machine()}: {listed}; bf16 compute: {answer}")

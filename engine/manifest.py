@@ -31,6 +31,14 @@ class Validation(_Frozen):
     tolerance: float  # the relative error the build allowed
 
 
+class Fp32Island(_Frozen):
+    """A node an fp16 build keeps in fp32 beyond the fixed list, found by the fp16 guard."""
+
+    node: str
+    op: str
+    reason: str  # the overflow or error vs fp32 that put it there
+
+
 class ComponentRecord(_Frozen):
     """One built network: its files, how it was built, and how well it matched torch."""
 
@@ -46,6 +54,10 @@ class ComponentRecord(_Frozen):
     validation: list[Validation]
     build_key: str  # digest of everything the build depended on; equal key, reusable build
     build_seconds: float
+    # Guarded fp16 builds only (older manifests have neither): the fp32 islands, and the fp32
+    # graph the engine was compared with, relative to the engine directory.
+    fp32_islands: list[Fp32Island] = []
+    reference_onnx: str | None = None
 
 
 class ModelInfo(_Frozen):
@@ -62,7 +74,7 @@ class ModelInfo(_Frozen):
 
 
 class SourceInfo(_Frozen):
-    kind: Literal["folder", "preset", "hub"]
+    kind: Literal["folder", "preset", "hub", "file"]
     ref: str
     content_hash: str
 

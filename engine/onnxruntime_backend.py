@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sdtrt.engine.base import Engine
+from sdtrt.engine.onnx_initializers import with_initializers
 from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible
@@ -28,6 +29,8 @@ ENGINE_NAME = "engine.onnx"
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 ALL = "ORT_ENABLE_ALL"
+# Where a graph loaded from bytes finds its external data file.
+EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 # Without the CPU layout pass a saved graph runs on any hardware the providers support.
 PORTABLE = "ORT_ENABLE_EXTENDED"
 
@@ -48,8 +51,8 @@ def require_providers(wanted: list[str], available: list[str]) -> None:
     if missing:
         raise BackendUnavailable(
             f"this onnxruntime has no {', '.join(missing)} (it has {', '.join(available)}); "
-            "for CUDA install onnxruntime-gpu in place of onnxruntime (`pip install 'sdtrt[gpu]'`) "
-            "on a machine with an NVIDIA GPU"
+            "for CUDA, on a machine with an NVIDIA GPU, replace onnxruntime with onnxruntime-gpu "
+            "(`pip uninstall -y onnxruntime && pip install onnxruntime-gpu`)"
         )
 
 
@@ -100,6 +103,8 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
     providers = [CPU]
+    saves_cpu_layout = True
+    portable_level = PORTABLE
 
     def version(self) -> str:
         """onnxruntime's version; BackendUnavailable where it lacks this backend's providers."""
@@ -117,29 +122,32 @@ class OnnxRuntimeBackend:
     ) -> tuple[str, dict[str, Any]]:
         """Optimise `onnx_path` into `out_dir`; return the engine file name and load settings."""
         ort = _ort()
-        providers = self.providers
         block = nchwc_block(cpu_flags())
-        cpu_only = providers == [CPU] and block is not None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, ALL if cpu_only else PORTABLE
+        laid_out = block is not None and self.saves_cpu_layout
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, ALL if laid_out else self.portable_level
         )
-        options.optimized_model_filepath = str(out_dir / ENGINE_NAME)
+        session_options.optimized_model_filepath = str(out_dir / ENGINE_NAME)
         if any(p.suffix == ".data" for p in onnx_path.parent.iterdir()):
             # Graphs over protobuf's 2 GB limit must keep their weights beside the graph.
-            options.add_session_config_entry(
+            session_options.add_session_config_entry(
                 "session.optimized_model_external_initializers_file_name", ENGINE_NAME + ".data"
             )
-            options.add_session_config_entry(
+            session_options.add_session_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
             )
         # ORT warns that a laid-out graph is hardware specific; the settings record for which.
-        options.log_severity_level = 3
-        ort.InferenceSession(str(onnx_path), options, providers=providers)
-        settings: dict[str, Any] = {"providers": providers, "graph_optimization_level": ALL}
-        if cpu_only:
+        session_options.log_severity_level = 3
+        ort.InferenceSession(str(onnx_path), session_options, providers=[CPU])
+        settings: dict[str, Any] = {"providers": self.providers, "graph_optimization_level": ALL}
+        if laid_out:
             settings["nchwc_block"] = block
         return ENGINE_NAME, settings
+
+    def target(self) -> dict[str, str]:
+        """What a saved graph is tied to: the CPU's vector width (its NCHWc block)."""
+        return {"nchwc_block": str(nchwc_block(cpu_flags()))}
 
     def load(
         self, name: str, path: Path, portable: Path, io: ComponentIO, settings: Mapping[str, Any]
@@ -154,22 +162,20 @@ class OnnxRuntimeBackend:
         return OrtEngine(name, path, io, settings)
 
 
-class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
-    """ONNX Runtime on an NVIDIA GPU (the onnxruntime-gpu package), through IO binding."""
-
-    name = "onnxruntime-cuda"
-    providers = [CUDA, CPU]
-
-    def load(
-        self, name: str, path: Path, portable: Path, io: ComponentIO, settings: Mapping[str, Any]
-    ) -> Engine:
-        return OrtCudaEngine(name, path, io, settings)
-
-
 class OrtEngine(Engine):
     """An ONNX Runtime session behind the Engine interface. Sessions run concurrently, safely."""
 
-    def __init__(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        io: ComponentIO,
+        settings: Mapping[str, Any],
+        *,
+        initializers: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """`initializers` replace the graph's weights of those names (LoRA switching), before
+        ORT optimises the graph (see onnx_initializers.with_initializers)."""
         super().__init__(name, io)
         ort = _ort()
         providers = list(settings.get("providers", [CPU]))
@@ -178,8 +184,19 @@ class OrtEngine(Engine):
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, settings.get("graph_optimization_level", ALL)
         )
+        model: str | bytes = str(path)
+        self._initializers: list[Any] = []
+        if initializers:
+            model, external = with_initializers(path, initializers)
+            self._initializers = [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()]
+            if external:
+                options.add_external_initializers(list(external), self._initializers)
+            if isinstance(model, bytes):  # where the rest of an external-data graph lies
+                options.add_session_config_entry(EXTERNAL_FOLDER, str(path.parent))
         try:
-            self._session: Any = ort.InferenceSession(str(path), options, providers=providers)
+            self._session: Any = ort.InferenceSession(
+                model, options, providers=self.provider_options(providers, settings)
+            )
         except Exception as error:  # ORT raises its own untyped errors for bad files
             reason = str(error).strip().splitlines()[0][:200]
             raise ArtifactError(
@@ -187,36 +204,15 @@ class OrtEngine(Engine):
             ) from None
         self._output_names = [t.name for t in io.outputs]
 
+    def provider_options(
+        self, providers: list[str], settings: Mapping[str, Any]
+    ) -> list[str | tuple[str, dict[str, str]]]:
+        """The providers the session is made with, with their options where they need any."""
+        return list(providers)
+
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, dict(feeds))
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
         self._session = None
-
-
-class OrtCudaEngine(OrtEngine):
-    """Outputs stay on the GPU until one copy back, and a read-only input passed again as the
-    same array stays on the GPU between calls (see Engine)."""
-
-    def __init__(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> None:
-        super().__init__(name, path, io, settings)
-        self._resident: dict[str, tuple[np.ndarray, Any]] = {}
-
-    def _device_input(self, name: str, array: np.ndarray) -> Any:
-        held = self._resident.get(name)
-        if held is not None and held[0] is array:
-            return held[1]
-        value = _ort().OrtValue.ortvalue_from_numpy(array, "cuda", 0)
-        if not array.flags.writeable:
-            self._resident[name] = (array, value)
-        return value
-
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        binding = self._session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, self._device_input(name, array))
-        for name in self._output_names:
-            binding.bind_output(name, "cuda")
-        self._session.run_with_iobinding(binding)
-        return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))

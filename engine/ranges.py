@@ -34,7 +34,9 @@ class BuildRanges(BaseModel):
     size: SizeRange
     size_step: int
     max_batch: int
-    static: bool = False  # exactly size.opt and max_batch images, nothing else
+    static: bool = False  # exactly size.opt; 1 to max_batch images, guided or not
+    # Text-encoder-lengths the UNet attends to at most (one for manifests from before chunks).
+    max_prompt_chunks: int = 1
 
 
 def _round_down(value: float, step: int) -> int:
@@ -73,6 +75,10 @@ def resolve_ranges(options: BuildOptions, native: Size, size_step: int) -> Build
         )
     if options.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
+    if options.max_prompt_chunks < 1:
+        raise InputError(
+            f"--max-prompt-chunks must be at least 1, got {options.max_prompt_chunks}"
+        )
     if options.static:
         lo = hi = opt
     return BuildRanges(
@@ -80,6 +86,7 @@ def resolve_ranges(options: BuildOptions, native: Size, size_step: int) -> Build
         size_step=size_step,
         max_batch=options.max_batch,
         static=options.static,
+        max_prompt_chunks=options.max_prompt_chunks,
     )
 
 
@@ -100,11 +107,6 @@ def check_image_size(ranges: BuildRanges, height: int, width: int) -> None:
 def check_batch(ranges: BuildRanges, images: int) -> None:
     if images < 1:
         raise InputError(f"the batch must hold at least one image, got {images}")
-    if ranges.static and images != ranges.max_batch:
-        raise InputError(
-            f"these engines were built for exactly {ranges.max_batch} images per call (--static); "
-            "ask for that many or rebuild without --static"
-        )
     if images > ranges.max_batch:
         raise InputError(
             f"{images} images per call exceeds the built maximum of {ranges.max_batch}; "

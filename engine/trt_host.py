@@ -27,29 +27,6 @@ def profile_shapes(io: ComponentIO) -> list[tuple[str, Shape, Shape, Shape]]:
     return result
 
 
-def is_static(io: ComponentIO) -> bool:
-    """One shape only, so the network can be recorded once as a CUDA graph and replayed."""
-    return all(r.min == r.max for r in io.profile.values())
-
-
-def output_shapes(io: ComponentIO, input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
-    """Each output's shape, its symbolic dims taken from the inputs that share them."""
-    sizes: dict[str, int] = {}
-    for spec in io.inputs:
-        for dim, size in zip(spec.shape, input_shapes[spec.name], strict=True):
-            if isinstance(dim, str):
-                sizes[dim] = size
-    result = {}
-    for spec in io.outputs:
-        try:
-            result[spec.name] = tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
-        except KeyError as missing:
-            raise InputError(
-                f"output '{spec.name}' has dim {missing} that no input gives"
-            ) from None
-    return result
-
-
 def nbytes(shape: Shape, dtype: str) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,26 +16,37 @@ from pydantic import BaseModel, ConfigDict
 
 from sdtrt import __version__
 from sdtrt.engine.artifact import RECORD_NAME, ArtifactWriter, write_json
-from sdtrt.engine.backends import Backend, get_backend
-from sdtrt.engine.manifest import FORMAT_VERSION, ComponentRecord, Manifest, SourceInfo
+from sdtrt.engine.backends import Backend, choose_backend
+from sdtrt.engine.lora import LORA_COMPONENTS, LoraSource
+from sdtrt.engine.lora_switch import WEIGHT_MAP
+from sdtrt.engine.manifest import (
+    FORMAT_VERSION,
+    ComponentRecord,
+    Fp32Island,
+    Manifest,
+    SourceInfo,
+)
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
 from sdtrt.export.family import COMPONENT_FOLDERS, DEFAULT_COMPONENTS, load_family
+from sdtrt.export.fp16_guard import GuardOptions, calibration_feeds
+from sdtrt.export.lora_merge import loras_digest, merge_loras, record_lora_weights
 from sdtrt.export.onnx_export import DEFAULT_OPSET, export_onnx
 from sdtrt.export.precision import component_precision
 from sdtrt.export.sources import digest_files, open_source
 from sdtrt.export.specs import ComponentSpec
 from sdtrt.export.tokenizer_export import export_tokenizer
 from sdtrt.export.validate import validate
-from sdtrt.tolerances import EXPORT_TOLERANCE
+from sdtrt.tolerances import EXPORT_TOLERANCE, FP16_GUARD_RELATIVE
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer/tokenizer.json"
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
 ONNX_NAME = "model.onnx"
+REFERENCE_NAME = "reference_fp32.onnx"  # beside a guarded fp16 graph
 
 # Called as progress(component, stage) with stage one of: export, optimize, validate, done, reused.
 Progress = Callable[[str, str], None]
@@ -48,13 +59,17 @@ class ExportOptions(BaseModel):
 
     components: tuple[str, ...] = DEFAULT_COMPONENTS
     opset: int = DEFAULT_OPSET
+    # Merged into the text encoder and UNet weights before export, in this order.
+    loras: tuple[LoraSource, ...] = ()
+    # A single-file .ckpt is a pickle, which runs code when loaded: only when the user says so.
+    allow_pickle: bool = False
 
 
 def _no_progress(component: str, stage: str) -> None:
     pass
 
 
-def build_key(parts: dict[str, object]) -> str:
+def build_key(parts: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -73,14 +88,22 @@ def build(
         raise InputError(
             f"unknown component {', '.join(unknown)}; choose from {', '.join(COMPONENT_FOLDERS)}"
         )
-    backend = get_backend(build_options.backend)
+    backend = choose_backend(build_options)
+    # The manifest records the backend `auto` chose, not "auto".
+    build_options = build_options.model_copy(update={"backend": backend.name})
     backend_version = backend.version()  # fails fast where the backend cannot run
-    with open_source(model) as source:
+    with open_source(model, export_options.allow_pickle) as source:
         loaded = load_family(source.path, source.name)
         info = loaded.info()
         ranges = resolve_ranges(build_options, info.native_size, info.vae_scale_factor)
         folders = ("model_index.json", "scheduler", "tokenizer", "text_encoder", "unet", "vae")
         digests = {folder: digest_files(source.path, [folder]) for folder in folders}
+        if export_options.loras:
+            merge_loras(loaded, export_options.loras)
+            lora_digest = loras_digest(export_options.loras)
+            digests.update(
+                {c: build_key({"files": digests[c], "loras": lora_digest}) for c in LORA_COMPONENTS}
+            )
         with ArtifactWriter(output) as writer:
             # The cheap parts first, so that a bad tokenizer fails the build in seconds.
             export_tokenizer(
@@ -89,8 +112,9 @@ def build(
             (writer.staging / SCHEDULER_FILE).parent.mkdir(exist_ok=True)
             write_json(writer.staging / SCHEDULER_FILE, loaded.scheduler_config())
             job = _Job(
-                writer, backend, backend_version, ranges, build_options, export_options, progress
-            )
+                writer, backend, backend_version, ranges, build_options, export_options, progress,
+                calibration_timesteps=_calibration_timesteps(loaded.scheduler_config()),
+            )  # fmt: skip
             records = {
                 spec.name: job.component(spec, [digests[f] for f in COMPONENT_FOLDERS[spec.name]])
                 for spec in loaded.specs(export_options.components)
@@ -114,6 +138,13 @@ def build(
     return manifest
 
 
+def _calibration_timesteps(scheduler_config: dict[str, object]) -> tuple[float, ...]:
+    """Early, middle and late noise levels of the model's training schedule."""
+    steps = scheduler_config.get("num_train_timesteps", 1000)
+    last = float(steps if isinstance(steps, int) else 1000) - 1
+    return (last, round(last / 2), round(last / 50))
+
+
 @dataclass(frozen=True)
 class _Job:
     """What every component of one build shares."""
@@ -125,11 +156,19 @@ class _Job:
     build_options: BuildOptions
     export_options: ExportOptions
     progress: Progress
+    calibration_timesteps: tuple[float, ...] = ()  # noise levels the fp16 guard compares at
+
+    @property
+    def guarded(self) -> bool:
+        return self.build_options.fp16_guard and self.build_options.precision is Precision.FP16
 
     def component(self, spec: ComponentSpec, sources: list[str]) -> ComponentRecord:
         """The built component: reused when nothing it depends on changed, else built."""
         options = self.build_options
-        precision = component_precision(spec.name, options.precision, options.fp16_vae)
+        # With the guard the VAE decoder is searched for fp32 islands instead of kept fp32 whole.
+        precision = component_precision(
+            spec.name, options.precision, options.fp16_vae or self.guarded
+        )
         io = spec.io(self.ranges)
         key = build_key(
             {
@@ -139,11 +178,15 @@ class _Job:
                 "sources": sources,
                 "export": self.export_options.opset,
                 "backend": [self.backend.name, self.backend_version],
+                "target": self.backend.target(),
                 "precision": precision.value,
                 "engine": options.model_dump(
-                    mode="json", include={"static", "workspace_gib", "optimization_level"}
+                    mode="json",
+                    include={"static", "workspace_gib", "optimization_level", "refittable"},
                 ),
                 "io": io.model_dump(mode="json"),
+                # Only when on, so that the keys of unguarded builds stay as they were.
+                **({"fp16_guard": FP16_GUARD_RELATIVE} if self.guarded else {}),
             }
         )
         reused = self.writer.reuse(spec.name, key)
@@ -164,10 +207,20 @@ class _Job:
         rng = np.random.default_rng(0)
         self.progress(spec.name, "export")
         trace_inputs = spec.sample_inputs(spec.trace_point(self.ranges), rng)
-        export_onnx(spec, trace_inputs, onnx_path, self.export_options.opset, precision)
+        guard = None
+        if self.guarded and precision is Precision.FP16:
+            feeds = calibration_feeds(spec, self.ranges, self.calibration_timesteps)
+            guard = GuardOptions(feeds, FP16_GUARD_RELATIVE, folder / REFERENCE_NAME)
+        islands = export_onnx(
+            spec, trace_inputs, onnx_path, self.export_options.opset, precision, guard
+        )
+        if spec.name in LORA_COMPONENTS:
+            record_lora_weights(spec.module(), onnx_path, folder / WEIGHT_MAP)
         self.progress(spec.name, "optimize")
+        # The backend sees this network's precision (a VAE may stay fp32 in a bf16 build).
+        options = self.build_options.model_copy(update={"precision": precision})
         engine_name, settings = self.backend.build(
-            onnx_path, folder, io, self.build_options, self.writer.output.parent
+            onnx_path, folder, io, options, self.writer.output.parent
         )
         self.progress(spec.name, "validate")
         tolerance = EXPORT_TOLERANCE[precision]
@@ -197,4 +250,6 @@ class _Job:
             validation=report,
             build_key=key,
             build_seconds=round(time.perf_counter() - started, 3),
+            fp32_islands=[Fp32Island(node=i.node, op=i.op, reason=i.reason) for i in islands],
+            reference_onnx=f"{spec.name}/{REFERENCE_NAME}" if guard is not None else None,
         )

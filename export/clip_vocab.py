@@ -2,14 +2,14 @@
 
 CLIP's vocabulary is laid out from its BPE merge list: the 256 byte symbols, the same with the
 end-of-word marker `</w>`, one entry per merge, then the start and end tokens. `real_clip_files`
-rebuilds the vocabulary CLIP was trained with from the merge list shipped in the open-clip-torch
-wheel; `tiny_clip_files` learns a small merge list so that the tiny preset still exercises merges.
+rebuilds the vocabulary CLIP was trained with from its merge list, which ships with sdtrt
+(data/clip_merges.txt.gz, under CLIP's MIT license); `tiny_clip_files` learns a small merge list
+so that the tiny preset still exercises merges.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -23,6 +23,9 @@ CLIP_SPLIT = (
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 )
 REAL_MERGE_COUNT = 49152 - 256 - 2  # the slice of the merge file CLIP was trained with
+# That slice, trimmed from CLIP's bpe_simple_vocab_16e6.txt: 0.2 MB instead of a 1.4 MB file
+# whose usual carrier (open-clip-torch) would pull torchvision and timm into every install.
+REAL_MERGES_FILE = Path(__file__).resolve().parent / "data" / "clip_merges.txt.gz"
 
 TINY_CORPUS = [
     "a photo of an astronaut riding a horse on mars",
@@ -83,18 +86,20 @@ def write_clip_files(directory: Path, merges: list[tuple[str, str]], pad_token: 
 
 
 def real_clip_merges() -> list[tuple[str, str]]:
-    """CLIP's merge list, read from the open-clip-torch package without importing it."""
-    spec = importlib.util.find_spec("open_clip")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    files = [Path(f) / "bpe_simple_vocab_16e6.txt.gz" for f in folders]
-    found = next((f for f in files if f.is_file()), None)
-    if found is None:
+    """CLIP's merge list, from the copy that ships with sdtrt."""
+    try:
+        lines = gzip.decompress(REAL_MERGES_FILE.read_bytes()).decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as error:
         raise ModelSourceError(
-            "this preset needs CLIP's real vocabulary, shipped in open-clip-torch; "
-            "run `pip install --no-deps open-clip-torch`"
-        )
-    lines = gzip.decompress(found.read_bytes()).decode("utf-8").split("\n")
+            f"CLIP's merge list {REAL_MERGES_FILE} cannot be read ({error}); "
+            "reinstall sdtrt (`pip install --force-reinstall sdtrt`)"
+        ) from None
     pairs = [line.split() for line in lines[1 : REAL_MERGE_COUNT + 1]]
+    if len(pairs) != REAL_MERGE_COUNT or any(len(pair) != 2 for pair in pairs):
+        raise ModelSourceError(
+            f"CLIP's merge list {REAL_MERGES_FILE} is damaged; "
+            "reinstall sdtrt (`pip install --force-reinstall sdtrt`)"
+        )
     return [(a, b) for a, b in pairs]
 
 

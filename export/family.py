@@ -34,7 +34,15 @@ COMPONENT_FOLDERS = {
     "vae_decoder": ("vae",),
     "vae_encoder": ("vae",),
 }
-DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+# The VAE encoder is small beside the UNet and is what image-to-image and inpainting need.
+DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+# One layout under several pipeline classes; an inpainting UNet differs only in its input
+# channels, which its spec reads from the UNet's config.
+STABLE_DIFFUSION_PIPELINES = (
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+)
 
 
 def read_model_index(folder: Path) -> dict[str, Any]:
@@ -138,8 +146,9 @@ class StableDiffusionModel:
 def load_family(folder: Path, name: str) -> StableDiffusionModel:
     index = read_model_index(folder)
     pipeline = index.get("_class_name")
-    if pipeline != "StableDiffusionPipeline":
+    if pipeline not in STABLE_DIFFUSION_PIPELINES:
         raise ModelSourceError(
-            f"{folder} is a {pipeline}; sdtrt builds StableDiffusionPipeline models (SD 1.x, 2.x)"
+            f"{folder} is a {pipeline}; sdtrt builds StableDiffusionPipeline models (SD 1.x, 2.x, "
+            "and their inpainting models)"
         )
     return StableDiffusionModel.load(folder, name)

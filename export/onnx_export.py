@@ -21,6 +21,8 @@ import torch
 
 from sdtrt.engine.options import Precision
 from sdtrt.errors import BuildError
+from sdtrt.export import fp16
+from sdtrt.export.fp16_guard import GuardOptions, Island, guard_fp16
 from sdtrt.export.precision import to_fp16
 from sdtrt.export.specs import ComponentSpec
 
@@ -37,9 +39,11 @@ def export_onnx(
     path: Path,
     opset: int = DEFAULT_OPSET,
     precision: Precision = Precision.FP32,
-) -> None:
+    guard: GuardOptions | None = None,
+) -> tuple[Island, ...]:
     """Export `spec`'s module traced on `inputs` to `path` (plus `path`.data for big graphs),
-    converted to fp16 (see precision.py) when asked."""
+    converted to fp16 (see precision.py) when asked; with `guard`, the fp16 graph keeps in fp32
+    the nodes fp16_guard.py finds, the fp32 graph is saved beside it, and those are returned."""
     module = spec.module().eval()
     args = tuple(torch.from_numpy(inputs[t.name]) for t in spec.inputs)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
@@ -62,10 +66,16 @@ def export_onnx(
         # Passed straight in so that _clean holds the only reference and can free it early:
         # a UNet is several GB per copy.
         model = _clean(onnx.load(str(raw)))
-    if precision is Precision.FP16:
-        # The converter appends its casts at the end of the node list; ONNX wants them in order.
-        model = gs.export_onnx(gs.import_onnx(to_fp16(model)).toposort())
+    islands: tuple[Island, ...] = ()
+    if precision is Precision.FP16 and guard is not None:
+        fp16.name_nodes(model.graph)  # the same node names in the reference and the engine
+        result = guard_fp16(model, guard.feeds, guard.tolerance)  # leaves `model` as it was
+        _save_checked(model, guard.reference)  # after: saving a big graph moves its weights out
+        model, islands = result.model, result.islands
+    elif precision is Precision.FP16:
+        model = to_fp16(model)
     _save_checked(model, path)
+    return islands
 
 
 def _clean(model: onnx.ModelProto) -> onnx.ModelProto:

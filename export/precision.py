@@ -8,7 +8,9 @@ fp32 what loses too much in fp16:
   softmax, whose sums overflow or lose their small terms;
 - the sinusoidal timestep embedding, whose arguments reach ~1000 where fp16 steps by 0.5 (diffusers
   computes it in fp32 too);
-- the whole VAE decoder by default: Stable Diffusion VAEs overflow fp16 in their last blocks.
+- the whole VAE decoder by default: Stable Diffusion VAEs overflow fp16 in their last blocks;
+  and the VAE encoder with it (the SDXL VAE's encoder overflows too, which is why diffusers
+  upcasts the VAE before encoding an image).
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from __future__ import annotations
 import onnx
 
 from sdtrt.engine.options import Precision
+from sdtrt.export import fp16
 
 FP32_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization", "Softmax")
 # The timestep embedding is found by its sin and cos; everything feeding them stays fp32.
 EMBEDDING_OPS = ("Sin", "Cos")
-FP32_BY_DEFAULT = ("vae_decoder",)
+FP32_BY_DEFAULT = ("vae_decoder", "vae_encoder")
 
 
 def component_precision(component: str, asked: Precision, fp16_vae: bool = False) -> Precision:
-    """The precision `component` is built in when the build asks for `asked`."""
-    if asked is Precision.FP16 and component in FP32_BY_DEFAULT and not fp16_vae:
+    """The precision `component` is built in when the build asks for `asked`; `fp16_vae` lets
+    the VAE follow any reduced precision (fp16, bf16, int8 weights)."""
+    if asked is not Precision.FP32 and component in FP32_BY_DEFAULT and not fp16_vae:
         return Precision.FP32
     return asked
 
@@ -46,14 +50,5 @@ def embedding_nodes(graph: onnx.GraphProto) -> set[str]:
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph with fp16 weights and arithmetic, fp32 where listed above, fp32 inputs/outputs."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    for index, node in enumerate(model.graph.node):
-        if not node.name:  # the converter selects nodes by name
-            node.name = f"node_{index}"
-    return convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=list(FP32_OPS),
-        node_block_list=sorted(embedding_nodes(model.graph)),
-    )
+    fp16.name_nodes(model.graph)  # nodes are kept in fp32 by name
+    return fp16.convert(model, FP32_OPS, embedding_nodes(model.graph))

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Preset:
     # to every one of the 77 positions, so the pad token changes images.
     pad_token: str = END
     seed: int = 0
+    pipeline_class: str = "StableDiffusionPipeline"  # model_index.json's _class_name
 
 
 TINY = Preset(
@@ -122,7 +123,16 @@ SD15 = Preset(
     merges=real_clip_merges,
 )
 
-PRESETS = {p.name: p for p in (TINY, SD15)}
+# An inpainting model's UNet also sees the mask and the masked image's latents: 4 + 1 + 4 inputs.
+TINY_INPAINT = replace(
+    TINY,
+    name="tiny-inpaint",
+    description="the tiny model as a 9-channel inpainting model (StableDiffusionInpaintPipeline)",
+    unet={**TINY.unet, "in_channels": 9},
+    pipeline_class="StableDiffusionInpaintPipeline",
+)
+
+PRESETS = {p.name: p for p in (TINY, TINY_INPAINT, SD15)}
 
 
 def get_preset(name: str) -> Preset:
@@ -133,13 +143,9 @@ def get_preset(name: str) -> Preset:
 
 
 def _write_pipeline(preset: Preset, directory: Path) -> None:
+    import diffusers
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tokenizer_dir = directory / "tokenizer"
@@ -157,7 +163,12 @@ def _write_pipeline(preset: Preset, directory: Path) -> None:
         **preset.text_encoder,
     )
     text_encoder = CLIPTextModel(text_config)
-    pipeline = StableDiffusionPipeline(
+    # A fresh layer norm has no bias, so every state it outputs averages to zero; a trained
+    # encoder's do not, and the A1111 emphasis divides by that average.
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    with torch.no_grad():
+        norm.bias.normal_(mean=-0.5, std=0.5)
+    pipeline = getattr(diffusers, preset.pipeline_class)(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),

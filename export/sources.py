@@ -16,6 +16,7 @@ from typing import Literal
 
 from sdtrt.errors import ModelSourceError
 from sdtrt.export.presets import PRESETS, write_preset
+from sdtrt.export.single_file import convert_single_file, is_single_file
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # What a Stable Diffusion build reads from a hub repository; other weights (fp16 variants,
@@ -36,14 +37,17 @@ HUB_PATTERNS = [
 @dataclass(frozen=True)
 class ModelFolder:
     path: Path
-    kind: Literal["folder", "preset", "hub"]
+    kind: Literal["folder", "preset", "hub", "file"]
     ref: str
     name: str
 
 
-def describe_model_ref(ref: str) -> Literal["folder", "preset", "hub"]:
-    """Decide what `ref` names, in order: an existing folder, a preset, a hub id."""
+def describe_model_ref(ref: str) -> Literal["folder", "preset", "hub", "file"]:
+    """Decide what `ref` names, in order: an existing folder or single-file checkpoint, a
+    preset, a hub id."""
     path = Path(ref).expanduser()
+    if is_single_file(path):
+        return "file"
     if path.exists():
         if not (path.is_dir() and (path / "model_index.json").is_file()):
             raise ModelSourceError(f"{path} is not a diffusers model folder (no model_index.json)")
@@ -72,10 +76,17 @@ def _download(hub_id: str) -> Path:
 
 
 @contextmanager
-def open_source(ref: str) -> Iterator[ModelFolder]:
-    """Yield `ref` as a local diffusers folder; a preset's folder lives only inside the block."""
+def open_source(ref: str, allow_pickle: bool = False) -> Iterator[ModelFolder]:
+    """Yield `ref` as a local diffusers folder; a preset's folder, or a single file's
+    converted one, lives only inside the block."""
     kind = describe_model_ref(ref)
-    if kind == "folder":
+    if kind == "file":
+        path = Path(ref).expanduser().resolve()
+        with tempfile.TemporaryDirectory(prefix="sdtrt-file-") as scratch:
+            folder = Path(scratch) / path.stem
+            convert_single_file(path, folder, allow_pickle)
+            yield ModelFolder(path=folder, kind=kind, ref=str(path), name=path.stem)
+    elif kind == "folder":
         path = Path(ref).expanduser().resolve()
         yield ModelFolder(path=path, kind=kind, ref=str(path), name=path.name)
     elif kind == "preset":

@@ -21,9 +21,17 @@ Point = dict[str, int]  # symbol -> size
 
 
 def _batch_dims(ranges: BuildRanges, rows_per_image: int) -> tuple[int, int, int]:
-    """(min, opt, max) rows for networks that see `rows_per_image` rows per image."""
+    """(min, opt, max) rows for networks that see `rows_per_image` rows per image. The batch
+    stays dynamic under --static (which fixes the image size): unguided calls and fewer images
+    need fewer rows; the static build is tuned for its full batch."""
     most = rows_per_image * ranges.max_batch
-    return (most, most, most) if ranges.static else (1, rows_per_image, most)
+    return (1, most if ranges.static else rows_per_image, most)
+
+
+def _text_dims(ranges: BuildRanges, max_length: int) -> tuple[int, int, int]:
+    """(min, opt, max) text states the UNet attends to: whole text-encoder outputs, one per
+    prompt chunk (long prompts in the A1111 syntax), optimised for one."""
+    return (max_length, max_length, max_length * ranges.max_prompt_chunks)
 
 
 def _latent_dims(ranges: BuildRanges, vae_scale_factor: int) -> DimRanges:
@@ -93,8 +101,22 @@ class _Wrapper(torch.nn.Module):
         return self._call(self.inner, *args)
 
 
+def _text_states(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last hidden state, and the final layer norm of every earlier one (clip skip)."""
+    last, _, hidden = model(ids.to(torch.int64), output_hidden_states=True, return_dict=False)
+    # transformers 5 flattened CLIPTextModel; earlier versions nest it in `text_model`.
+    norm = getattr(model, "text_model", model).final_layer_norm
+    return last, torch.stack([norm(h) for h in hidden[:-1]], dim=1)
+
+
 class TextEncoderSpec(ComponentSpec):
-    """CLIP text encoder: token ids to the per-token hidden states the UNet attends to."""
+    """CLIP text encoder: token ids to the per-token hidden states the UNet attends to.
+
+    `layer_states[:, k]` is the input of encoder layer k (k = 0: the embeddings) through the final
+    layer norm: diffusers' `clip_skip=n` is `layer_states[:, layers - n]`. All of them, not one
+    chosen at build time, so that clip skip is a runtime choice; the extra cost is a layer norm
+    per layer and the copy of the output (12 x 77 x 768 floats per prompt on SD 1.x).
+    """
 
     name = "text_encoder"
 
@@ -102,10 +124,14 @@ class TextEncoderSpec(ComponentSpec):
         self.text_encoder = text_encoder
         self.vocab_size = int(text_encoder.config.vocab_size)
         hidden = int(text_encoder.config.hidden_size)
+        layers = int(text_encoder.config.num_hidden_layers)
         self.inputs = (TensorSpec(name="input_ids", dtype="int32", shape=("batch", max_length)),)
         self.outputs = (
             TensorSpec(
                 name="last_hidden_state", dtype="float32", shape=("batch", max_length, hidden)
+            ),
+            TensorSpec(
+                name="layer_states", dtype="float32", shape=("batch", layers, max_length, hidden)
             ),
         )
 
@@ -114,10 +140,7 @@ class TextEncoderSpec(ComponentSpec):
         return {"batch": _batch_dims(ranges, 2)}
 
     def module(self) -> torch.nn.Module:
-        return _Wrapper(
-            self.text_encoder,
-            lambda m, ids: m(ids.to(torch.int64), return_dict=False)[0],
-        )
+        return _Wrapper(self.text_encoder, _text_states)
 
     def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
         length = int(self.inputs[0].shape[1])
@@ -133,6 +156,7 @@ class UNetSpec(ComponentSpec):
     def __init__(self, unet: Any, vae_scale_factor: int, max_length: int) -> None:
         self.unet = unet
         self.vae_scale_factor = vae_scale_factor
+        self.max_length = max_length
         config = unet.config
         self.down_factor = 2 ** (len(config.block_out_channels) - 1)
         channels, context = int(config.in_channels), int(config.cross_attention_dim)
@@ -141,14 +165,20 @@ class UNetSpec(ComponentSpec):
             TensorSpec(name="sample", dtype="float32", shape=latent),
             TensorSpec(name="timestep", dtype="float32", shape=("batch",)),
             TensorSpec(
-                name="encoder_hidden_states", dtype="float32", shape=("batch", max_length, context)
+                name="encoder_hidden_states",
+                dtype="float32",
+                shape=("batch", "text_tokens", context),
             ),
         )
         out = ("batch", int(config.out_channels), "latent_height", "latent_width")
         self.outputs = (TensorSpec(name="noise_pred", dtype="float32", shape=out),)
 
     def dims(self, ranges: BuildRanges) -> DimRanges:
-        return {"batch": _batch_dims(ranges, 2), **_latent_dims(ranges, self.vae_scale_factor)}
+        return {
+            "batch": _batch_dims(ranges, 2),
+            **_latent_dims(ranges, self.vae_scale_factor),
+            "text_tokens": _text_dims(ranges, self.max_length),
+        }
 
     def trace_point(self, ranges: BuildRanges) -> Point:
         # diffusers' UNet upsamples by a fixed factor when the latent size divides its downsampling
@@ -160,6 +190,9 @@ class UNetSpec(ComponentSpec):
             for symbol in ("latent_height", "latent_width"):
                 if point[symbol] % self.down_factor == 0:
                     point[symbol] += 1
+        # Traced longer than it is validated (at one chunk) where the range allows, so that a
+        # text length fixed by the trace would fail the build instead of a long prompt.
+        point["text_tokens"] = min(2 * self.max_length, self.dims(ranges)["text_tokens"][2])
         return point
 
     def module(self) -> torch.nn.Module:
@@ -171,13 +204,13 @@ class UNetSpec(ComponentSpec):
     def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
         batch = point["batch"]
         _, channels, _, _ = self.inputs[0].shape
-        _, length, context = self.inputs[2].shape
+        context = self.inputs[2].shape[2]
         latent = (batch, int(channels), point["latent_height"], point["latent_width"])
         return {
             "sample": rng.standard_normal(latent, dtype=np.float32),
             "timestep": np.full((batch,), 500.0, dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal(
-                (batch, int(length), int(context)), dtype=np.float32
+                (batch, point["text_tokens"], int(context)), dtype=np.float32
             ),
         }
 

@@ -19,17 +19,26 @@ from PIL import Image
 
 from sdtrt.engine.backends import load_component
 from sdtrt.engine.base import Engine
+from sdtrt.engine.lora import LORA_COMPONENTS, LoraSource, as_lora_source
+from sdtrt.engine.lora_switch import load_with_initializers, lora_initializers
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError
+from sdtrt.runtime.conditioning import TextConditioner
+from sdtrt.runtime.image_input import ImageInput
+from sdtrt.runtime.image_tasks import load_inputs, make_image_task, output_size
 from sdtrt.runtime.images import postprocess, to_pil
 from sdtrt.runtime.noise import NoiseSource, make_noise
+from sdtrt.runtime.numerics import check_image, check_step, is_finite
 from sdtrt.runtime.request import Request, make_request
 from sdtrt.runtime.schedulers import create_scheduler
+from sdtrt.runtime.tasks import Task
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+OPTIONAL_COMPONENTS = ("vae_encoder",)  # images in (image to image, inpainting)
 
-# Called after each UNet step with (step index, number of steps).
+# Called after each UNet step with (step index, number of steps). What it raises ends the call
+# there and reaches the caller unchanged (the service cancels jobs this way).
 StepCallback = Callable[[int, int], None]
 
 
@@ -42,6 +51,7 @@ class Timings:
     unet: list[float] = field(default_factory=list)  # one entry per model call
     scheduler: list[float] = field(default_factory=list)  # guidance + scheduler step, per call
     vae_decoder: float = 0.0
+    image_encode: float = 0.0  # preparing and VAE-encoding the input image and mask
     total: float = 0.0
 
 
@@ -50,6 +60,7 @@ class GenerationOutput:
     images: list[Image.Image] | np.ndarray
     request: Request
     timings: Timings
+    strength: float | None = None  # of an input image; None for text to image
 
 
 def _load_engine(directory: Path, manifest: Manifest, name: str, backend: str | None) -> Engine:
@@ -80,6 +91,8 @@ class Pipeline:
         self.engines = engines
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
+        self.loras: tuple[LoraSource, ...] = ()  # applied on top of the built weights
+        self.conditioner = TextConditioner(engines["text_encoder"], tokenizer, engines["unet"].io)
 
     @classmethod
     def load(cls, directory: str | Path, backend: str | None = None) -> Pipeline:
@@ -98,6 +111,9 @@ class Pipeline:
         try:
             for name in REQUIRED_COMPONENTS:
                 engines[name] = _load_engine(directory, manifest, name, backend)
+            for name in OPTIONAL_COMPONENTS:
+                if name in manifest.components:
+                    engines[name] = _load_engine(directory, manifest, name, backend)
         except BaseException:
             for engine in engines.values():
                 engine.close()
@@ -123,14 +139,23 @@ class Pipeline:
         output_type: Literal["pil", "np"] = "pil",
         noise: str = "torch",
         step_callback: StepCallback | None = None,
+        prompt_syntax: str = "diffusers",
+        clip_skip: int | None = None,
+        image: ImageInput | None = None,
+        mask_image: ImageInput | None = None,
+        strength: float | None = None,
     ) -> GenerationOutput:
         """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`.
 
         With `noise="torch"` (the default) a seed draws exactly the noise that diffusers draws
         from `torch.Generator("cpu").manual_seed(seed)`, so both make the same image;
-        `noise="numpy"` uses numpy's own generator instead.
+        `noise="numpy"` uses numpy's own generator instead. `prompt_syntax="a1111"` reads
+        prompts in the A1111 web UI's syntax, weights and prompts beyond 77 tokens included;
+        `clip_skip` is diffusers' (see runtime/conditioning.py).
         """
         started = time.perf_counter()
+        inputs = load_inputs(image, mask_image, strength, self.engines["unet"])
+        height, width = output_size(inputs, self.manifest, height, width)
         if output_type not in ("pil", "np"):
             raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
         request = make_request(
@@ -146,17 +171,30 @@ class Pipeline:
             scheduler,
             num_images_per_prompt,
             noise,
+            prompt_syntax=prompt_syntax,
+            clip_skip=clip_skip,
         )
+        self.conditioner.check_clip_skip(request.clip_skip)
         timings = Timings()
         source = make_noise(request.noise, request.seed)
         context = self._encode(request, timings)
-        latents = self._initial_latents(request, latents, source)
-        latents = self._denoise(request, context, latents, source, timings, step_callback)
+        if inputs is None:
+            task = Task(self._initial_latents(request, latents, source))
+        else:
+            mark = time.perf_counter()
+            given = latents
+            task = make_image_task(
+                inputs, request, self.manifest, self.engines, source, strength,
+                lambda: self._initial_latents(request, given, source), given is not None,
+            )  # fmt: skip
+            timings.image_encode = time.perf_counter() - mark
+        latents = self._denoise(request, context, task, source, timings, step_callback)
         mark = time.perf_counter()
         model = self.manifest.model
         decoded = self.engines["vae_decoder"].infer(
             {"latent": latents / np.float32(model.vae_scaling_factor)}
         )["image"]
+        check_image(decoded, self.manifest)  # never a black PNG from an fp16 overflow
         images = postprocess(decoded)
         timings.vae_decoder = time.perf_counter() - mark
         timings.total = time.perf_counter() - started
@@ -164,16 +202,19 @@ class Pipeline:
             images=to_pil(images) if output_type == "pil" else images,
             request=request,
             timings=timings,
+            strength=task.strength,
         )
 
     def _encode(self, request: Request, timings: Timings) -> np.ndarray:
         """Text states for the UNet: negatives then prompts when guided, one row per image."""
         mark = time.perf_counter()
         texts = request.negative_prompts + request.prompts if request.guided else request.prompts
-        ids = self.tokenizer(texts)
+        chunks = self.conditioner.tokenize(texts, request.prompt_syntax)
         timings.tokenize = time.perf_counter() - mark
         mark = time.perf_counter()
-        states = self.engines["text_encoder"].infer({"input_ids": ids})["last_hidden_state"]
+        states = self.conditioner.encode(
+            chunks, request.prompt_syntax, request.clip_skip, len(request.prompts)
+        )
         timings.text_encoder = time.perf_counter() - mark
         context = np.repeat(states, request.images_per_prompt, axis=0)
         context.setflags(write=False)  # the same every step: GPU engines keep it on the device
@@ -192,34 +233,43 @@ class Pipeline:
             raise InputError(
                 f"latents must have shape {shape} for this request, got {latents.shape}"
             )
+        if not is_finite(latents):
+            raise InputError("latents hold NaN or infinity; pass finite initial noise")
         return latents.astype(np.float32)
 
     def _denoise(
         self,
         request: Request,
         context: np.ndarray,
-        latents: np.ndarray,
+        task: Task,
         source: NoiseSource,
         timings: Timings,
         step_callback: StepCallback | None,
     ) -> np.ndarray:
         scheduler = create_scheduler(request.scheduler, self.scheduler_config)
-        plan = scheduler.plan(request.steps)
+        begins = task.start(scheduler, scheduler.plan(request.steps))
+        plan, latents = begins.plan, begins.latents
         timesteps = scheduler.timesteps(plan)
         state = scheduler.initial_state(plan)
-        latents = latents * np.float32(scheduler.init_noise_sigma(plan))
         unet = self.engines["unet"]
         guidance = np.float32(request.guidance_scale)
         rows = 2 if request.guided else 1
         # Reused across steps: every allocation after an engine call costs tens of microseconds
         # (the engine has just evicted the allocator's and interpreter's working set).
-        model_input = np.empty((rows * latents.shape[0], *latents.shape[1:]), dtype=np.float32)
+        channels = latents.shape[1]
+        extra = task.unet_extra  # constant over the loop: written once, after the latents
+        total = channels if extra is None else channels + extra.shape[1]
+        model_input = np.empty((rows * latents.shape[0], total, *latents.shape[2:]), np.float32)
+        if extra is not None:
+            for half in np.split(model_input, rows):
+                np.copyto(half[:, channels:], extra)
         timestep = np.empty((model_input.shape[0],), dtype=np.float32)
-        for i, t in enumerate(timesteps):
+        for i in range(begins.begin, len(timesteps)):
+            t = timesteps[i]
             mark = time.perf_counter()
             scaled = scheduler.scale_model_input(latents, i, plan)
             for half in np.split(model_input, rows):
-                np.copyto(half, scaled)
+                np.copyto(half[:, :channels], scaled)
             timestep.fill(t)
             unet_started = time.perf_counter()
             prediction = unet.infer(
@@ -234,11 +284,38 @@ class Pipeline:
                 prediction *= guidance
                 prediction += unconditional
             latents, state = scheduler.step(prediction, i, latents, plan, state, source.randn)
+            latents = task.blend(latents, scheduler, plan, i)
+            check_step(latents, i, len(timesteps), self.manifest)
             timings.unet.append(unet_done - unet_started)
             timings.scheduler.append(time.perf_counter() - mark - (unet_done - unet_started))
             if step_callback is not None:
-                step_callback(i, len(timesteps))
+                step_callback(i - begins.begin, len(timesteps) - begins.begin)
         return latents
+
+    def set_loras(
+        self, loras: Sequence[LoraSource | str | Path | tuple[str | Path, float]]
+    ) -> None:
+        """Re-weight the text encoder and UNet with `loras` (files, `(file, scale)` pairs or
+        LoraSource), in place of any set before; `[]` restores the built weights. The engines
+        are replaced between calls: do not switch while another thread generates."""
+        sources = tuple(as_lora_source(item) for item in loras)
+        records = self.manifest.components
+        weights = lora_initializers(self.directory, records, sources) if sources else {}
+        fresh: dict[str, Engine] = {}
+        try:
+            for name in LORA_COMPONENTS:
+                fresh[name] = load_with_initializers(
+                    self.directory, records[name], weights.get(name, {})
+                )
+        except BaseException:
+            for engine in fresh.values():
+                engine.close()
+            raise
+        for name, engine in fresh.items():
+            self.engines[name].close()
+            self.engines[name] = engine
+        self.conditioner.encoder = self.engines["text_encoder"]
+        self.loras = sources
 
     def close(self) -> None:
         for engine in self.engines.values():

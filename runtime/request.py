@@ -11,6 +11,7 @@ from sdtrt.engine.manifest import Manifest
 from sdtrt.engine.ranges import check_batch, check_image_size
 from sdtrt.errors import InputError
 from sdtrt.runtime.noise import NOISE_KINDS, NoiseKind
+from sdtrt.runtime.prompt_syntax import PROMPT_SYNTAXES, PromptSyntax
 from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
 
 
@@ -26,6 +27,8 @@ class Request:
     scheduler: str
     seed: int
     noise: NoiseKind
+    prompt_syntax: PromptSyntax = "diffusers"
+    clip_skip: int | None = None  # diffusers' meaning: layers skipped from the end
 
     @property
     def batch(self) -> int:
@@ -71,6 +74,9 @@ def make_request(
     scheduler: str | None,
     num_images_per_prompt: int,
     noise: str = "torch",
+    *,
+    prompt_syntax: str = "diffusers",
+    clip_skip: int | None = None,
 ) -> Request:
     prompts = _as_prompts(prompt, "prompt")
     if negative_prompt is None:
@@ -99,6 +105,14 @@ def make_request(
         raise InputError(f"unknown noise source '{noise}'; choose one of: {', '.join(NOISE_KINDS)}")
     if seed is not None and not 0 <= seed < 2**64:
         raise InputError(f"seed must be between 0 and 2**64 - 1, got {seed}")
+    if prompt_syntax not in PROMPT_SYNTAXES:
+        raise InputError(
+            f"unknown prompt syntax '{prompt_syntax}'; choose one of: {', '.join(PROMPT_SYNTAXES)}"
+        )
+    if clip_skip is not None and (
+        isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0
+    ):
+        raise InputError(f"clip skip must be a whole number of at least 0, got {clip_skip}")
     return Request(
         prompts=prompts,
         negative_prompts=negatives,
@@ -110,4 +124,6 @@ def make_request(
         scheduler=_scheduler(scheduler, default_scheduler),
         seed=secrets.randbits(63) if seed is None else int(seed),
         noise=noise,  # type: ignore[arg-type]
+        prompt_syntax=prompt_syntax,  # type: ignore[arg-type]
+        clip_skip=clip_skip,
     )

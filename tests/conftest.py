@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,20 @@ import pytest
 
 def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With EXPECT_ONNXRUNTIME_VERSION set (`make test-onnxruntime-versions`), refuse to run on
+    any other onnxruntime: a path mistake would otherwise test the wrong release silently."""
+    expected = os.environ.get("EXPECT_ONNXRUNTIME_VERSION")
+    if expected:
+        import onnxruntime
+
+        if onnxruntime.__version__ != expected:
+            raise pytest.UsageError(
+                f"expected onnxruntime {expected}, imported {onnxruntime.__version__} "
+                f"from {onnxruntime.__file__}"
+            )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,12 +48,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Engines for the tiny model, every component including the VAE encoder. Treat as read-only."""
+    """ONNX Runtime engines for the tiny model, every component including the VAE encoder.
+    Treat as read-only. (OpenVINO's are `tiny_openvino_dir`, in tests/engine.)"""
+    from sdtrt.engine.options import BuildOptions
     from sdtrt.export.build import ExportOptions, build
 
     output = tmp_path_factory.mktemp("engines") / "tiny"
     components = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
-    build(str(tiny_model_dir), output, ExportOptions(components=components))
+    build(
+        str(tiny_model_dir),
+        output,
+        ExportOptions(components=components),
+        BuildOptions(backend="onnxruntime"),  # named: `auto` may pick OpenVINO
+    )
     return output
 
 
@@ -51,6 +73,19 @@ def engine_copy(tiny_engine_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lora_files(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random LoRAs for the tiny model (see lora_files.py): diffusers layout with alpha in
+    its header, and kohya layout in fp16."""
+    from lora_files import write_diffusers_lora, write_kohya_lora
+
+    folder = tmp_path_factory.mktemp("loras")
+    return {
+        "diffusers": write_diffusers_lora(tiny_model_dir, folder / "a.safetensors", 1, alpha=8.0),
+        "kohya": write_kohya_lora(tiny_model_dir, folder / "b.safetensors", 2),
+    }
+
+
+@pytest.fixture(scope="session")
 def diffusers_pipeline(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny model in diffusers' own StableDiffusionPipeline: the reference."""
     from diffusers import StableDiffusionPipeline
@@ -58,3 +93,26 @@ def diffusers_pipeline(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny-inpaint preset (9-channel UNet) as a diffusers folder."""
+    from sdtrt.export.presets import write_preset
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-inpaint"
+    write_preset("tiny-inpaint", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_engine_dir(
+    tiny_inpaint_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """ONNX Runtime engines for the tiny inpainting model, default components. Read-only."""
+    from sdtrt.engine.options import BuildOptions
+    from sdtrt.export.build import ExportOptions, build
+
+    output = tmp_path_factory.mktemp("engines") / "tiny-inpaint"
+    build(str(tiny_inpaint_model_dir), output, ExportOptions(), BuildOptions(backend="onnxruntime"))
+    return output

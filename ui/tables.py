@@ -62,6 +62,8 @@ def timing_table(result: GenerationOutput) -> Table:
         ("vae decoder", timings.vae_decoder, None),
         ("total", timings.total, None),
     ]
+    if result.strength is not None:  # an input image was prepared and VAE-encoded
+        rows.insert(2, ("image + vae encoder", timings.image_encode, None))
     for stage, seconds, per_step in rows:
         table.add_row(
             stage, f"{seconds * 1e3:.1f}", "" if per_step is None else f"{per_step * 1e3:.2f}"

@@ -42,6 +42,7 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
 
     diffusers_name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
+    order: ClassVar[int] = 1  # model calls per step, as diffusers' `scheduler.order`
 
     def __init__(self, model_config: Mapping[str, Any]) -> None:
         """Take the keys of `model_config` this scheduler knows, like diffusers' `from_config`."""
@@ -62,6 +63,20 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
 
     def scale_model_input(self, sample: np.ndarray, i: int, plan: PlanT) -> np.ndarray:
         return sample
+
+    def start_at(self, plan: PlanT, skipped_steps: int) -> tuple[PlanT, int]:
+        """The plan and first call index for a loop that skips the first `skipped_steps` steps
+        (image-to-image): diffusers' `timesteps[t_start * order:]` with `set_begin_index`."""
+        return plan, skipped_steps * self.order
+
+    def add_noise(
+        self, original: np.ndarray, noise: np.ndarray, i: int, plan: PlanT
+    ) -> np.ndarray:
+        """`original` noised to the level the UNet sees at call `i`: the forward process
+        q(x_t | x_0) at that call's timestep, Ho et al. 2020, eq. 4."""
+        alpha_prod = plan.alphas_cumprod[int(self.timesteps(plan)[i])]  # type: ignore[attr-defined]
+        noisy = alpha_prod**0.5 * original + (1 - alpha_prod) ** 0.5 * noise
+        return noisy.astype(np.float32, copy=False)
 
     @abstractmethod
     def step(

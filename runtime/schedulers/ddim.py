@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class DDIMScheduler(Scheduler[DDIMPlan, None]):
     """DDIM, Song et al. 2020; eta = 0 (the diffusers pipelines' default)."""
 
     diffusers_name = "DDIMScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "clip_sample": True,
         "set_alpha_to_one": True,

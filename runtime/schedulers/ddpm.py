@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class DDPMScheduler(Scheduler[TimestepPlan, None]):
     """DDPM, Ho et al. 2020: the posterior mean of the previous sample plus fresh noise."""
 
     diffusers_name = "DDPMScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "variance_type": "fixed_small",
         "clip_sample": True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class DEISScheduler(MultistepScheduler):
     log rho (rho = sigma_t / alpha_t), orders 1 to 3."""
 
     diffusers_name = "DEISMultistepScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **MULTISTEP_DEFAULTS,
         "algorithm_type": "deis",
         "solver_type": "logrho",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
     """DPM-Solver++(2M) and relatives, Lu et al. 2022 (data prediction, multistep)."""
 
     diffusers_name = "DPMSolverMultistepScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **MULTISTEP_DEFAULTS,
         "algorithm_type": "dpmsolver++",
         "solver_type": "midpoint",

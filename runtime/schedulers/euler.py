@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -15,7 +15,7 @@ class EulerScheduler(SigmaScheduler[SigmaPlan, None]):
     """Euler method on the probability-flow ODE, Karras et al. 2022 (Algorithm 2, no churn)."""
 
     diffusers_name = "EulerDiscreteScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "prediction_type": "epsilon",
         "interpolation_type": "linear",
@@ -54,7 +54,7 @@ class EulerAncestralScheduler(SigmaScheduler[SigmaPlan, None]):
     (k-diffusion's sample_euler_ancestral, Karras et al. 2022 with eta = 1)."""
 
     diffusers_name = "EulerAncestralDiscreteScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "prediction_type": "epsilon",
         "timestep_spacing": "linspace",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,7 +27,8 @@ class HeunScheduler(SigmaScheduler[SigmaPlan, HeunState | None]):
     """
 
     diffusers_name = "HeunDiscreteScheduler"
-    defaults: dict[str, Any] = {
+    order = 2
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "beta_start": 0.00085,
         "beta_end": 0.012,

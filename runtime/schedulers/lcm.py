@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class LCMScheduler(Scheduler[TimestepPlan, None]):
     clean sample, then re-noise to the next timestep."""
 
     diffusers_name = "LCMScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "beta_start": 0.00085,
         "beta_end": 0.012,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class LMSScheduler(SigmaScheduler[LMSPlan, tuple[np.ndarray, ...]]):
     """Linear multistep (Adams-Bashforth on sigma), k-diffusion's sample_lms, order 4."""
 
     diffusers_name = "LMSDiscreteScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "use_karras_sigmas": False,
         "use_exponential_sigmas": False,

@@ -84,6 +84,13 @@ def spread_timesteps(config: Mapping[str, Any], steps: int, last: int) -> np.nda
 class MultistepScheduler(Scheduler[MultistepPlan, Any]):
     """Base of the lambda-stepping solvers: the plan, output conversion and history."""
 
+    def add_noise(
+        self, original: np.ndarray, noise: np.ndarray, i: int, plan: MultistepPlan
+    ) -> np.ndarray:
+        """alpha_t * x + sigma_t * noise at call `i`'s noise level."""
+        noisy = plan.alpha[i] * original + plan.sigma_t[i] * noise
+        return noisy.astype(np.float32, copy=False)
+
     def _last_timestep(self, cumprod: np.ndarray) -> int:
         return int(self.config["num_train_timesteps"])
 

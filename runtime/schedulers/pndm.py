@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class PNDMScheduler(Scheduler[PNDMPlan, PNDMState]):
     """PNDM, Liu et al. 2022: Runge-Kutta warm-up (unless skipped) then linear multistep."""
 
     diffusers_name = "PNDMScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **NOISE_SCHEDULE_DEFAULTS,
         "skip_prk_steps": False,
         "set_alpha_to_one": False,
@@ -72,6 +72,25 @@ class PNDMScheduler(Scheduler[PNDMPlan, PNDMState]):
 
     def initial_state(self, plan: PNDMPlan) -> PNDMState:
         return PNDMState()
+
+    def start_at(self, plan: PNDMPlan, skipped_steps: int) -> tuple[PNDMPlan, int]:
+        """diffusers' PNDM counts its calls from the first one it is given, not by position in
+        the schedule, so a late start is a shorter plan rather than a later index."""
+        if skipped_steps == 0:
+            return plan, 0
+        if plan.prk_calls:
+            raise InputError(
+                "PNDM with its Runge-Kutta warm-up (skip_prk_steps false) cannot start part-way "
+                "through the schedule; choose another scheduler for images with strength < 1"
+            )
+        shorter = PNDMPlan(
+            timesteps=plan.timesteps[skipped_steps:],
+            alphas_cumprod=plan.alphas_cumprod,
+            final_alpha_cumprod=plan.final_alpha_cumprod,
+            prk_calls=0,
+            step_ratio=plan.step_ratio,
+        )
+        return shorter, 0
 
     def step(
         self,

@@ -133,6 +133,12 @@ class SigmaScheduler(Scheduler[PlanT, StateT]):
         sigma = plan.sigmas[i]
         return sample / (sigma**2 + 1) ** np.float32(0.5)
 
+    def add_noise(
+        self, original: np.ndarray, noise: np.ndarray, i: int, plan: PlanT
+    ) -> np.ndarray:
+        """x + sigma * noise at call `i`'s sigma (the variance-exploding form of q(x_t | x_0))."""
+        return (original + noise * plan.sigmas[i]).astype(np.float32, copy=False)
+
     def denoised(
         self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32
     ) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class UniPCScheduler(MultistepScheduler):
     """UniPC, Zhao et al. 2023: UniP predictor, UniC corrector reusing the next model call."""
 
     diffusers_name = "UniPCMultistepScheduler"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         **MULTISTEP_DEFAULTS,
         "predict_x0": True,
         "solver_type": "bh2",

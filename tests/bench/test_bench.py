@@ -53,14 +53,50 @@ def test_bench_refuses_bad_options(tiny_engine_dir):
     assert result.exit_code == 1 and "--runs must be >= 1" in result.stderr
 
 
-def test_compare_against_diffusers_and_openvino(tiny_engine_dir, tiny_model_dir):
+def _openvino_default() -> str:
+    """OpenVINO's own precision on this CPU: bf16 where the CPU has bfloat16 instructions."""
+    from sdtrt.engine.onnxruntime_backend import cpu_flags
+
+    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
+def test_compare_names_every_row_with_its_precision(tiny_engine_dir, tiny_model_dir):
     options = BenchOptions(steps=3, runs=2, scheduler="dpmpp_2m")
-    report = compare(tiny_engine_dir, options, model=tiny_model_dir)
-    assert set(report.unet_step) == {"sdtrt", "torch eager", "openvino"}
-    assert set(report.end_to_end) == {"sdtrt", "diffusers"}
-    assert set(report.speedups) == {"unet vs torch eager", "unet vs openvino", "image vs diffusers"}
+    report = compare(tiny_engine_dir, options, model=tiny_model_dir, torch_compile=False)
+    ours = "sdtrt onnxruntime fp32"
+    openvino_default = f"openvino {_openvino_default()} (its default)"
+    assert report.sdtrt == ours
+    assert set(report.unet_step) == {
+        ours, "torch eager fp32", "openvino fp32 (pinned)", openvino_default,
+    }  # fmt: skip
+    assert set(report.end_to_end) == {ours, "diffusers torch eager fp32"}
+    assert set(report.speedups) == {
+        "unet vs torch eager fp32", "unet vs openvino fp32 (pinned)",
+        f"unet vs {openvino_default}", "image vs diffusers torch eager fp32",
+    }  # fmt: skip
     assert all(value > 0 for value in report.speedups.values())
     assert report.host_step_us > 0
+
+
+def test_compare_on_openvino_engines_adds_onnxruntime_on_the_same_graph(
+    tiny_model_dir, tmp_path
+):
+    from sdtrt.engine.options import BuildOptions, Precision
+    from sdtrt.export.build import build
+
+    output = tmp_path / "engines"
+    build(str(tiny_model_dir), output, build_options=BuildOptions(backend="openvino"))
+    options = BenchOptions(steps=2, runs=1)
+    report = compare(output, options, model=tiny_model_dir, torch_compile=False)
+    assert report.sdtrt == f"sdtrt openvino {Precision.FP32.value}"
+    assert "onnxruntime fp32 (same graph)" in report.unet_step
+
+
+@pytest.mark.slow  # inductor compiles the UNet's C++ kernels: minutes on two cores
+def test_compare_adds_torch_compile(tiny_engine_dir, tiny_model_dir):
+    options = BenchOptions(steps=2, runs=1)
+    report = compare(tiny_engine_dir, options, model=tiny_model_dir)
+    assert "torch.compile fp32" in report.unet_step
 
 
 def test_reference_folder_comes_from_the_manifest_or_the_option(

@@ -59,6 +59,18 @@ def test_run_writes_a_png_with_parameters(tiny_engine_dir, tmp_path):
     assert "unet x 4" in result.stdout and "vae decoder" in result.stdout
 
 
+def test_run_with_a1111_prompt_and_clip_skip(tiny_engine_dir, tmp_path):
+    output = tmp_path / "castle.png"
+    prompt = "a (castle:1.3) on a [hill], " * 12 + "BREAK sunset"
+    result = sdtrt(
+        "run", tiny_engine_dir, prompt, "-o", output, "--steps", 2, "--seed", 1,
+        "--prompt-syntax", "a1111", "--clip-skip", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "truncated" not in result.stderr
+    assert "Clip skip: 2" in Image.open(output).info["parameters"]  # the web UI's count
+
+
 def test_run_batch_writes_numbered_files(tiny_engine_dir, tmp_path):
     result = sdtrt(
         "run", tiny_engine_dir, "a cat", "-o", tmp_path / "cat.png", "--steps", 2, "--batch", 2
@@ -85,14 +97,19 @@ def test_preset_build_info(tmp_path):
         "96x128",
         "--max-batch",
         2,
+        "--max-prompt-chunks",
+        2,
     )
     assert result.exit_code == 0, result.stderr
     assert "engines written to" in result.stdout
     result = sdtrt("info", tmp_path / "engines")
     assert result.exit_code == 0
     assert "32..96 high and 32..128 wide px in steps of 2" in " ".join(result.stdout.split())
+    assert "prompts of up to 2 chunks" in " ".join(result.stdout.split())
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
     assert manifest["components"]["unet"]["io"]["profile"]["sample"]["max"] == [4, 4, 48, 64]
+    states = manifest["components"]["unet"]["io"]["profile"]["encoder_hidden_states"]
+    assert states["min"] == [1, 77, 32] and states["max"] == [4, 2 * 77, 32]
 
 
 def _newer_format(directory):
@@ -142,6 +159,12 @@ def test_run_refuses_bad_engine_directories(engine_copy, tmp_path, damage, messa
         (["--noise", "gpu"], "unknown noise source 'gpu'; choose one of: torch, numpy"),
         (["--batch", "9"], "9 images per call exceeds the built maximum of 4"),
         (["-o", "picture.jpg"], "the output must be a .png file"),
+        (["--prompt-syntax", "comfy"], "unknown prompt syntax 'comfy'; choose one of: diffusers"),
+        (["--clip-skip", "6"], "clip skip must be 0 to 5 (this text encoder's layers), got 6"),
+        (
+            ["--prompt-syntax", "a1111", "--negative", "a BREAK b BREAK c BREAK d"],
+            "needs 4 chunks of 75 tokens, more than the 3 these engines take",
+        ),
     ],
 )
 def test_run_refuses_bad_requests(tiny_engine_dir, tmp_path, monkeypatch, options, message):
@@ -166,9 +189,10 @@ def test_run_refuses_bad_requests(tiny_engine_dir, tmp_path, monkeypatch, option
         (["tiny", "--max-size", "101"], "--max-size 101x101 must be positive multiples of 2"),
         (
             ["tiny", "--backend", "tensorflow"],
-            "unknown backend 'tensorflow'; choose one of: onnxruntime",
+            "unknown backend 'tensorflow'; choose one of: auto, onnxruntime",
         ),
         (["tiny", "--components", "unet,vae"], "unknown component vae"),
+        (["tiny", "--max-prompt-chunks", "0"], "--max-prompt-chunks must be at least 1, got 0"),
     ],
 )
 def test_build_refuses_bad_input(tmp_path, monkeypatch, args, message):

@@ -5,14 +5,17 @@ from typer.testing import CliRunner
 
 from sdtrt.cli import app
 from sdtrt.engine.backends import BACKENDS, get_backend
-from sdtrt.engine.cuda import device_count
+from sdtrt.engine.cuda import probe
 from sdtrt.errors import BackendUnavailable, InputError
 
-needs_no_gpu = pytest.mark.skipif(device_count() > 0, reason="this machine has a GPU")
+_gpu = probe()
+needs_no_gpu = pytest.mark.skipif(
+    _gpu.count > 0 or _gpu.problem is not None, reason="this machine has a GPU"
+)
 
 
 def test_known_backends():
-    assert set(BACKENDS) == {"onnxruntime", "onnxruntime-cuda", "tensorrt"}
+    assert set(BACKENDS) == {"onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino"}
     with pytest.raises(InputError, match="unknown backend 'tflite'"):
         get_backend("tflite")
 
@@ -21,7 +24,7 @@ def test_known_backends():
 def test_gpu_backends_say_what_is_missing():
     with pytest.raises(BackendUnavailable, match=r"sdtrt\[tensorrt\]|NVIDIA GPU"):
         get_backend("tensorrt").version()
-    with pytest.raises(BackendUnavailable, match=r"onnxruntime-gpu .*sdtrt\[gpu\]"):
+    with pytest.raises(BackendUnavailable, match=r"replace onnxruntime with onnxruntime-gpu"):
         get_backend("onnxruntime-cuda").version()
 
 
@@ -42,3 +45,12 @@ def test_doctor_lists_every_backend():
     for name in BACKENDS:
         assert f"backend {name}" in text
     assert "onnxruntime" in text and "usable" in text
+
+
+def test_doctor_flags_both_onnxruntime_packages(monkeypatch):
+    from sdtrt.engine import doctor
+
+    monkeypatch.setattr(doctor, "_version_of", lambda name: "1.31.1")
+    found = {f.topic: f for f in doctor.diagnose()}
+    assert not found["onnxruntime packages"].ok
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in found["onnxruntime packages"].value

@@ -19,6 +19,11 @@ def test_defaults_round_outwards_to_the_size_step():
     assert ranges.size.max == (208, 128)  # at least double, on the step
 
 
+def test_prompt_chunks_default_to_three():
+    assert resolve_ranges(BuildOptions(), (512, 512), 8).max_prompt_chunks == 3
+    assert resolve_ranges(BuildOptions(max_prompt_chunks=5), (512, 512), 8).max_prompt_chunks == 5
+
+
 def test_explicit_sizes_and_opt_clamped_into_range():
     options = BuildOptions(min_size=(512, 512), max_size=(768, 1024), max_batch=2)
     ranges = resolve_ranges(options, native=(512, 512), size_step=8)
@@ -34,6 +39,7 @@ def test_explicit_sizes_and_opt_clamped_into_range():
         (BuildOptions(max_size=(0, 512)), "--max-size 0x512"),
         (BuildOptions(min_size=(768, 768), max_size=(512, 512)), "min <= opt <= max"),
         (BuildOptions(max_batch=0), "--max-batch must be at least 1"),
+        (BuildOptions(max_prompt_chunks=0), "--max-prompt-chunks must be at least 1"),
     ],
 )
 def test_bad_build_sizes(options, message):
@@ -71,7 +77,8 @@ def test_static_builds_one_shape():
     )
     assert ranges.size.min == ranges.size.opt == ranges.size.max == (512, 768)
     check_batch(ranges, 2)
-    with pytest.raises(InputError, match="exactly 2 images per call"):
-        check_batch(ranges, 1)
+    check_batch(ranges, 1)  # the size is fixed, the batch is not: fewer images still work
+    with pytest.raises(InputError, match="exceeds the built maximum of 2"):
+        check_batch(ranges, 3)
     with pytest.raises(InputError, match="outside the built range"):
         check_image_size(ranges, 512, 512)

@@ -10,6 +10,8 @@ from sdtrt.engine.options import BuildOptions
 from sdtrt.errors import InputError, ModelSourceError
 from sdtrt.export.build import ExportOptions, build
 
+# The shared tiny engines are ONNX Runtime's; rebuilding them names that backend.
+ORT = "onnxruntime"
 ALL = ExportOptions(components=("text_encoder", "unet", "vae_decoder", "vae_encoder"))
 
 
@@ -41,7 +43,7 @@ def test_manifest_describes_the_build(tiny_engine_dir, tiny_model_dir):
 
 def test_same_build_again_reuses_everything(engine_copy, tiny_model_dir):
     before = read_manifest(engine_copy)
-    stages = _stages(str(tiny_model_dir), engine_copy, ALL, BuildOptions())
+    stages = _stages(str(tiny_model_dir), engine_copy, ALL, BuildOptions(backend=ORT))
     assert stages == {name: ["reused"] for name in ALL.components}
     after = read_manifest(engine_copy)
     assert after.components == before.components
@@ -49,7 +51,8 @@ def test_same_build_again_reuses_everything(engine_copy, tiny_model_dir):
 
 def test_changed_ranges_rebuild_what_they_touch(engine_copy, tiny_model_dir):
     options = ExportOptions(components=("text_encoder", "vae_decoder"))
-    stages = _stages(str(tiny_model_dir), engine_copy, options, BuildOptions(max_batch=2))
+    build_options = BuildOptions(backend=ORT, max_batch=2)
+    stages = _stages(str(tiny_model_dir), engine_copy, options, build_options)
     assert stages == {
         name: ["export", "optimize", "validate", "done"] for name in options.components
     }
@@ -90,3 +93,17 @@ def test_not_a_stable_diffusion_pipeline(tiny_model_dir, tmp_path):
     (model / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelSourceError, match="is a StableDiffusionXLPipeline; sdtrt builds"):
         build(str(model), tmp_path / "out")
+
+
+def test_a_build_for_another_target_is_not_reused(engine_copy, tiny_model_dir, monkeypatch):
+    """An engine laid out for another CPU (or GPU, or library release) is rebuilt, not relinked."""
+    from sdtrt.engine import onnxruntime_backend
+
+    here = onnxruntime_backend.nchwc_block(onnxruntime_backend.cpu_flags())
+    other = {"avx2", "fma"} if here == 16 else {"avx512f", "avx2", "fma"}
+    monkeypatch.setattr(onnxruntime_backend, "cpu_flags", lambda: other)
+    options = ExportOptions(components=("text_encoder",))
+    stages = _stages(str(tiny_model_dir), engine_copy, options, BuildOptions(backend=ORT))
+    assert stages == {"text_encoder": ["export", "optimize", "validate", "done"]}
+    settings = read_manifest(engine_copy).components["text_encoder"].settings
+    assert settings["nchwc_block"] == onnxruntime_backend.nchwc_block(other) != here

@@ -1,6 +1,6 @@
 """CLIP's real vocabulary rebuilt offline from its merge list, and the tiny preset's small one."""
 
-import importlib.util
+import gzip
 import json
 
 import pytest
@@ -31,7 +31,15 @@ def test_tiny_vocabulary_has_merges_and_clip_layout(tmp_path):
     )
 
 
-def test_missing_vocabulary_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModelSourceError, match=r"pip install --no-deps open-clip-torch"):
+def test_merges_ship_with_the_package_and_damage_is_one_line(tmp_path, monkeypatch):
+    from sdtrt.export import clip_vocab
+
+    assert clip_vocab.REAL_MERGES_FILE.is_file()
+    monkeypatch.setattr(clip_vocab, "REAL_MERGES_FILE", tmp_path / "missing.txt.gz")
+    with pytest.raises(ModelSourceError, match=r"cannot be read .*reinstall sdtrt"):
+        real_clip_merges()
+    damaged = tmp_path / "damaged.txt.gz"
+    damaged.write_bytes(gzip.compress(b"#version: 0.2\na b\n"))
+    monkeypatch.setattr(clip_vocab, "REAL_MERGES_FILE", damaged)
+    with pytest.raises(ModelSourceError, match=r"is damaged; reinstall sdtrt"):
         real_clip_merges()

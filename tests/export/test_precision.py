@@ -15,6 +15,10 @@ def test_vae_decoder_stays_fp32_unless_asked():
     assert component_precision("vae_decoder", Precision.FP16) is Precision.FP32
     assert component_precision("vae_decoder", Precision.FP16, fp16_vae=True) is Precision.FP16
     assert component_precision("vae_decoder", Precision.FP32, fp16_vae=True) is Precision.FP32
+    for reduced in (Precision.BF16, Precision.INT8):
+        assert component_precision("unet", reduced) is reduced
+        assert component_precision("vae_decoder", reduced) is Precision.FP32
+        assert component_precision("vae_decoder", reduced, fp16_vae=True) is reduced
 
 
 def test_timestep_embedding_is_found(tiny_engine_dir):
@@ -28,7 +32,8 @@ def test_timestep_embedding_is_found(tiny_engine_dir):
 @pytest.fixture(scope="module")
 def fp16_engines(tiny_model_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("fp16") / "engines"
-    build(str(tiny_model_dir), output, ExportOptions(), BuildOptions(precision=Precision.FP16))
+    options = BuildOptions(backend="onnxruntime", precision=Precision.FP16)
+    build(str(tiny_model_dir), output, ExportOptions(), options)
     return output
 
 
@@ -38,6 +43,7 @@ def test_fp16_build_validates_against_torch(fp16_engines):
         "text_encoder": Precision.FP16,
         "unet": Precision.FP16,
         "vae_decoder": Precision.FP32,
+        "vae_encoder": Precision.FP32,
     }
     for name in ("text_encoder", "unet"):
         for item in components[name].validation:

@@ -48,5 +48,6 @@ def test_preset_refuses_a_non_empty_directory(tmp_path):
 
 
 def test_unknown_preset():
-    with pytest.raises(InputError, match="unknown preset 'huge'; choose one of: tiny, sd15"):
+    expected = "unknown preset 'huge'; choose one of: tiny, tiny-inpaint, sd15"
+    with pytest.raises(InputError, match=expected):
         write_preset("huge", __import__("pathlib").Path("/nonexistent/x"))

@@ -1,24 +1,50 @@
-"""TensorRT on a real GPU: builds, parity with torch, CUDA graphs, and the errors users meet.
+"""TensorRT on a real GPU: builds, parity with torch, CUDA graphs, threads, errors users meet.
 
-Marked `gpu`: skipped without an NVIDIA GPU; run with `make test-gpu` where there is one.
+Marked `gpu`: skipped without an NVIDIA GPU, and without TensorRT (a GPU machine may have only
+ONNX Runtime); run with `make test-gpu` where there is one.
 """
 
+import gc
+import importlib.util
 import json
+import threading
 
 import numpy as np
 import pytest
-from helpers import assert_same_image
 
-from sdtrt.engine.backends import load_component
-from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.options import BuildOptions, Precision
-from sdtrt.engine.tensorrt_backend import TrtEngine
-from sdtrt.errors import ArtifactError, InputError
-from sdtrt.export.build import ExportOptions, build
-from sdtrt.export.family import load_family
-from sdtrt.export.validate import compare, torch_reference
-from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.tolerances import EXPORT_TOLERANCE
+
+def _tensorrt_missing() -> str | None:
+    """Why TensorRT cannot run here, or None. Its type stubs alone import as an empty package,
+    so the module must have a real origin."""
+    spec = importlib.util.find_spec("tensorrt")
+    if spec is None or spec.origin is None:
+        return "TensorRT is not installed"
+    from sdtrt.engine import cuda
+    from sdtrt.errors import BackendUnavailable
+
+    try:
+        found = cuda.probe()
+    except BackendUnavailable as error:  # no cuda-bindings
+        return str(error)
+    if found.problem is not None or found.count == 0:
+        return found.problem or "no NVIDIA GPU is visible"
+    return None
+
+
+# Checked before anything else is imported: a GPU machine without TensorRT may also lack what
+# the rest of these tests import (the export side, pydantic), and must skip, not error.
+_MISSING = _tensorrt_missing()
+if _MISSING is not None:
+    pytest.skip(_MISSING, allow_module_level=True)
+
+from helpers import assert_same_image  # noqa: E402
+
+from sdtrt.engine.backends import load_component  # noqa: E402
+from sdtrt.engine.manifest import read_manifest  # noqa: E402
+from sdtrt.engine.options import BuildOptions, Precision  # noqa: E402
+from sdtrt.errors import ArtifactError, InputError  # noqa: E402
+from sdtrt.runtime.pipeline import Pipeline  # noqa: E402
+from sdtrt.tolerances import EXPORT_TOLERANCE  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
@@ -26,6 +52,8 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 @pytest.fixture(scope="module", params=[Precision.FP32, Precision.FP16])
 def trt_engines(request, tiny_model_dir, tmp_path_factory):
+    from sdtrt.export.build import ExportOptions, build
+
     output = tmp_path_factory.mktemp(f"trt-{request.param.value}") / "engines"
     options = BuildOptions(backend="tensorrt", precision=request.param)
     build(str(tiny_model_dir), output, ExportOptions(components=COMPONENTS), options)
@@ -33,6 +61,11 @@ def trt_engines(request, tiny_model_dir, tmp_path_factory):
 
 
 def test_engines_match_torch_across_the_range(trt_engines, tiny_model_dir):
+    # Every network, the VAE decoder and encoder included (their outputs have sizes no input
+    # carries: the execution context gives them).
+    from sdtrt.export.family import load_family
+    from sdtrt.export.validate import compare, torch_reference
+
     manifest = read_manifest(trt_engines)
     specs = {s.name: s for s in load_family(tiny_model_dir, "tiny").specs(COMPONENTS)}
     rng = np.random.default_rng(0)
@@ -81,25 +114,108 @@ def test_out_of_profile_requests_get_one_line(trt_engines):
             unet.infer(feeds)
 
 
-def test_cuda_graph_replays_what_plain_execution_computes(tiny_model_dir, tmp_path):
-    options = BuildOptions(backend="tensorrt", static=True, max_batch=1)
-    build(str(tiny_model_dir), tmp_path / "static", ExportOptions(components=("unet",)), options)
-    record = read_manifest(tmp_path / "static").components["unet"]
-    assert record.settings["cuda_graph"] is True
-    path = tmp_path / "static" / record.engine
-    rng = np.random.default_rng(1)
-    feeds = {
-        "sample": rng.standard_normal((2, 4, 32, 32), dtype=np.float32),
-        "timestep": np.full((2,), 321.0, np.float32),
-        "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+def _unet_feeds(rng, rows):
+    return {
+        "sample": rng.standard_normal((rows, 4, 32, 32), dtype=np.float32),
+        "timestep": np.full((rows,), rng.uniform(1, 999), np.float32),
+        "encoder_hidden_states": rng.standard_normal((rows, 77, 32), dtype=np.float32),
     }
-    with TrtEngine("unet", path, record.io, {**record.settings, "cuda_graph": False}) as plain:
-        expected = plain.infer(feeds)["noise_pred"]
+
+
+@pytest.fixture(scope="module")
+def static_unet(tiny_model_dir, tmp_path_factory):
+    from sdtrt.export.build import ExportOptions, build
+
+    output = tmp_path_factory.mktemp("trt-static") / "engines"
+    options = BuildOptions(backend="tensorrt", static=True, max_batch=2)
+    build(str(tiny_model_dir), output, ExportOptions(components=("unet",)), options)
+    record = read_manifest(output).components["unet"]
+    assert record.settings["cuda_graph"] is True
+    return output / record.engine, record
+
+
+def test_cuda_graph_replays_what_plain_execution_computes(static_unet):
+    # Under --static the batch stays dynamic: 2 images guided (4 rows), 1 guided or 2
+    # unguided (2 rows), 1 unguided (1 row). Each shape is called with new values several
+    # times, so replays must read the new inputs; a stale replay would repeat old outputs.
+    from sdtrt.engine.trt_engine import TrtEngine
+
+    path, record = static_unet
+    rng = np.random.default_rng(1)
+    calls = [_unet_feeds(rng, rows) for _ in range(3) for rows in (4, 2, 1)]
+    plain_settings = {**record.settings, "cuda_graph": False}
+    with TrtEngine("unet", path, record.io, plain_settings) as plain:
+        expected = [plain.infer(feeds)["noise_pred"] for feeds in calls]
     with TrtEngine("unet", path, record.io, record.settings) as graphed:
-        first = graphed.infer(feeds)["noise_pred"]
-        feeds["timestep"][:] = 321.0  # same values, new call: the replay reads the new inputs
-        second = graphed.infer(feeds)["noise_pred"]
-    assert np.array_equal(first, expected) and np.array_equal(second, expected)
+        actual = [graphed.infer(feeds)["noise_pred"] for feeds in calls]
+    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        assert np.array_equal(want, got), index
+    same_shape = expected[0::3]
+    assert not np.array_equal(same_shape[0], same_shape[1])
+
+
+def test_calls_in_flight_run_side_by_side(static_unet):
+    # One loaded engine, several threads: each call runs in its own execution context, and
+    # results are those of the same calls made one at a time.
+    from sdtrt.engine.trt_engine import TrtEngine
+
+    path, record = static_unet
+    rng = np.random.default_rng(4)
+    calls = [_unet_feeds(rng, rows) for rows in (4, 2, 1, 4, 2, 1, 4, 2)]
+    with TrtEngine("unet", path, record.io, record.settings) as engine:
+        expected = [engine.infer(feeds)["noise_pred"] for feeds in calls]
+        held = engine._slots.acquire()  # a call in flight does not hold up another
+        try:
+            assert np.array_equal(engine.infer(calls[0])["noise_pred"], expected[0])
+        finally:
+            engine._slots.release(held)
+        results: dict[int, np.ndarray] = {}
+        barrier = threading.Barrier(len(calls))
+
+        def run(index: int) -> None:
+            barrier.wait()
+            results[index] = engine.infer(calls[index])["noise_pred"]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(engine._slots) >= 2
+    for index, want in enumerate(expected):
+        assert np.array_equal(results[index], want), index
+
+
+def test_close_twice_and_forgotten_engines_free_their_memory(static_unet):
+    from sdtrt.engine.trt_engine import TrtEngine, scratch_pool
+
+    path, record = static_unet
+    gc.collect()
+    pool = scratch_pool()
+    assert pool.size == 0 and pool.counts() == (0, 0)  # no TensorRT engine open
+    engine = TrtEngine("unet", path, record.io, record.settings)
+    engine.infer(_unet_feeds(np.random.default_rng(5), 2))
+    assert pool.size > 0 and pool.counts() == (0, 1)
+    engine.close()
+    engine.close()
+    assert pool.size == 0 and pool.counts() == (0, 0)
+    with pytest.raises(InputError, match="closed"):
+        engine.infer(_unet_feeds(np.random.default_rng(5), 2))
+    forgotten = TrtEngine("unet", path, record.io, record.settings)
+    forgotten.infer(_unet_feeds(np.random.default_rng(6), 1))
+    del forgotten
+    gc.collect()
+    assert pool.size == 0 and pool.counts() == (0, 0)
+
+
+def test_an_engine_that_is_not_its_spec_is_refused_at_load(static_unet):
+    from sdtrt.engine.trt_engine import TrtEngine
+
+    path, record = static_unet
+    (output,) = record.io.outputs
+    renamed = record.io.model_copy(update={"outputs": (output.model_copy(update={"name": "x"}),)})
+    with pytest.raises(ArtifactError, match="it has no output 'x'.*unexpected output 'noise_pred'"):
+        TrtEngine("unet", path, renamed, record.settings)
 
 
 def test_engine_from_another_tensorrt_is_refused_before_deserialising(trt_engines, tmp_path):
@@ -117,6 +233,8 @@ def test_engine_from_another_tensorrt_is_refused_before_deserialising(trt_engine
 
 @pytest.mark.slow
 def test_sd15_fp16_builds_and_runs(tmp_path):
+    from sdtrt.export.build import build
+
     options = BuildOptions(backend="tensorrt", precision=Precision.FP16, max_batch=1)
     build("sd15", tmp_path / "sd15", build_options=options)
     with Pipeline.load(tmp_path / "sd15") as pipe:

@@ -1,0 +1,123 @@
+"""What `sdtrt bench --compare` measures sdtrt against, each named by the precision it runs in.
+
+- diffusers' UNet in torch, eager and (where inductor works here) under `torch.compile`, fp32;
+- the same exported UNet graph sdtrt built from, run by OpenVINO twice (its inference precision
+  pinned to f32, and its own default, which is bf16 on CPUs with bfloat16 instructions) and by
+  ONNX Runtime in fp32 with all its optimisations, so that every ratio is like for like.
+
+The graph references run with static shapes at the benchmark's size, their best case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdtrt.bench.runner import BenchOptions
+from sdtrt.runtime.schedulers import SCHEDULERS
+
+log = logging.getLogger(__name__)
+
+Timed = Callable[[], object]
+# OpenVINO's precision names, as the rows say them.
+OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+class TorchReference:
+    """diffusers' pipeline for the model folder, with the benchmark's scheduler."""
+
+    def __init__(self, folder: str, scheduler: str) -> None:
+        import diffusers
+
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            folder, safety_checker=None, requires_safety_checker=False
+        )
+        pipe.set_progress_bar_config(disable=True)
+        choice = SCHEDULERS[scheduler]
+        cls = getattr(diffusers, choice.cls.diffusers_name)
+        pipe.scheduler = cls.from_config({**pipe.scheduler.config, **choice.overrides})
+        self.pipe = pipe
+
+    def unet(self, feeds: dict[str, np.ndarray], compiled: bool = False) -> Timed:
+        """One UNet call; compiled with torch.compile (inductor) when asked, which compiles on
+        the first call and raises there where it cannot work here."""
+        import torch
+
+        module: Any = torch.compile(self.pipe.unet) if compiled else self.pipe.unet
+        sample, timestep, context = (
+            torch.from_numpy(feeds[name])
+            for name in ("sample", "timestep", "encoder_hidden_states")
+        )
+
+        def call() -> object:
+            with torch.inference_mode():
+                return module(sample, timestep, context)
+
+        return call
+
+    def image(self, options: BenchOptions, height: int, width: int) -> Timed:
+        import torch
+
+        def call() -> object:
+            with torch.inference_mode():
+                return self.pipe(
+                    options.prompt, height=height, width=width,
+                    num_inference_steps=options.steps, guidance_scale=options.guidance,
+                    num_images_per_prompt=options.batch,
+                    generator=torch.Generator("cpu").manual_seed(options.seed), output_type="np",
+                )  # fmt: skip
+
+        return call
+
+
+def compiled_torch_unet(reference: TorchReference, feeds: dict[str, np.ndarray]) -> Timed | None:
+    """torch.compile's UNet, compiled now; None (with the reason logged) where it fails here."""
+    call = reference.unet(feeds, compiled=True)
+    try:
+        call()
+    except Exception as error:  # inductor fails in many ways: no compiler, unsupported op, ...
+        log.warning("torch.compile left out: %s", str(error).strip().splitlines()[0][:200])
+        return None
+    return call
+
+
+def openvino_unets(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Timed]:
+    """OpenVINO on the exported graph: precision pinned to f32, and OpenVINO's own default."""
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    import openvino
+
+    core = openvino.Core()
+    rows: dict[str, Timed] = {}
+    for hint in ("f32", None):
+        graph = core.read_model(str(onnx_path))
+        graph.reshape({name: list(array.shape) for name, array in feeds.items()})
+        config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+        compiled = core.compile_model(graph, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+        chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
+        precision = OV_PRECISIONS.get(chosen, chosen)
+        label = f"openvino {precision}" + (" (pinned)" if hint else " (its default)")
+        request = compiled.create_infer_request()
+        rows[label] = _bind(request.infer, feeds)
+    return rows
+
+
+def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Timed:
+    """ONNX Runtime on the CPU in fp32, every optimisation on: sdtrt's own CPU path before
+    OpenVINO, kept as the row the other CPU rows are measured against."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, feeds)
+
+
+def _bind(infer: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray]) -> Timed:
+    return lambda: infer(feeds)

@@ -1,0 +1,112 @@
+"""Every intermediate tensor of an ONNX graph, and how far one run's tensors are from another's.
+
+What the fp16 build guard and `sdtrt debug compare` share: Polygraphy marks every tensor as an
+output (`modify_outputs(MARK_ALL)`), ONNX Runtime's CPU provider runs the graph with its
+optimisations off (fusions would hide the tensors being compared, and its cast elimination
+would compute fp16 chains in fp32), and tensors are compared by name.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sdtrt.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    import onnx
+
+Feed = Mapping[str, np.ndarray]
+Tensors = dict[str, np.ndarray]
+
+
+def _missing(error: ImportError) -> BackendUnavailable:
+    # onnx and Polygraphy come with the export extra; the runtime runs without them.
+    return BackendUnavailable(
+        f"comparing tensors needs {error.name}; install it with `pip install 'sdtrt[export]'`"
+    )
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    """The ONNX graph at `path`, weights included."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise _missing(error) from None
+    return onnx.load(str(path))
+
+
+def all_tensors(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[Tensors]:
+    """Every float tensor of `model` (graph inputs included) for each feed."""
+    try:
+        import onnxruntime as ort
+        from polygraphy import constants
+        from polygraphy.backend.onnx import modify_outputs
+    except ImportError as error:
+        raise _missing(error) from None
+    marked = modify_outputs(copy.deepcopy(model), outputs=constants.MARK_ALL)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        marked.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    results = []
+    for feed in feeds:
+        values = dict(zip(names, session.run(names, dict(feed)), strict=True))
+        values.update(feed)
+        results.append({k: v for k, v in values.items() if v.dtype in (np.float32, np.float16)})
+    return results
+
+
+def finite_scale(array: np.ndarray) -> float:
+    """Largest finite |x|."""
+    magnitude = np.abs(array.astype(np.float32))
+    finite = magnitude[np.isfinite(magnitude)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def relative_error(expected: np.ndarray, actual: np.ndarray, scale: float) -> float:
+    """max |actual - expected| / scale over finite values; inf where one is NaN/inf and the
+    other is not the same (attention masks hold -inf in both, and that is no divergence)."""
+    got, want = actual.astype(np.float32), expected.astype(np.float32)
+    if not got.size:
+        return 0.0
+    finite = np.isfinite(got) & np.isfinite(want)
+    if not finite.all():
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        if not (finite | same).all():
+            return float("inf")
+        if not finite.any():
+            return 0.0
+        got, want = got[finite], want[finite]
+    return float(np.abs(got - want).max()) / max(scale, 1e-6)
+
+
+def tensor_errors(
+    reference: Sequence[Tensors], actual: Sequence[Tensors], scales: Mapping[str, float]
+) -> dict[str, float]:
+    """Worst relative error per tensor over the runs, for tensors both have with equal shapes."""
+    errors: dict[str, float] = {}
+    for expected_run, actual_run in zip(reference, actual, strict=True):
+        for name, expected in expected_run.items():
+            got = actual_run.get(name)
+            if got is None or got.shape != expected.shape:
+                continue
+            error = relative_error(expected, got, scales.get(name, 0.0))
+            errors[name] = max(errors.get(name, 0.0), error)
+    return errors
+
+
+def scales_of(runs: Sequence[Tensors]) -> dict[str, float]:
+    """Largest finite |x| per tensor over the runs."""
+    scales: dict[str, float] = {}
+    for run in runs:
+        for name, array in run.items():
+            scales[name] = max(scales.get(name, 0.0), finite_scale(array))
+    return scales

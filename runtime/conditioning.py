@@ -1,0 +1,143 @@
+"""Prompts to the text states the UNet attends to: diffusers' way or the A1111 web UI's.
+
+- "diffusers" (the default): each prompt truncated to the text encoder's length, one text
+  encoder call; `clip_skip` applies to the prompts and not the negative prompts, exactly as in
+  diffusers' StableDiffusionPipeline.
+- "a1111": the web UI's syntax (see prompt_syntax.py). Each prompt becomes chunks of
+  `length - 2` tokens, each chunk framed by start/end tokens and padded as the model pads, run
+  through the text encoder on its own; the states are multiplied by the token weights, rescaled
+  so that their mean is the unweighted one, and the chunks joined along the sequence. Prompts
+  with fewer chunks than the longest prompt (or negative prompt) get empty chunks. `clip_skip`
+  applies to every prompt, negative ones too, as in the web UI. One departure: the web UI
+  restores the mean over all prompts of a batch together; here over each prompt, so that a
+  prompt's image does not depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdtrt.engine.base import Engine
+from sdtrt.engine.tensors import ComponentIO
+from sdtrt.errors import InputError
+from sdtrt.runtime.prompt_syntax import Chunk, PromptSyntax, parse_prompt, split_chunks
+from sdtrt.runtime.tokenizer import PromptTokenizer
+
+LAYER_STATES = "layer_states"  # the text encoder output clip skip reads (see export/specs.py)
+
+
+def max_prompt_chunks(unet_io: ComponentIO, length: int) -> int:
+    """How many text-encoder lengths the UNet accepts; 1 for engines built before chunks."""
+    states = unet_io.input("encoder_hidden_states")
+    tokens = states.shape[1]
+    if isinstance(tokens, int):
+        return tokens // length
+    allowed = unet_io.profile.get(states.name)
+    return 1 if allowed is None else int(allowed.max[1]) // length
+
+
+def apply_weights(states: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Token weights into text states (rows, tokens, width), each row's mean kept: the web UI's
+    "original" emphasis, `z * w` rescaled by `mean(z) / mean(z * w)`."""
+    original = states.mean(axis=(1, 2), dtype=np.float64, keepdims=True)
+    weighted = states * weights[:, :, None].astype(states.dtype)
+    scale = original / weighted.mean(axis=(1, 2), dtype=np.float64, keepdims=True)
+    return weighted * scale.astype(states.dtype)
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """One text-encoder call: ids (rows, length) and, in the A1111 syntax, their weights."""
+
+    ids: np.ndarray
+    weights: np.ndarray | None
+
+
+class TextConditioner:
+    """Runs the text encoder engine for a pipeline call."""
+
+    def __init__(self, encoder: Engine, tokenizer: PromptTokenizer, unet_io: ComponentIO) -> None:
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_chunks = max_prompt_chunks(unet_io, tokenizer.length)
+        outputs = {t.name: t for t in encoder.outputs}
+        layer_states = outputs.get(LAYER_STATES)
+        self.layers = None if layer_states is None else int(layer_states.shape[1])
+        self.comma_id = tokenizer.token_id(",</w>")
+
+    def check_clip_skip(self, clip_skip: int | None) -> int | None:
+        """The index into `layer_states` for `clip_skip`; None when no layer is skipped."""
+        if not clip_skip:
+            return None
+        if self.layers is None:
+            raise InputError(
+                "these engines were built without the text encoder's layer outputs that clip "
+                "skip needs; rebuild them with this sdtrt (`sdtrt build`) to use --clip-skip"
+            )
+        if not 0 <= clip_skip <= self.layers:
+            raise InputError(
+                f"clip skip must be 0 to {self.layers} (this text encoder's layers), "
+                f"got {clip_skip}"
+            )
+        return self.layers - clip_skip
+
+    def tokenize(self, texts: list[str], syntax: PromptSyntax) -> list[TokenChunk]:
+        """Text-encoder inputs for `texts`: one chunk (the diffusers syntax) or several."""
+        if syntax == "diffusers":
+            return [TokenChunk(self.tokenizer(texts), None)]
+        per_text = [self._chunks(text) for text in texts]
+        count = max(len(chunks) for chunks in per_text)
+        if count > self.max_chunks:
+            longest = texts[max(range(len(texts)), key=lambda i: len(per_text[i]))]
+            raise InputError(
+                f"the prompt {longest[:40]!r}... needs {count} chunks of "
+                f"{self.tokenizer.length - 2} tokens, more than the {self.max_chunks} these "
+                f"engines take; shorten it or rebuild with --max-prompt-chunks {count}"
+            )
+        empty = Chunk([], [])
+        return [
+            self._framed([c[index] if index < len(c) else empty for c in per_text])
+            for index in range(count)
+        ]
+
+    def encode(
+        self, chunks: list[TokenChunk], syntax: PromptSyntax, clip_skip: int | None, prompts: int
+    ) -> np.ndarray:
+        """Text states for tokenized texts whose last `prompts` rows are prompts (the rest
+        negative prompts), chunks joined along the sequence."""
+        layer = self.check_clip_skip(clip_skip)
+        parts = []
+        for chunk in chunks:
+            outputs = self.encoder.infer({"input_ids": chunk.ids})
+            states = outputs["last_hidden_state"]
+            if layer is not None:
+                skipped = outputs[LAYER_STATES][:, layer]
+                if syntax == "diffusers":  # diffusers skips layers for the prompts only
+                    states = states.copy()
+                    states[-prompts:] = skipped[-prompts:]
+                else:
+                    states = skipped
+            if chunk.weights is not None:
+                states = apply_weights(states, chunk.weights)
+            parts.append(states)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _chunks(self, text: str) -> list[Chunk]:
+        fragments = parse_prompt(text)
+        tokens = self.tokenizer.tokens([f.text for f in fragments])
+        return split_chunks(fragments, tokens, self.tokenizer.length - 2, self.comma_id)
+
+    def _framed(self, chunks: list[Chunk]) -> TokenChunk:
+        """Chunks as text-encoder input: start, tokens, end, padding; weight 1 outside tokens."""
+        length = self.tokenizer.length
+        ids = np.full((len(chunks), length), self.tokenizer.pad_id, dtype=np.int32)
+        weights = np.ones((len(chunks), length), dtype=np.float32)
+        for row, chunk in enumerate(chunks):
+            end = len(chunk.ids) + 1
+            ids[row, 0] = self.tokenizer.start_id
+            ids[row, 1:end] = chunk.ids
+            ids[row, end] = self.tokenizer.end_id
+            weights[row, 1:end] = chunk.weights
+        return TokenChunk(ids, weights)

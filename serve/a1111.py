@@ -1,0 +1,277 @@
+"""The AUTOMATIC1111 web UI's HTTP API, the subset its clients use for text to image.
+
+Request keys and response shapes follow A1111's `modules/api`: `info` is a JSON *string*,
+`parameters` echoes the request, unknown keys are accepted and ignored. Unlike A1111,
+`/interrupt` stops only the caller's own jobs (same address, key and X-Client-Id), and jobs run
+side by side instead of behind one global lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdtrt import __version__
+from sdtrt.errors import InputError
+from sdtrt.runtime.schedulers import resolve_scheduler_name
+from sdtrt.serve.app import owner_of
+from sdtrt.serve.jobs import GenerationParams, Job, JobState
+from sdtrt.serve.service import Service
+from sdtrt.serve.v1 import check_limits, failure_response
+from sdtrt.serve.waiting import wait_or_cancel
+
+a1111_router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
+
+# A1111 sampler name -> (sdtrt scheduler, A1111's aliases).
+SAMPLERS: dict[str, tuple[str, list[str]]] = {
+    "DPM++ 2M": ("dpmpp_2m", ["k_dpmpp_2m"]),
+    "DPM++ 2M SDE": ("dpmpp_sde", ["k_dpmpp_2m_sde"]),
+    "Euler a": ("euler_a", ["k_euler_a", "k_euler_ancestral"]),
+    "Euler": ("euler", ["k_euler"]),
+    "LMS": ("lms", ["k_lms"]),
+    "Heun": ("heun", ["k_heun"]),
+    "DDIM": ("ddim", ["ddim"]),
+    "DDPM": ("ddpm", ["ddpm"]),
+    "PLMS": ("pndm", ["plms"]),
+    "UniPC": ("unipc", ["unipc"]),
+    "DEIS": ("deis", ["deis"]),
+    "LCM": ("lcm", ["k_lcm"]),
+}
+# Names older A1111 releases used before the schedule became its own field.
+_LEGACY = {"dpm++ 2m karras": "dpmpp_2m_karras"}
+_KARRAS = {"dpmpp_2m": "dpmpp_2m_karras", "dpmpp_2m_karras": "dpmpp_2m_karras"}
+SCHEDULE_TYPES = [
+    {"name": "automatic", "label": "Automatic", "default_rho": -1.0},
+    {"name": "karras", "label": "Karras", "default_rho": 7.0},
+]
+
+
+class A1111Txt2Img(BaseModel):
+    """A1111's StableDiffusionProcessingTxt2Img keys that change the image here."""
+
+    model_config = ConfigDict(extra="allow")  # every other A1111 key is accepted and ignored
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    subseed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int | None = Field(None, description="The model's native size if unset.")
+    height: int | None = Field(None, description="The model's native size if unset.")
+    send_images: bool = True
+    styles: list[str] | None = None
+
+
+class A1111Response(BaseModel):
+    images: list[str] | None = None
+    parameters: dict[str, Any]
+    info: str
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def map_sampler(sampler: str, schedule: str | None) -> str:
+    """An A1111 sampler (or sdtrt/diffusers name) and schedule type to an sdtrt scheduler."""
+    key = sampler.strip().lower()
+    found = next(
+        (name for a1111, (name, aliases) in SAMPLERS.items()
+         if key == a1111.lower() or key in aliases),
+        _LEGACY.get(key),
+    )  # fmt: skip
+    if found is None:
+        try:
+            found = resolve_scheduler_name(sampler)
+        except InputError:
+            raise InputError(
+                f"unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}"
+            ) from None
+    kind = (schedule or "automatic").strip().lower()
+    if kind == "automatic":
+        return found
+    if kind == "karras":
+        if found not in _KARRAS:
+            raise InputError(f"schedule type Karras is available with DPM++ 2M only, not {sampler}")
+        return _KARRAS[found]
+    raise InputError(f"unknown schedule type '{schedule}'; choose Automatic or Karras")
+
+
+def _model_hash(service: Service) -> str:
+    return service.manifest.source.content_hash.split(":")[-1]
+
+
+def _model_title(service: Service) -> str:
+    return f"{service.manifest.model.name} [{_model_hash(service)[:10]}]"
+
+
+def _info(service: Service, body: A1111Txt2Img, job: Job, sampler: str) -> str:
+    first = job.calls[0]
+    seeds = job.result.seeds if job.result else [call.seed for call in job.calls]
+    count = len(seeds)
+    info = {
+        "prompt": body.prompt,
+        "all_prompts": [body.prompt] * count,
+        "negative_prompt": body.negative_prompt,
+        "all_negative_prompts": [body.negative_prompt] * count,
+        "seed": seeds[0],
+        "all_seeds": seeds,
+        "subseed": body.subseed,
+        "all_subseeds": [body.subseed] * count,
+        "subseed_strength": 0,
+        "width": first.width,
+        "height": first.height,
+        "sampler_name": sampler,
+        "cfg_scale": body.cfg_scale,
+        "steps": body.steps,
+        "batch_size": body.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": service.manifest.model.name,
+        "sd_model_hash": _model_hash(service)[:10],
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": {"Schedule type": body.scheduler or "Automatic"},
+        "index_of_first_image": 0,
+        "infotexts": job.result.infotexts if job.result else [],
+        "styles": body.styles or [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": f"sdtrt {__version__}",
+    }
+    return json.dumps(info)
+
+
+@a1111_router.post("/txt2img")
+async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
+    """A1111's txt2img: `seed` -1 is random; image i is seeded `seed + i`, as in A1111."""
+    service = _service(request)
+    options = request.app.state.options
+    check_limits(request, body.prompt, body.negative_prompt, body.steps)
+    count = body.batch_size * body.n_iter
+    if body.batch_size < 1 or body.n_iter < 1 or count > options.max_images:
+        raise InputError(
+            f"batch_size x n_iter must be 1 to {options.max_images} images, "
+            f"got {body.batch_size} x {body.n_iter}"
+        )
+    sampler = body.sampler_name or body.sampler_index
+    params = GenerationParams(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps,
+        guidance=body.cfg_scale, seed=None if body.seed == -1 else body.seed,
+        height=body.height, width=body.width, scheduler=map_sampler(sampler, body.scheduler),
+        images=count, per_image_seeds=True,
+    )  # fmt: skip
+    job = service.submit(params, owner=owner_of(request))
+    await wait_or_cancel(request, service, job)
+    if job.state not in (JobState.SUCCEEDED, JobState.CANCELLED):
+        return failure_response(job)
+    # An interrupted job answers 200 with the images it finished (none here), as A1111 does.
+    pngs = job.result.pngs if job.result and body.send_images else []
+    return A1111Response(
+        images=[base64.b64encode(png).decode("ascii") for png in pngs],
+        parameters=body.model_dump(),
+        info=_info(service, body, job, sampler),
+    )
+
+
+@a1111_router.get("/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [
+        {"name": name, "aliases": aliases, "options": {}} for name, (_, aliases) in SAMPLERS.items()
+    ]
+
+
+@a1111_router.get("/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    return [{**kind, "aliases": None, "need_inner_model": False} for kind in SCHEDULE_TYPES]
+
+
+@a1111_router.get("/sd-models")
+def sd_models(request: Request) -> list[dict[str, Any]]:
+    service = _service(request)
+    name = service.manifest.model.name
+    return [{
+        "title": _model_title(service), "model_name": name, "hash": _model_hash(service)[:10],
+        "sha256": _model_hash(service), "filename": name, "config": None,
+    }]  # fmt: skip
+
+
+@a1111_router.get("/options")
+def get_options(request: Request) -> dict[str, Any]:
+    service = _service(request)
+    return {
+        "sd_model_checkpoint": _model_title(service),
+        "sd_checkpoint_hash": _model_hash(service),
+        "samples_format": "png",
+        "CLIP_stop_at_last_layers": 1,
+        "eta_noise_seed_delta": 0,
+        "sd_vae": "Automatic",
+    }
+
+
+@a1111_router.post("/options")
+def set_options(settings: dict[str, Any], request: Request) -> None:
+    """Accepted for compatibility; the only checkpoint is the one being served."""
+    service = _service(request)
+    wanted = settings.get("sd_model_checkpoint")
+    names = (_model_title(service), service.manifest.model.name, _model_hash(service)[:10])
+    if wanted is not None and wanted not in names:
+        raise InputError(f"this server serves only {_model_title(service)}, not {wanted!r}")
+
+
+@a1111_router.get("/progress")
+def progress(request: Request) -> dict[str, Any]:
+    """The caller's latest unfinished job (A1111 reports its single global job)."""
+    service = _service(request)
+    jobs = [job for job in service.jobs_of(owner_of(request)) if not job.state.finished]
+    job = jobs[-1] if jobs else None
+    fraction, eta = 0.0, 0.0
+    if job is not None and job.started is not None and job.step > 0:
+        fraction = job.step / max(1, job.total_steps)
+        elapsed = time.monotonic() - job.started
+        eta = elapsed / fraction - elapsed
+    state = {
+        "skipped": False,
+        "interrupted": bool(job and job.cancel_requested.is_set()),
+        "stopping_generation": False,
+        "job": f"task({job.id})" if job else "",
+        "job_count": len(jobs),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "job_no": 0,
+        "sampling_step": job.step if job else 0,
+        "sampling_steps": job.total_steps if job else 0,
+    }
+    return {
+        "progress": fraction, "eta_relative": eta, "state": state,
+        "current_image": None, "textinfo": None,
+    }  # fmt: skip
+
+
+@a1111_router.get("/scripts")
+def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+@a1111_router.post("/interrupt")
+def interrupt(request: Request) -> dict[str, Any]:
+    """Stop the caller's own queued and running jobs; other clients' jobs go on."""
+    service = _service(request)
+    for job in service.jobs_of(owner_of(request)):
+        if not job.state.finished:
+            service.cancel(job.id)
+    return {}

@@ -1,0 +1,116 @@
+"""One generation request as the service tracks it: parameters, state, progress and result."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sdtrt.runtime.request import Request
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # passed its deadline
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What a client asks for; checked against the engines' ranges when submitted.
+
+    `per_image_seeds` makes each image its own pipeline call seeded `seed + i` (the A1111
+    convention, so every image can be remade alone from its seed); otherwise the `images` come
+    from one batched call whose noise is drawn from `seed` as diffusers draws it.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int | None = None
+    height: int | None = None
+    width: int | None = None
+    scheduler: str | None = None
+    images: int = 1
+    per_image_seeds: bool = False
+
+
+@dataclass
+class JobResult:
+    pngs: list[bytes]  # each with its settings in the `parameters` text chunk
+    seeds: list[int]
+    infotexts: list[str]
+    timings: dict[str, float]  # seconds per stage, summed over the job's pipeline calls
+
+
+Listener = Callable[[], None]
+
+
+@dataclass(eq=False)
+class Job:
+    """Mutated only by the service (under its lock or by the one worker that runs it)."""
+
+    calls: list[Request]
+    owner: str
+    deadline: float | None  # time.monotonic() value, or None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: JobState = JobState.QUEUED
+    step: int = 0  # denoising steps done, over all calls
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished_at: float | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    version: int = 0  # bumped on every visible change, so watchers can tell what is new
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    _listeners: list[Listener] = field(default_factory=list)
+    _listeners_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # Model calls per pipeline call: `steps` at first, then what the scheduler reports (PNDM's
+    # PLMS warm-up, for one, runs one call more than its steps).
+    call_steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.call_steps:
+            self.call_steps = [call.steps for call in self.calls]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.call_steps)
+
+    @property
+    def images(self) -> int:
+        return sum(call.batch for call in self.calls)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` (from a worker thread) after each change; returns the unsubscriber."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def changed(self) -> None:
+        self.version += 1
+        if self.state.finished:
+            self.done.set()
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()

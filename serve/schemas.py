@@ -1,0 +1,76 @@
+"""The /v1 API's request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+# Strict: "20" or 20.5 or true for steps is a client bug worth a 422, not something to coerce.
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]  # strict floats still take JSON integers
+
+
+class Txt2ImgRequest(BaseModel):
+    """The `sdtrt run` command's parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, Strict()] = Field(description="What to draw.")
+    negative_prompt: Annotated[str, Strict()] = Field("", description="What to steer away from.")
+    steps: Int = Field(50, description="Denoising steps.")
+    guidance: Number = Field(7.5, description="Classifier-free guidance scale; 1 turns it off.")
+    seed: Int | None = Field(None, description="Seed for the initial noise; random if unset.")
+    height: Int | None = Field(None, description="Pixels; the model's native size if unset.")
+    width: Int | None = Field(None, description="Pixels; the model's native size if unset.")
+    scheduler: Annotated[str, Strict()] | None = Field(
+        None, description="Sampler short name or diffusers class name; the model's own if unset."
+    )
+    batch: Int = Field(1, description="Images to make from the prompt, in one batched call.")
+    deadline: Number | None = Field(
+        None, description="Seconds after which the job is stopped between two steps."
+    )
+
+
+class Txt2ImgResponse(BaseModel):
+    id: str
+    images: list[str] = Field(description="Base64 PNGs with their settings in `parameters`.")
+    seeds: list[int]
+    parameters: list[str] = Field(description="Each image's settings, as in its PNG.")
+    timings: dict[str, float] = Field(description="Seconds per stage.")
+
+
+class JobAccepted(BaseModel):
+    id: str
+    state: str
+    queue_position: int | None
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: str
+    step: int
+    steps: int
+    queue_position: int | None
+    error: str | None
+    result: Txt2ImgResponse | None = None
+
+
+class SizeInfo(BaseModel):
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+    step: int
+    native: tuple[int, int]
+
+
+class ServiceInfo(BaseModel):
+    model: str
+    sizes: SizeInfo
+    max_batch: int
+    schedulers: list[str]
+    default_scheduler: str
+    max_steps: int
+    max_prompt_chars: int
+    workers: int
+    queue: int

@@ -1,0 +1,389 @@
+"""The service: a bounded FIFO queue in front of N workers over one engine directory.
+
+Each worker loads its own `Pipeline` (its own engines and execution state, since TensorRT
+contexts and device buffers must not be shared between threads) and warms it with one short
+generation before the service reports ready. Cancellation and deadlines are checked between
+denoising steps through the pipeline's step callback. `shutdown` drains: no new jobs, the
+queued and running ones finish (up to a timeout, after which they are cancelled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from pathlib import Path
+
+from sdtrt.engine.manifest import Manifest, read_manifest
+from sdtrt.errors import ArtifactError, InputError, SdtrtError
+from sdtrt.runtime.pipeline import GenerationOutput, Pipeline
+from sdtrt.runtime.request import Request, make_request
+from sdtrt.serve.encoding import infotext, png_bytes
+from sdtrt.serve.errors import (
+    DeadlineExceeded,
+    JobCancelled,
+    NotAccepting,
+    QueueFull,
+    UnknownJob,
+)
+from sdtrt.serve.jobs import GenerationParams, Job, JobResult, JobState
+from sdtrt.serve.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+PipelineLoader = Callable[[Path], Pipeline]
+_OUTCOME = {
+    JobState.SUCCEEDED: "completed",
+    JobState.FAILED: "failed",
+    JobState.CANCELLED: "cancelled",
+    JobState.EXPIRED: "expired",
+}
+
+
+GPU_BACKENDS = frozenset({"tensorrt", "onnxruntime-cuda"})
+
+
+def on_gpu(manifest: Manifest) -> bool:
+    return any(record.backend in GPU_BACKENDS for record in manifest.components.values())
+
+
+def default_workers(manifest: Manifest) -> int:
+    """Workers the backend runs side by side to advantage.
+
+    The CPU backends (ONNX Runtime, OpenVINO) already spread one call over every core, so a
+    second worker only competes for them; on a GPU a second execution context overlaps one
+    call's host work (scheduler, tokenizer, PNG encoding) with the other's kernels.
+    """
+    return 2 if on_gpu(manifest) else 1
+
+
+class Service:
+    def __init__(
+        self,
+        directory: str | Path,
+        workers: int | None = None,
+        queue_size: int = 16,
+        history: int = 64,
+        warmup_steps: int = 2,
+        loader: PipelineLoader = Pipeline.load,
+    ) -> None:
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        self.default_scheduler = _default_scheduler(self.directory, self.manifest)
+        self.workers = default_workers(self.manifest) if workers is None else workers
+        if self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if queue_size < 1:
+            raise InputError(f"--queue must be at least 1, got {queue_size}")
+        self.queue_size = queue_size
+        self._history = history
+        self._warmup_steps = warmup_steps
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._queue: deque[Job] = deque()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._running = 0
+        self._warm = 0
+        self._state = "created"  # created, starting, ready, draining, stopped, failed
+        self._failure: str | None = None
+        self._mean_run_s = 1.0  # running mean of job run time, for Retry-After
+        self._threads: list[threading.Thread] = []
+        self.ready_event = threading.Event()
+        self.metrics = ServiceMetrics(lambda: len(self._queue), lambda: self._running)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def start(self) -> None:
+        """Start the workers; they load and warm up in the background (see `wait_ready`)."""
+        with self._lock:
+            if self._state != "created":
+                return
+            self._state = "starting"
+        for index in range(self.workers):
+            thread = threading.Thread(
+                target=self._worker, args=(index,), name=f"sdtrt-worker-{index}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every worker is warm; raise the load error if one failed."""
+        if not self.ready_event.wait(timeout):
+            raise NotAccepting(f"the service did not become ready within {timeout} s")
+        if self._state == "failed":
+            raise ArtifactError(self._failure or "a worker failed to start")
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs, let queued and running ones finish for up to `timeout` s, stop."""
+        with self._lock:
+            if self._state in ("stopped", "created"):
+                self._state = "stopped"
+                return
+            self._state = "draining"
+            self.metrics.ready.set(0)
+            self._work_ready.notify_all()
+        limit = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, limit - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            log.warning("jobs still running after %.0f s of draining; cancelling them", timeout)
+            with self._lock:
+                for job in self._jobs.values():
+                    job.cancel_requested.set()
+                while self._queue:
+                    self._finish_locked(self._queue.popleft(), JobState.CANCELLED, "shut down")
+            for thread in self._threads:
+                thread.join(10.0)
+        with self._lock:
+            self._state = "stopped"
+        self.ready_event.set()
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def submit(
+        self, params: GenerationParams, owner: str = "", deadline_s: float | None = None
+    ) -> Job:
+        """Queue a job, or raise InputError / QueueFull / NotAccepting. Never blocks on a worker."""
+        if self._state != "ready":
+            raise NotAccepting(self._not_ready_message())
+        if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
+            raise InputError(f"deadline must be a positive number of seconds, got {deadline_s}")
+        calls = self._plan(params)
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        with self._lock:
+            if self._state != "ready":
+                raise NotAccepting(self._not_ready_message())
+            if len(self._queue) >= self.queue_size:
+                self.metrics.jobs.labels("rejected").inc()
+                waves = (len(self._queue) + self._running) / self.workers
+                retry_after = max(1, min(600, math.ceil(waves * self._mean_run_s)))
+                raise QueueFull(
+                    f"the queue is full ({self.queue_size} jobs waiting); retry in {retry_after} s",
+                    retry_after,
+                )
+            job = Job(calls=calls, owner=owner, deadline=deadline)
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._forget_old_locked()
+            self._work_ready.notify()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise UnknownJob(f"no job with id {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel one job: dropped from the queue at once, or stopped after its current step."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.state is JobState.QUEUED:
+                self._queue.remove(job)
+                self._finish_locked(job, JobState.CANCELLED, "cancelled")
+            elif job.state is JobState.RUNNING:
+                job.cancel_requested.set()
+        return job
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job a worker takes; None once it runs."""
+        with self._lock:
+            try:
+                return self._queue.index(job) + 1
+            except ValueError:
+                return None
+
+    def jobs_of(self, owner: str) -> list[Job]:
+        with self._lock:
+            return [job for job in self._jobs.values() if job.owner == owner]
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _not_ready_message(self) -> str:
+        if self._state == "failed":
+            return f"the service failed to start: {self._failure}"
+        if self._state in ("draining", "stopped"):
+            return "the service is shutting down and takes no new jobs"
+        return "the service is warming up; retry in a few seconds"
+
+    def _plan(self, params: GenerationParams) -> list[Request]:
+        """The pipeline calls for a job, each checked against the engines' ranges."""
+        per_call = 1 if params.per_image_seeds else params.images
+        if params.images < 1:
+            raise InputError(f"the number of images must be at least 1, got {params.images}")
+        first = make_request(
+            self.manifest, self.default_scheduler, params.prompt, params.negative_prompt,
+            params.height, params.width, params.steps, params.guidance, params.seed,
+            params.scheduler, per_call,
+        )  # fmt: skip
+        if not params.per_image_seeds:
+            return [first]
+        if first.seed + params.images > 2**64:
+            raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
+        return [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
+
+    def _worker(self, index: int) -> None:
+        try:
+            pipe = self._loader(self.directory)
+        except Exception as error:  # noqa: BLE001 - reported through readiness, not lost
+            self._fail_start(index, error)
+            return
+        with pipe:
+            try:
+                pipe("warm-up", num_inference_steps=self._warmup_steps, seed=0,
+                     scheduler=self.default_scheduler, output_type="np")  # fmt: skip
+            except Exception as error:  # noqa: BLE001
+                self._fail_start(index, error)
+                return
+            with self._lock:
+                self._warm += 1
+                if self._warm == self.workers and self._state == "starting":
+                    self._state = "ready"
+                    self.metrics.ready.set(1)
+                    self.ready_event.set()
+            while (job := self._take()) is not None:
+                self._run(pipe, job)
+
+    def _fail_start(self, index: int, error: Exception) -> None:
+        message = str(error) if isinstance(error, SdtrtError) else repr(error)
+        log.error("worker %d could not start: %s", index, message)
+        with self._lock:
+            self._state = "failed"
+            self._failure = message
+        self.ready_event.set()
+
+    def _take(self) -> Job | None:
+        with self._lock:
+            while not self._queue and self._state in ("starting", "ready"):
+                self._work_ready.wait()
+            if not self._queue:
+                return None  # draining and nothing left
+            job = self._queue.popleft()
+            job.state = JobState.RUNNING
+            job.started = time.monotonic()
+            self._running += 1
+        job.changed()
+        return job
+
+    def _run(self, pipe: Pipeline, job: Job) -> None:
+        assert job.started is not None
+        timings = {"queue": job.started - job.created}
+        outputs: list[GenerationOutput] = []
+        state, error = JobState.SUCCEEDED, None
+        try:
+            for index, call in enumerate(job.calls):
+                self._check(job)
+                outputs.append(self._call(pipe, job, index, call))
+            mark = time.perf_counter()
+            job.result = self._result(outputs, timings)
+            timings["encode"] = time.perf_counter() - mark
+        except JobCancelled:
+            state, error = JobState.CANCELLED, "cancelled"
+        except DeadlineExceeded as exceeded:
+            state, error = JobState.EXPIRED, str(exceeded)
+        except SdtrtError as failure:
+            state, error = JobState.FAILED, str(failure)
+        except Exception as failure:  # noqa: BLE001 - one bad job must not kill the worker
+            log.exception("job %s failed", job.id)
+            state, error = JobState.FAILED, f"internal error: {failure!r}"
+        with self._lock:
+            self._running -= 1
+            run_s = time.monotonic() - job.started
+            self._mean_run_s += 0.2 * (run_s - self._mean_run_s)
+            self._finish_locked(job, state, error, timings)
+
+    def _check(self, job: Job) -> None:
+        if job.cancel_requested.is_set():
+            raise JobCancelled(f"job {job.id} was cancelled")
+        if job.deadline is not None and time.monotonic() > job.deadline:
+            raise DeadlineExceeded(f"job {job.id} passed its deadline")
+
+    def _call(self, pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutput:
+        done_before = job.step
+
+        def between_steps(i: int, total: int) -> None:
+            job.call_steps[index] = total
+            job.step = done_before + i + 1
+            job.changed()
+            self._check(job)
+
+        return pipe(
+            call.prompts, negative_prompt=call.negative_prompts, height=call.height,
+            width=call.width, num_inference_steps=call.steps,
+            guidance_scale=call.guidance_scale, seed=call.seed, scheduler=call.scheduler,
+            num_images_per_prompt=call.images_per_prompt, noise=call.noise,
+            step_callback=between_steps,
+        )  # fmt: skip
+
+    def _result(self, outputs: list[GenerationOutput], timings: dict[str, float]) -> JobResult:
+        pngs, seeds, texts = [], [], []
+        for output in outputs:
+            request = output.request
+            for index, image in enumerate(output.images):
+                text = infotext(request, self.manifest.model.name, index, request.seed)
+                pngs.append(png_bytes(image, text))  # type: ignore[arg-type]
+                seeds.append(request.seed)
+                texts.append(text)
+            t = output.timings
+            for stage, seconds in (
+                ("tokenize", t.tokenize), ("text_encoder", t.text_encoder),
+                ("unet", sum(t.unet)), ("scheduler", sum(t.scheduler)),
+                ("vae_decoder", t.vae_decoder), ("pipeline", t.total),
+            ):  # fmt: skip
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        return JobResult(pngs=pngs, seeds=seeds, infotexts=texts, timings=timings)
+
+    def _finish_locked(
+        self,
+        job: Job,
+        state: JobState,
+        error: str | None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        job.state = state
+        job.error = error
+        job.finished_at = time.monotonic()
+        timings = timings if timings is not None else {"queue": job.finished_at - job.created}
+        timings["total"] = job.finished_at - job.created
+        if job.result is not None:
+            job.result.timings = timings
+        self.metrics.jobs.labels(_OUTCOME[state]).inc()
+        self.metrics.observe(timings)
+        job.changed()
+
+    def _forget_old_locked(self) -> None:
+        """Keep at most `history` finished jobs, oldest dropped first."""
+        finished = [job_id for job_id, job in self._jobs.items() if job.state.finished]
+        for job_id in finished[: max(0, len(finished) - self._history)]:
+            del self._jobs[job_id]
+
+
+def _default_scheduler(directory: Path, manifest: Manifest) -> str:
+    path = directory / manifest.scheduler_config
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from None
+    return str(config.get("_class_name", "PNDMScheduler"))

@@ -1,0 +1,51 @@
+"""`--lora` on `sdtrt build` and `sdtrt run`: the happy path and one line for each mistake."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from sdtrt.cli import app
+
+runner = CliRunner()
+
+
+def sdtrt(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _one_line(result, message: str) -> None:
+    assert result.exit_code == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_run_with_a_lora_writes_it_into_the_png(tiny_engine_dir, lora_files, tmp_path):
+    common = ("run", tiny_engine_dir, "a cat", "--steps", 3, "--seed", 1)
+    plain = sdtrt(*common, "-o", tmp_path / "plain.png")
+    with_lora = sdtrt(*common, "-o", tmp_path / "lora.png", "--lora", f"{lora_files['kohya']}:0.9")
+    assert plain.exit_code == 0 and with_lora.exit_code == 0, with_lora.stderr
+    image = Image.open(tmp_path / "lora.png")
+    assert "LoRA: b.safetensors:0.9" in image.info["parameters"]
+    assert not np.array_equal(np.asarray(image), np.asarray(Image.open(tmp_path / "plain.png")))
+
+
+def test_bad_lora_arguments_are_one_line(tiny_engine_dir, tiny_model_dir, tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    _one_line(sdtrt("run", tiny_engine_dir, "a cat", "--lora", missing), "does not exist")
+    result = sdtrt("build", tiny_model_dir, "-o", tmp_path / "out", "--lora", f"{missing}:0.5")
+    _one_line(result, "does not exist")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "x.safetensors").write_bytes(b"\x00" * 16)
+    result = sdtrt("run", tiny_engine_dir, "a cat", "--lora", tmp_path / "x.safetensors")
+    _one_line(result, "not a .safetensors file")
+
+
+def test_info_names_the_merged_loras(tiny_model_dir, lora_files, tmp_path):
+    result = sdtrt("build", tiny_model_dir, "-o", tmp_path / "e", "--backend", "onnxruntime",
+                   "--components", "text_encoder,unet,vae_decoder",
+                   "--lora", f"{lora_files['kohya']}:0.5")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    shown = sdtrt("info", tmp_path / "e")
+    assert "LoRAs      b.safetensors:0.5 (merged at build)" in shown.stdout

@@ -1,0 +1,228 @@
+"""The OpenVINO backend: tiny-model builds in each precision, parity with diffusers, the compiled
+model's ties to the CPU, and the one-line refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import threading
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from helpers import assert_same_image, psnr
+
+from sdtrt.engine import openvino_backend
+from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.manifest import read_manifest
+from sdtrt.engine.onnxruntime_backend import cpu_flags
+from sdtrt.engine.openvino_backend import (
+    ENGINE_NAME,
+    check_compatible,
+    isa_features,
+    precision_problem,
+)
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.errors import ArtifactError, EngineIncompatible, InputError
+from sdtrt.export.build import ExportOptions, build
+from sdtrt.runtime.pipeline import Pipeline
+from sdtrt.runtime.schedulers import SCHEDULERS
+from sdtrt.tolerances import EXPORT_TOLERANCE, REDUCED_PRECISION_PSNR_DB
+
+pytest.importorskip("openvino")
+
+NETWORKS = ExportOptions(components=("text_encoder", "unet", "vae_decoder"))
+HAS_BF16 = precision_problem(Precision.BF16, cpu_flags()) is None
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bfloat16 instructions")
+
+
+def _build(model, output, precision=Precision.FP32, components=NETWORKS, progress=None):
+    options = BuildOptions(backend="openvino", precision=precision)
+    return build(str(model), output, components, options, progress or (lambda c, s: None))
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tiny_model_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("openvino") / "fp32"
+    _build(tiny_model_dir, output)
+    return output
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(tiny_model_dir, tmp_path_factory):
+    if not HAS_BF16:
+        pytest.skip("this CPU has no bfloat16 instructions")
+    output = tmp_path_factory.mktemp("openvino") / "bf16"
+    _build(tiny_model_dir, output, Precision.BF16)
+    return output
+
+
+PROMPT = dict(prompt="a photo of an astronaut", negative_prompt="blurry", num_inference_steps=8)
+LATENTS = np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32)
+SCHEDULERS_CHECKED = ("pndm", "euler", "dpmpp_2m")
+
+
+@pytest.fixture(scope="module")
+def diffusers_images(diffusers_pipeline):
+    """diffusers' fp32 image per scheduler, from LATENTS."""
+    images = {}
+    original = diffusers_pipeline.scheduler
+    for scheduler in SCHEDULERS_CHECKED:
+        choice = SCHEDULERS[scheduler]
+        cls = getattr(diffusers, choice.cls.diffusers_name)
+        diffusers_pipeline.scheduler = cls.from_config({**original.config, **choice.overrides})
+        try:
+            images[scheduler] = diffusers_pipeline(
+                **PROMPT, latents=torch.from_numpy(LATENTS), output_type="np"
+            ).images
+        finally:
+            diffusers_pipeline.scheduler = original
+    return images
+
+
+def _image(directory, scheduler):
+    with Pipeline.load(directory) as pipe:
+        return pipe(**PROMPT, latents=LATENTS, scheduler=scheduler, output_type="np").images
+
+
+def test_manifest_records_what_the_compiled_model_needs(fp32_dir):
+    manifest = read_manifest(fp32_dir)
+    for record in manifest.components.values():
+        assert record.backend == "openvino" and record.engine.endswith(ENGINE_NAME)
+        assert record.precision is Precision.FP32
+        settings = record.settings
+        assert settings["device"] == "CPU" and settings["inference_precision"] == "f32"
+        assert settings["openvino_version"] == record.backend_version
+        assert settings["cpu_features"] == isa_features(cpu_flags())
+        for item in record.validation:
+            assert item.relative_error <= EXPORT_TOLERANCE[Precision.FP32]
+    assert manifest.build_options.backend == "openvino"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS_CHECKED)
+def test_fp32_image_is_diffusers_image(fp32_dir, diffusers_images, scheduler):
+    assert_same_image(diffusers_images[scheduler], _image(fp32_dir, scheduler))
+
+
+@needs_bf16
+def test_bf16_build_keeps_the_vae_in_fp32(bf16_dir):
+    manifest = read_manifest(bf16_dir)
+    precisions = {name: r.precision for name, r in manifest.components.items()}
+    assert precisions == {
+        "text_encoder": Precision.BF16, "unet": Precision.BF16, "vae_decoder": Precision.FP32,
+    }  # fmt: skip
+    unet = manifest.components["unet"]
+    assert unet.settings["inference_precision"] == "bf16"
+    # Rounded, not exact: a bf16 graph that matched fp32 to 1e-4 would not be computing in bf16.
+    error = unet.validation[0].relative_error
+    assert EXPORT_TOLERANCE[Precision.FP32] < error <= EXPORT_TOLERANCE[Precision.BF16]
+
+
+@needs_bf16
+@pytest.mark.parametrize("scheduler", SCHEDULERS_CHECKED)
+def test_bf16_image_is_still_diffusers_image(bf16_dir, fp32_dir, diffusers_images, scheduler):
+    expected = diffusers_images[scheduler]
+    reduced, full = _image(bf16_dir, scheduler), _image(fp32_dir, scheduler)
+    assert psnr(expected, reduced) >= REDUCED_PRECISION_PSNR_DB
+    assert psnr(full, reduced) < psnr(expected, full)  # bf16 did change the image
+
+
+@pytest.mark.slow  # NNCF's compression and its import take most of a minute on two cores
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="NNCF is not installed")
+def test_int8_weights_hold_their_tolerance(tiny_model_dir, tmp_path, diffusers_images):
+    output = tmp_path / "int8"
+    manifest = _build(tiny_model_dir, output, Precision.INT8)
+    unet = manifest.components["unet"]
+    assert unet.precision is Precision.INT8 and unet.settings["weights"] == "int8"
+    assert manifest.components["vae_decoder"].precision is Precision.FP32
+    assert 0 < unet.validation[0].relative_error <= EXPORT_TOLERANCE[Precision.INT8]
+    assert psnr(diffusers_images["euler"], _image(output, "euler")) >= REDUCED_PRECISION_PSNR_DB
+
+
+def test_calls_from_several_threads_agree(fp32_dir):
+    with Pipeline.load(fp32_dir) as pipe:
+        engine = pipe.engines["unet"]
+        rng = np.random.default_rng(1)
+        feeds = [
+            {
+                "sample": rng.standard_normal((2, 4, 32, 32), dtype=np.float32),
+                "timestep": np.full((2,), 10.0 * i, dtype=np.float32),
+                "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+            }
+            for i in range(4)
+        ]
+        alone = [engine.infer(f)["noise_pred"] for f in feeds]
+        together: list[np.ndarray | None] = [None] * len(feeds)
+
+        def call(i: int) -> None:
+            together[i] = engine.infer(feeds[i])["noise_pred"]
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(feeds))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for one, other in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_a_cpu_without_the_blobs_features_gets_one_rebuild_line(fp32_dir, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: {"sse4_2"})
+    with pytest.raises(EngineIncompatible) as error:
+        Pipeline.load(fp32_dir)
+    message = str(error.value)
+    assert "was compiled for a CPU with" in message and "avx" in message
+    assert "rebuild the engines here" in message and "\n" not in message
+
+
+def test_another_openvino_release_gets_one_rebuild_line(tmp_path):
+    settings = {"openvino_version": "2024.0.0", "cpu_features": []}
+    with pytest.raises(EngineIncompatible, match="compiled by OpenVINO 2024.0.0, this is"):
+        check_compatible(tmp_path / ENGINE_NAME, settings, "2026.4.1", set())
+    check_compatible(tmp_path / ENGINE_NAME, settings, "2024.0.0", set())
+
+
+def test_rebuild_on_another_cpu_compiles_afresh(fp32_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """The build key holds the CPU's features, so the old compiled model is not relinked."""
+    copy = tmp_path / "engines"
+    shutil.copytree(fp32_dir, copy)
+    other = {"avx", "avx2", "fma", "f16c"}
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: other)
+    seen: dict[str, list[str]] = {}
+    only = ExportOptions(components=("text_encoder",))
+    _build(
+        tiny_model_dir, copy, components=only,
+        progress=lambda c, s: seen.setdefault(c, []).append(s),
+    )  # fmt: skip
+    assert seen == {"text_encoder": ["export", "optimize", "validate", "done"]}
+    settings = read_manifest(copy).components["text_encoder"].settings
+    assert settings["cpu_features"] == sorted(other)
+
+
+def test_a_damaged_blob_is_refused_with_one_line(fp32_dir, tmp_path):
+    copy = tmp_path / "engines"
+    shutil.copytree(fp32_dir, copy)
+    blob = copy / "vae_decoder" / ENGINE_NAME
+    blob.write_bytes(bytes(blob.stat().st_size))  # same size, all zeros
+    with pytest.raises(ArtifactError, match="could not be loaded.*rebuild the engines") as error:
+        Pipeline.load(copy)
+    assert "\n" not in str(error.value)
+
+
+def test_precisions_the_backend_or_cpu_cannot_run_are_refused(monkeypatch):
+    with pytest.raises(InputError, match="not fp16; use --precision bf16"):
+        choose_backend(BuildOptions(backend="openvino", precision=Precision.FP16))
+    with pytest.raises(InputError, match="--precision bf16 is for --backend openvino"):
+        choose_backend(BuildOptions(backend="onnxruntime", precision=Precision.BF16))
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(InputError, match="no bfloat16 instructions"):
+        choose_backend(BuildOptions(backend="openvino", precision=Precision.BF16))
+
+
+def test_a_refused_precision_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(InputError, match="no bfloat16 instructions"):
+        _build(tiny_model_dir, tmp_path / "out", Precision.BF16)
+    assert list(tmp_path.iterdir()) == []
+

@@ -1,0 +1,124 @@
+"""ONNX Runtime's CUDA provider on a real GPU: parity with torch in fp32 (TF32 off) and fp16, the
+same image as the CPU engines, a saved engine loading in a fresh process, and CUDA-graph replays
+that follow changed inputs.
+
+Marked `gpu`, and skipped unless this onnxruntime has the CUDA provider (onnxruntime-gpu).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import assert_same_image, psnr
+
+from sdtrt.engine.backends import load_component
+from sdtrt.engine.manifest import read_manifest
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.export.build import ExportOptions, build
+from sdtrt.export.family import load_family
+from sdtrt.export.validate import compare, torch_reference
+from sdtrt.runtime.pipeline import Pipeline
+from sdtrt.tolerances import EXPORT_TOLERANCE
+
+
+def _has_cuda_provider() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _has_cuda_provider(), reason="onnxruntime has no CUDA provider"),
+]
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+BACKEND = "onnxruntime-cuda"
+
+
+@pytest.fixture(scope="module", params=[Precision.FP32, Precision.FP16])
+def cuda_engines(request, tiny_model_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp(f"ort-cuda-{request.param.value}") / "engines"
+    options = BuildOptions(backend=BACKEND, precision=request.param)
+    build(str(tiny_model_dir), output, ExportOptions(components=COMPONENTS), options)
+    return output
+
+
+def test_engines_match_torch_across_the_range(cuda_engines, tiny_model_dir):
+    manifest = read_manifest(cuda_engines)
+    specs = {s.name: s for s in load_family(tiny_model_dir, "tiny").specs(COMPONENTS)}
+    rng = np.random.default_rng(0)
+    for name, record in manifest.components.items():
+        assert record.backend == BACKEND
+        spec = specs[name]
+        dims = spec.dims(manifest.ranges)
+        with load_component(cuda_engines, record) as engine:
+            for which in range(3):
+                inputs = spec.sample_inputs({s: v[which] for s, v in dims.items()}, rng)
+                for item in compare(torch_reference(spec, inputs), engine.infer(inputs), 1.0):
+                    allowed = EXPORT_TOLERANCE[record.precision]
+                    assert item.relative_error <= allowed, (name, which, item)
+
+
+def _image(directory, latents):
+    with Pipeline.load(directory) as pipe:
+        return pipe(
+            "a red car", negative_prompt="fog", num_inference_steps=8, latents=latents,
+            output_type="np",
+        ).images  # fmt: skip
+
+
+def test_image_matches_the_cpu_engines(cuda_engines, tiny_engine_dir):
+    latents = np.random.default_rng(2).standard_normal((1, 4, 32, 32), dtype=np.float32)
+    expected, actual = _image(tiny_engine_dir, latents), _image(cuda_engines, latents)
+    if read_manifest(cuda_engines).components["unet"].precision is Precision.FP32:
+        assert_same_image(expected, actual)
+    else:
+        assert psnr(expected, actual) >= 30.0  # fp16: close, not the same computation
+
+
+def test_saved_engines_load_in_a_fresh_process(cuda_engines, tmp_path):
+    latents = np.random.default_rng(4).standard_normal((1, 4, 32, 32), dtype=np.float32)
+    np.save(tmp_path / "latents.npy", latents)
+    script = (
+        "import sys, numpy as np\n"
+        "from sdtrt.runtime.pipeline import Pipeline\n"
+        "with Pipeline.load(sys.argv[1]) as pipe:\n"
+        "    images = pipe('a red car', negative_prompt='fog', num_inference_steps=8,\n"
+        "                  latents=np.load(sys.argv[2]), output_type='np').images\n"
+        "np.save(sys.argv[3], images)\n"
+    )
+    out = tmp_path / "images.npy"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(cuda_engines), str(tmp_path / "latents.npy"), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.array_equal(np.load(out), _image(cuda_engines, latents))
+
+
+def test_cuda_graph_replays_follow_changed_inputs(tiny_model_dir, tiny_engine_dir, tmp_path):
+    options = BuildOptions(backend=BACKEND, static=True, max_batch=1)
+    build(str(tiny_model_dir), tmp_path / "static", ExportOptions(components=("unet",)), options)
+    record = read_manifest(tmp_path / "static").components["unet"]
+    assert record.settings["cuda_graph"] is True
+    cpu_record = read_manifest(tiny_engine_dir).components["unet"]
+    rng = np.random.default_rng(1)
+    with (
+        load_component(tmp_path / "static", record) as graphed,
+        load_component(tiny_engine_dir, cpu_record) as plain,
+    ):
+        for step in range(4):  # new values each call: a stale replay would repeat the first
+            feeds = {
+                "sample": rng.standard_normal((2, 4, 32, 32), dtype=np.float32),
+                "timestep": np.full((2,), 900.0 - 200 * step, np.float32),
+                "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+            }
+            expected = plain.infer(feeds)["noise_pred"]
+            got = graphed.infer(feeds)["noise_pred"]
+            scale = float(np.max(np.abs(expected)))
+            error = float(np.max(np.abs(got - expected)))
+            assert error <= EXPORT_TOLERANCE[Precision.FP32] * scale, (step, error, scale)

@@ -1,0 +1,115 @@
+"""Random LoRA files for a diffusers folder, in the diffusers/PEFT and the kohya layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from sdtrt.engine.lora import LoraSource
+from sdtrt.engine.safetensors_file import SafetensorsFile
+
+# Module name endings a LoRA of each network changes: attention, feed-forward, the 1x1
+# projections around the transformer and a 3x3 ResNet convolution (LoCon-style).
+UNET_TARGETS = (
+    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+    "attn2.to_v", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "resnets.0.conv1",
+)  # fmt: skip
+TEXT_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                "mlp.fc1", "mlp.fc2")  # fmt: skip
+WEIGHT_FILES = {
+    "unet": "unet/diffusion_pytorch_model.safetensors",
+    "text_encoder": "text_encoder/model.safetensors",
+}
+
+
+def _targets(model_dir: Path, clip_prefix: str = "") -> dict[str, dict[str, tuple[int, ...]]]:
+    """component -> module -> weight shape, for the modules a test LoRA changes; CLIP's layers
+    under `clip_prefix` (kohya files say `text_model.`, which transformers 5 no longer has)."""
+    found: dict[str, dict[str, tuple[int, ...]]] = {}
+    for component, relative in WEIGHT_FILES.items():
+        endings = UNET_TARGETS if component == "unet" else TEXT_TARGETS
+        weights = SafetensorsFile(model_dir / relative)
+        prefix = clip_prefix if component == "text_encoder" else ""
+        found[component] = {
+            prefix + name[: -len(".weight")].removeprefix("text_model."): weights.shape(name)
+            for name in weights.keys()
+            if name.endswith(".weight") and name[: -len(".weight")].endswith(endings)
+        }
+    return found
+
+
+def _pair(shape: tuple[int, ...], rank: int, rng: np.random.Generator):
+    """(down, up) of a rank-`rank` update to a weight of `shape`, big enough to show."""
+    fan_in = int(np.prod(shape[1:]))
+    tail = shape[2:]
+    down = rng.standard_normal((rank, *shape[1:]), dtype=np.float32) / np.float32(fan_in**0.5)
+    up = rng.standard_normal((shape[0], rank, *((1,) * len(tail))), dtype=np.float32)
+    return down, up * np.float32(0.3)
+
+
+def write_diffusers_lora(model_dir: Path, path: Path, seed: int, rank: int = 4,
+                         alpha: float | None = None) -> Path:  # fmt: skip
+    """A diffusers/PEFT-layout LoRA (`unet.<m>.lora_A.weight`); `alpha` goes in the metadata
+    header as diffusers writes it, else the file means alpha = rank."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    targets = _targets(model_dir)
+    for component, modules in targets.items():
+        for module, shape in sorted(modules.items()):
+            down, up = _pair(shape, rank, rng)
+            tensors[f"{component}.{module}.lora_A.weight"] = down
+            tensors[f"{component}.{module}.lora_B.weight"] = up
+    metadata = None
+    if alpha is not None:
+        config = {}
+        for component, modules in targets.items():
+            adapter = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(modules)}
+            config.update({f"{component}.{k}": v for k, v in adapter.items()})
+        metadata = {"lora_adapter_metadata": json.dumps(config), "format": "pt"}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def write_kohya_lora(model_dir: Path, path: Path, seed: int, rank: int = 4,
+                     alpha: float = 2.0, dtype: type = np.float16) -> Path:  # fmt: skip
+    """A kohya-layout LoRA (`lora_unet_<m>.lora_down.weight`, `.alpha`), fp16 as most ship."""
+    rng = np.random.default_rng(seed)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    tensors = {}
+    for component, modules in _targets(model_dir, "text_model.").items():
+        for module, shape in sorted(modules.items()):
+            down, up = _pair(shape, rank, rng)
+            name = prefixes[component] + module.replace(".", "_")
+            tensors[f"{name}.lora_down.weight"] = down.astype(dtype)
+            tensors[f"{name}.lora_up.weight"] = up.astype(dtype)
+            tensors[f"{name}.alpha"] = np.array(alpha, dtype=np.float32)
+    save_file(tensors, str(path))
+    return path
+
+
+PROMPT = dict(prompt="a photo of an astronaut riding a horse", negative_prompt="blurry",
+              num_inference_steps=8)  # fmt: skip
+
+
+def prompt_latents() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32)
+
+
+def diffusers_image(model_dir: Path, loras: list[LoraSource]) -> np.ndarray:
+    """The reference: diffusers with the LoRAs loaded as adapters and fused at their scales."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    if loras:
+        names = [f"lora{i}" for i in range(len(loras))]
+        for name, lora in zip(names, loras, strict=True):
+            pipe.load_lora_weights(str(lora.path), adapter_name=name)
+        pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+        pipe.fuse_lora(adapter_names=names)
+    latents = torch.from_numpy(prompt_latents())
+    return pipe(**PROMPT, latents=latents, output_type="np").images

@@ -1,0 +1,70 @@
+"""Serving test helpers: real uvicorn servers on 127.0.0.1 over a service, stopped after use."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from sdtrt.serve import Service
+from sdtrt.serve.app import ServeOptions, create_app
+
+# Denoising steps for quick requests on the tiny engines (a few tens of ms each).
+QUICK_STEPS = 3
+
+
+@dataclass
+class LiveServer:
+    url: str
+    service: Service
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        options: dict[str, object] = {"timeout": 60, **kwargs}
+        return httpx.Client(base_url=self.url, **options)  # type: ignore[arg-type]
+
+
+@contextmanager
+def live_server(
+    engine_dir: Path,
+    options: ServeOptions | None = None,
+    workers: int = 1,
+    queue: int = 4,
+    history: int = 64,
+) -> Iterator[LiveServer]:
+    """uvicorn serving a fresh, warm service on a free loopback port, in a thread here."""
+    import uvicorn
+
+    service = Service(engine_dir, workers=workers, queue_size=queue, history=history)
+    app = create_app(service, options or ServeOptions())
+    # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every response waits ~40 ms on the client's delayed ACK.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        service.wait_ready(120)
+        yield LiveServer(url=f"http://127.0.0.1:{port}", service=service)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
+        service.shutdown(5)
+
+
+def decode_png(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
