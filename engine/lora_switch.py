@@ -7,6 +7,8 @@ exported ONNX, and gives each backend base + delta under the initializer's name:
 
 - ONNX Runtime: a new session on the exported (portable) graph with those initializers
   overridden; ORT then optimises the graph as it loads, which is the switch's main cost;
+- OpenVINO: the exported graph compiled again with those constants replaced, as the build
+  compiled it (int8-compressed engines cannot be switched);
 - TensorRT: the engine, built with `--refittable`, is refitted in place (engine/trt_refit.py).
 
 Base weights always come from the ONNX file, so switching A -> B -> A leaves nothing of B.
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 WEIGHT_MAP = "lora_weights.json"
 ORT_BACKENDS = ("onnxruntime",)
 TRT_BACKENDS = ("tensorrt",)
+OPENVINO_BACKENDS = ("openvino",)
 
 
 class MappedWeight(BaseModel):
@@ -99,6 +102,14 @@ def load_with_initializers(
         settings = {k: v for k, v in record.settings.items() if k != "nchwc_block"}
         return OrtEngine(
             record.name, directory / record.onnx, record.io, settings, initializers=initializers
+        )
+    if record.backend in OPENVINO_BACKENDS:
+        from sdtrt.engine.openvino_backend import OpenVinoEngine, compile_with_weights
+
+        compiled = compile_with_weights(directory / record.onnx, record.io, record.settings,
+                                        initializers)  # fmt: skip
+        return OpenVinoEngine(
+            record.name, directory / record.engine, record.io, record.settings, compiled
         )
     if record.backend in TRT_BACKENDS:
         # Loaded afresh, so every weight the LoRAs leave alone has its built value.

@@ -207,20 +207,59 @@ def check_compatible(
         )
 
 
+def compile_with_weights(
+    onnx_path: Path, io: ComponentIO, settings: Mapping[str, Any], weights: Mapping[str, np.ndarray]
+) -> Any:
+    """The exported graph compiled as the build compiled it, with `weights` in place of the
+    initializers of those names (LoRA switching). Compiling again is the switch's cost."""
+    if settings.get("weights") == "int8":
+        raise InputError(
+            "LoRAs cannot be switched on int8-compressed engines; merge them with "
+            "`sdtrt build --lora` instead"
+        )
+    ov = _ov()
+    model = _core().read_model(str(onnx_path))
+    constants = {op.get_friendly_name(): op for op in model.get_ops()
+                 if op.get_type_name() == "Constant"}  # fmt: skip
+    missing = sorted(set(weights) - set(constants))
+    if missing:
+        raise ArtifactError(f"{onnx_path} lacks weights {', '.join(missing[:3])}; rebuild")
+    for name, value in weights.items():
+        replacement = ov.opset13.constant(np.ascontiguousarray(value))
+        replacement.set_friendly_name(name)
+        constants[name].output(0).replace(replacement.output(0))
+    model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
+    return _core().compile_model(model, str(settings.get("device", CPU)), compile_config(settings))
+
+
 class OpenVinoEngine(Engine):
     """A compiled OpenVINO model behind the Engine interface.
 
     An infer request serves one call at a time, so concurrent calls each take a request from a
-    pool (made on demand, kept for reuse)."""
+    pool (made on demand, kept for reuse). `compiled` gives an already compiled model (LoRA
+    switching) in place of the blob at `path`."""
 
-    def __init__(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        io: ComponentIO,
+        settings: Mapping[str, Any],
+        compiled: Any = None,
+    ) -> None:
         super().__init__(name, io)
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._output_names = [t.name for t in io.outputs]
+        self._blob: np.memmap | None = None
+        if compiled is not None:
+            self._compiled: Any = compiled
+            return
         try:
             # Imported from a memory map: OpenVINO keeps the weights where they lie instead of
             # copying them, so the map must outlive the compiled model (see close). Copy-on-
             # write because OpenVINO asks for writable memory; nothing is written back.
-            self._blob: np.memmap | None = np.memmap(path, dtype=np.uint8, mode="c")
-            self._compiled: Any = _core().import_model(
+            self._blob = np.memmap(path, dtype=np.uint8, mode="c")
+            self._compiled = _core().import_model(
                 _ov().Tensor(self._blob, shared_memory=True),
                 str(settings.get("device", CPU)),
                 compile_config(settings),
@@ -230,8 +269,6 @@ class OpenVinoEngine(Engine):
             raise ArtifactError(
                 f"{path} could not be loaded ({reason}); rebuild the engines with `sdtrt build`"
             ) from None
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._output_names = [t.name for t in io.outputs]
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

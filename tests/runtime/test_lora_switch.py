@@ -1,4 +1,4 @@
-"""`pipe.set_loras`: LoRAs applied to built engines without a rebuild (ONNX Runtime)."""
+"""`pipe.set_loras`: LoRAs applied to built engines without a rebuild (ONNX Runtime, OpenVINO)."""
 
 from __future__ import annotations
 
@@ -107,3 +107,30 @@ def test_missing_lora_file_is_one_line(pipe, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         pipe.set_loras([tmp_path / "nope.safetensors"])
     shutil.rmtree(tmp_path)
+
+
+def test_openvino_engines_switch_too(tiny_model_dir, lora_files, tmp_path):
+    """The default backend on CPUs with OpenVINO: compiled again with the new weights, and
+    A -> B -> A, none -> A and merged-vs-switched behave as on ONNX Runtime."""
+    pytest.importorskip("openvino")
+    a = [LoraSource(path=lora_files["diffusers"], scale=0.7)]
+    b = [LoraSource(path=lora_files["kohya"], scale=1.3)]
+    options = BuildOptions(backend="openvino")
+    build(str(tiny_model_dir), tmp_path / "plain", ExportOptions(), options)
+    build(str(tiny_model_dir), tmp_path / "merged", ExportOptions(loras=tuple(a)), options)
+    with Pipeline.load(tmp_path / "merged") as merged:
+        merged_image = _image(merged)
+    with Pipeline.load(tmp_path / "plain") as pipeline:
+        base = _image(pipeline)
+        pipeline.set_loras(a)
+        first_a = _image(pipeline)
+        pipeline.set_loras(b)
+        only_b = _image(pipeline)
+        pipeline.set_loras(a)
+        second_a = _image(pipeline)
+        pipeline.set_loras([])
+        back = _image(pipeline)
+    assert np.array_equal(first_a, second_a) and np.array_equal(base, back)
+    assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
+    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
+    assert_same_image(merged_image, first_a)
