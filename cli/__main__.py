@@ -1,0 +1,5 @@
+"""`python -m sdtrt.cli`."""
+
+from sdtrt.cli.common import main
+
+main()

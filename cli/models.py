@@ -1,0 +1,213 @@
+"""`sdtrt preset`, `build` and `info`: models in, engine directories out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from sdtrt.cli.common import (
+    app,
+    console,
+    out,
+    parse_size,
+    quiet_torch_libraries,
+    user_errors,
+)
+from sdtrt.engine.options import Precision
+from sdtrt.errors import InputError
+
+
+@app.command()
+def preset(
+    name: Annotated[str, typer.Argument(help="Preset name: tiny, tiny-inpaint or sd15.")],
+    directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
+) -> None:
+    """Write a built-in model (random weights, real architecture) as a diffusers folder."""
+    with user_errors():
+        from sdtrt.export.presets import get_preset, write_preset
+
+        get_preset(name)
+        quiet_torch_libraries()
+        with console.status(f"writing preset {name}"):
+            write_preset(name, directory)
+        out.print(f"wrote preset [bold]{name}[/] to {directory}")
+
+
+def _build_progress(progress: Progress) -> Callable[[str, str], None]:
+    stages = ("export", "optimize", "validate")
+    tasks: dict[str, TaskID] = {}
+
+    def report(component: str, stage: str) -> None:
+        if not tasks:
+            progress.start()  # shown from the first component on: errors before it stay one line
+        if component not in tasks:
+            tasks[component] = progress.add_task(component, total=len(stages))
+        task = tasks[component]
+        if stage in stages:
+            progress.update(
+                task, completed=stages.index(stage), description=f"{component}: {stage}"
+            )
+        else:
+            progress.update(task, completed=len(stages), description=f"{component}: {stage}")
+
+    return report
+
+
+@app.command()
+def build(
+    model: Annotated[
+        str,
+        typer.Argument(help="A diffusers folder, a preset (tiny, tiny-inpaint, sd15) or a hub id."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Engine directory to write.")],
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto (what `sdtrt doctor` says it picks here), onnxruntime (CPU), openvino "
+            "(CPU), onnxruntime-cuda or tensorrt."
+        ),
+    ] = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            help="fp16 converts the graphs; bf16 and int8 (weights) are OpenVINO's. The VAE "
+            "decoder stays fp32."
+        ),
+    ] = Precision.FP32,
+    fp16_vae: Annotated[
+        bool,
+        typer.Option(help="With fp16/bf16/int8: the VAE decoder too (for VAEs known to be safe)."),
+    ] = False,
+    fp16_guard: Annotated[
+        bool,
+        typer.Option(
+            help="With fp16: compare with fp32 on calibration inputs and keep the nodes that "
+            "overflow or drift in fp32 (the VAE decoder too, instead of all of it)."
+        ),
+    ] = False,
+    min_size: Annotated[str | None, typer.Option(help="Smallest image, HxW or N.")] = None,
+    opt_size: Annotated[str | None, typer.Option(help="Image size to optimise for.")] = None,
+    max_size: Annotated[str | None, typer.Option(help="Largest image, HxW or N.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most images per call.")] = 4,
+    max_prompt_chunks: Annotated[
+        int,
+        typer.Option(help="Longest prompt in 75-token chunks, for --prompt-syntax a1111."),
+    ] = 3,
+    static: Annotated[
+        bool,
+        typer.Option(help="One shape only (--opt-size, --max-batch images): TensorRT CUDA graphs."),
+    ] = False,
+    workspace: Annotated[
+        float | None, typer.Option(help="TensorRT workspace limit in GiB; TensorRT's own if unset.")
+    ] = None,
+    optimization_level: Annotated[
+        int, typer.Option(help="TensorRT builder optimisation level, 0 (fast build) to 5.")
+    ] = 3,
+    components: Annotated[
+        str | None, typer.Option(help="Comma-separated networks to build (add vae_encoder).")
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(help="FILE.safetensors[:SCALE], merged before export; repeatable."),
+    ] = None,
+    refittable: Annotated[
+        bool, typer.Option(help="TensorRT: engines whose LoRAs can be switched without a rebuild.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(help="Accept a .ckpt (pickle) checkpoint; loading one can run code in it."),
+    ] = False,
+) -> None:
+    """Export a model to ONNX, build engines and check them against PyTorch."""
+    with user_errors():
+        from sdtrt.engine.options import BuildOptions
+        from sdtrt.export.build import ExportOptions
+        from sdtrt.export.build import build as run_build
+        from sdtrt.ui.tables import components_table
+
+        if not 0 <= optimization_level <= 5:
+            raise InputError(f"--optimization-level must be 0 to 5, got {optimization_level}")
+        if workspace is not None and workspace <= 0:
+            raise InputError(f"--workspace must be a positive number of GiB, got {workspace}")
+        if fp16_guard and precision is not Precision.FP16:
+            raise InputError(
+                f"--fp16-guard checks fp16 graphs; add --precision fp16 (got {precision.value})"
+            )
+        build_options = BuildOptions(
+            backend=backend,
+            precision=precision,
+            fp16_vae=fp16_vae,
+            fp16_guard=fp16_guard,
+            min_size=parse_size(min_size, "--min-size"),
+            opt_size=parse_size(opt_size, "--opt-size"),
+            max_size=parse_size(max_size, "--max-size"),
+            max_batch=max_batch,
+            max_prompt_chunks=max_prompt_chunks,
+            static=static,
+            workspace_gib=workspace,
+            optimization_level=optimization_level,
+            refittable=refittable,
+        )
+        from sdtrt.engine.lora import parse_lora_arg
+
+        export_options = ExportOptions(
+            loras=tuple(parse_lora_arg(text) for text in lora or []), allow_pickle=allow_pickle
+        )
+        if components:
+            export_options = export_options.model_copy(
+                update={"components": tuple(c.strip() for c in components.split(","))}
+            )
+        quiet_torch_libraries()
+        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        progress = Progress(*columns, console=console, transient=False, auto_refresh=True)
+        try:
+            manifest = run_build(
+                model, output, export_options, build_options, _build_progress(progress)
+            )
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+        out.print(components_table(manifest))
+        out.print(f"engines written to [bold]{output}[/]")
+
+
+@app.command()
+def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -> None:
+    """Show what an engine directory holds: components, backend, ranges, validation errors."""
+    with user_errors():
+        from sdtrt.engine.manifest import read_manifest
+        from sdtrt.ui.tables import components_table, profiles_table
+
+        manifest = read_manifest(directory)
+        ranges = manifest.ranges
+        out.print(
+            f"model      {manifest.model.name} ({manifest.source.kind}: {manifest.source.ref})"
+        )
+        out.print(f"built      {manifest.created} by sdtrt {manifest.sdtrt_version}")
+        merged = manifest.export_options.get("loras") or []
+        if merged:
+            names = ", ".join(f"{Path(lora['path']).name}:{lora['scale']:g}" for lora in merged)
+            out.print(f"LoRAs      {escape(names)} (merged at build)")
+        out.print(
+            f"sizes      {ranges.size.describe()} px in steps of {ranges.size_step}, "
+            f"optimised for {ranges.size.opt[0]}x{ranges.size.opt[1]}; "
+            f"up to {ranges.max_batch} images per call, prompts of up to "
+            f"{ranges.max_prompt_chunks} chunks (--prompt-syntax a1111)"
+        )
+        out.print(components_table(manifest))
+        out.print(profiles_table(manifest))
+        from sdtrt.ui.precision import island_lines
+
+        for line in island_lines(manifest):
+            out.print(line, soft_wrap=True, markup=False, highlight=False)
