@@ -7,6 +7,7 @@ Pipeline serves concurrent requests from several threads.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ from sdtrt.runtime.tasks import Task
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-OPTIONAL_COMPONENTS = ("vae_encoder",)  # images in (image to image, inpainting)
+# Opened on the first call that takes an image, so that text to image never pays for it.
+ENCODER = "vae_encoder"
 
 # Called after each UNet step with (step index, number of steps). What it raises ends the call
 # there and reaches the caller unchanged (the service cancels jobs this way).
@@ -76,7 +78,8 @@ def _load_engine(directory: Path, manifest: Manifest, name: str, backend: str | 
 
 
 class Pipeline:
-    """Stable Diffusion text-to-image over an engine directory written by `sdtrt build`."""
+    """Stable Diffusion over an engine directory written by `sdtrt build`: text to image, and
+    image to image and inpainting where the directory has a VAE encoder."""
 
     def __init__(
         self,
@@ -85,14 +88,17 @@ class Pipeline:
         engines: dict[str, Engine],
         tokenizer: PromptTokenizer,
         scheduler_config: dict[str, Any],
+        backend: str | None = None,
     ) -> None:
         self.directory = directory
+        self.backend = backend  # what load() was asked for, for the engines opened later
         self.manifest = manifest
         self.engines = engines
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
         self.loras: tuple[LoraSource, ...] = ()  # applied on top of the built weights
         self.conditioner = TextConditioner(engines["text_encoder"], tokenizer, engines["unet"].io)
+        self._opening = threading.Lock()
 
     @classmethod
     def load(cls, directory: str | Path, backend: str | None = None) -> Pipeline:
@@ -111,14 +117,11 @@ class Pipeline:
         try:
             for name in REQUIRED_COMPONENTS:
                 engines[name] = _load_engine(directory, manifest, name, backend)
-            for name in OPTIONAL_COMPONENTS:
-                if name in manifest.components:
-                    engines[name] = _load_engine(directory, manifest, name, backend)
         except BaseException:
             for engine in engines.values():
                 engine.close()
             raise
-        return cls(directory, manifest, engines, tokenizer, scheduler_config)
+        return cls(directory, manifest, engines, tokenizer, scheduler_config, backend)
 
     @property
     def default_scheduler(self) -> str:
@@ -184,7 +187,7 @@ class Pipeline:
             mark = time.perf_counter()
             given = latents
             task = make_image_task(
-                inputs, request, self.manifest, self.engines, source, strength,
+                inputs, request, self.manifest, self._with_encoder(), source, strength,
                 lambda: self._initial_latents(request, given, source), given is not None,
             )  # fmt: skip
             timings.image_encode = time.perf_counter() - mark
@@ -291,6 +294,15 @@ class Pipeline:
             if step_callback is not None:
                 step_callback(i - begins.begin, len(timesteps) - begins.begin)
         return latents
+
+    def _with_encoder(self) -> dict[str, Engine]:
+        """The engines, the VAE encoder among them where the directory has one."""
+        with self._opening:
+            if ENCODER not in self.engines and ENCODER in self.manifest.components:
+                self.engines[ENCODER] = _load_engine(
+                    self.directory, self.manifest, ENCODER, self.backend
+                )
+        return self.engines
 
     def set_loras(
         self, loras: Sequence[LoraSource | str | Path | tuple[str | Path, float]]
