@@ -32,7 +32,8 @@ def cuda_provider_options(settings: Mapping[str, Any]) -> dict[str, str]:
       which breaks fp32's 1e-4 parity; the fp32 islands of an fp16 graph need fp32 too.
     - Exhaustive cuDNN convolution search with its largest workspace: a denoising loop runs the
       same few convolution shapes thousands of times, so the one-off search pays for itself.
-    - CUDA graphs where the engine has one shape (`--static`): each step is one replay.
+    - CUDA graphs for `--static` engines (one image size): each input shape set is recorded
+      once, then every step is one replay.
     """
     options = {
         "use_tf32": "0",
@@ -59,7 +60,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
         cache_dir: Path,
     ) -> tuple[str, dict[str, Any]]:
         name, settings = super().build(onnx_path, out_dir, io, options, cache_dir)
-        settings["cuda_graph"] = all(r.min == r.max for r in io.profile.values())
+        settings["cuda_graph"] = options.static  # as TensorRT: one graph per input shape set
         return name, settings
 
     def target(self) -> dict[str, str]:

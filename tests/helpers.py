@@ -17,3 +17,20 @@ def assert_same_image(reference: np.ndarray, actual: np.ndarray) -> None:
     assert reference.shape == actual.shape
     value = psnr(reference, actual)
     assert value >= END_TO_END_PSNR_DB, f"PSNR {value:.1f} dB < {END_TO_END_PSNR_DB} dB"
+
+
+def sdtrt(*args: object):  # type: ignore[no-untyped-def]
+    """Run the `sdtrt` command in this process, as a user would type it."""
+    from typer.testing import CliRunner
+
+    from sdtrt.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Exit status 1 and one `error: ...` line on stderr that says `message`."""
+    assert result.exit_code == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]

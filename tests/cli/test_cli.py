@@ -5,25 +5,12 @@ import math
 import shutil
 
 import pytest
+from helpers import assert_one_line_error, sdtrt
 from PIL import Image
-from typer.testing import CliRunner
 
-from sdtrt.cli import app, parse_size
+from sdtrt.cli import parse_size
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
-
-runner = CliRunner()
-
-
-def sdtrt(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, message):
-    assert result.exit_code == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], lines[0]
 
 
 def test_run_writes_a_png_with_parameters(tiny_engine_dir, tmp_path):

@@ -4,24 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, sdtrt
 from PIL import Image
-from typer.testing import CliRunner
 
-from sdtrt.cli import app
 from sdtrt.runtime.pipeline import Pipeline
-
-runner = CliRunner()
-
-
-def sdtrt(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, message):
-    assert result.exit_code == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

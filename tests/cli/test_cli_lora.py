@@ -3,22 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers import assert_one_line_error, sdtrt
 from PIL import Image
-from typer.testing import CliRunner
-
-from sdtrt.cli import app
-
-runner = CliRunner()
-
-
-def sdtrt(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def _one_line(result, message: str) -> None:
-    assert result.exit_code == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def test_run_with_a_lora_writes_it_into_the_png(tiny_engine_dir, lora_files, tmp_path):
@@ -33,13 +19,14 @@ def test_run_with_a_lora_writes_it_into_the_png(tiny_engine_dir, lora_files, tmp
 
 def test_bad_lora_arguments_are_one_line(tiny_engine_dir, tiny_model_dir, tmp_path):
     missing = tmp_path / "missing.safetensors"
-    _one_line(sdtrt("run", tiny_engine_dir, "a cat", "--lora", missing), "does not exist")
+    result = sdtrt("run", tiny_engine_dir, "a cat", "--lora", missing)
+    assert_one_line_error(result, "does not exist")
     result = sdtrt("build", tiny_model_dir, "-o", tmp_path / "out", "--lora", f"{missing}:0.5")
-    _one_line(result, "does not exist")
+    assert_one_line_error(result, "does not exist")
     assert not (tmp_path / "out").exists()
     (tmp_path / "x.safetensors").write_bytes(b"\x00" * 16)
     result = sdtrt("run", tiny_engine_dir, "a cat", "--lora", tmp_path / "x.safetensors")
-    _one_line(result, "not a .safetensors file")
+    assert_one_line_error(result, "not a .safetensors file")
 
 
 def test_info_names_the_merged_loras(tiny_model_dir, lora_files, tmp_path):

@@ -19,7 +19,7 @@ def test_fp32_means_fp32_on_cuda():
     assert "enable_cuda_graph" not in options
 
 
-def test_cuda_graphs_only_for_single_shape_engines():
+def test_cuda_graphs_only_for_static_engines():
     assert cuda_provider_options({"cuda_graph": True})["enable_cuda_graph"] == "1"
     assert "enable_cuda_graph" not in cuda_provider_options({"cuda_graph": False})
 
