@@ -30,11 +30,12 @@ demo: install
 test: typecheck test-onnxruntime-versions chromium
 	$(BIN)/python -m pytest
 
-# What depends on the installed onnxruntime (the fp16 graphs, the saved engines) also runs against
+# What depends on the installed onnxruntime (the fp16 graphs, the fused attention node, the saved
+# engines) also runs against
 # the oldest onnxruntime sdtrt supports and the newest onnxruntime-gpu release, each unpacked
 # beside the venv and put first on the path.
 ORT_VERSIONS ?= 1.20.1 1.31.1
-ORT_TESTS := tests/export/test_fp16.py tests/export/test_precision.py \
+ORT_TESTS := tests/export/test_fp16.py tests/export/test_precision.py tests/export/test_attention.py \
 	tests/engine/test_onnxruntime_backend.py tests/engine/test_onnxruntime_cuda.py
 test-onnxruntime-versions: install
 	@for version in $(ORT_VERSIONS); do \

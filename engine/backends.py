@@ -14,7 +14,7 @@ from sdtrt.engine.manifest import ComponentRecord, check_component_files
 from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
 from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend
 from sdtrt.engine.openvino_backend import OpenVinoBackend
-from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.tensorrt_backend import TensorRtBackend
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import BackendUnavailable, InputError
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 class Backend(Protocol):
     name: str
+    # How the export is written for this backend (the default: plain ONNX, which the backend
+    # fuses by itself or runs as is).
+    graph_style: GraphStyle
 
     def version(self) -> str:
         """The library's version; raises BackendUnavailable where this backend cannot run."""

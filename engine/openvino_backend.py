@@ -33,7 +33,7 @@ import numpy as np
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.onnxruntime_backend import cpu_flags
-from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible, InputError
 
@@ -120,6 +120,7 @@ class OpenVinoBackend:
     """OpenVINO on the CPU."""
 
     name = "openvino"
+    graph_style = GraphStyle()  # no ONNX Runtime contrib ops in OpenVINO
     device = CPU
 
     def version(self) -> str:

@@ -18,6 +18,19 @@ class Precision(str, Enum):
     INT8 = "int8"
 
 
+class GraphStyle(BaseModel):
+    """How the exported graph is written for one backend: what its runtime fuses by itself and
+    what it needs spelled out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Attention as ONNX Runtime's MultiHeadAttention node (export/attention.py).
+    fused_attention: bool = False
+    # In fp16 graphs, normalisations computed in fp32 islands (export/precision.py); not for a
+    # runtime whose fp16 normalisation kernels keep their statistics in fp32 anyway.
+    fp32_norms: bool = True
+
+
 class BuildOptions(BaseModel):
     """How to turn ONNX files into engines, and for which image sizes and batches.
 

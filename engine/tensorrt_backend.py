@@ -15,7 +15,7 @@ from typing import Any
 
 from sdtrt.engine import cuda
 from sdtrt.engine.base import Engine
-from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.options import BuildOptions, GraphStyle
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import BackendUnavailable
 
@@ -36,6 +36,9 @@ def require_gpu() -> dict[str, Any]:
 
 class TensorRtBackend:
     name = "tensorrt"
+    # TensorRT fuses the plain MatMul-Softmax-MatMul pattern itself, and its strongly typed
+    # networks compute normalisations in the type the graph gives them.
+    graph_style = GraphStyle()
 
     def version(self) -> str:
         """TensorRT's version; raises BackendUnavailable without TensorRT or a GPU."""

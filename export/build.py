@@ -26,7 +26,7 @@ from sdtrt.engine.manifest import (
     Manifest,
     SourceInfo,
 )
-from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
@@ -170,6 +170,7 @@ class _Job:
             spec.name, options.precision, options.fp16_vae or self.guarded
         )
         io = spec.io(self.ranges)
+        style = self.backend.graph_style
         key = build_key(
             {
                 "format": FORMAT_VERSION,
@@ -187,6 +188,8 @@ class _Job:
                 "io": io.model_dump(mode="json"),
                 # Only when on, so that the keys of unguarded builds stay as they were.
                 **({"fp16_guard": FP16_GUARD_RELATIVE} if self.guarded else {}),
+                # Only when not plain ONNX, likewise.
+                **({"graph": style.model_dump()} if style != GraphStyle() else {}),
             }
         )
         reused = self.writer.reuse(spec.name, key)
@@ -212,7 +215,13 @@ class _Job:
             feeds = calibration_feeds(spec, self.ranges, self.calibration_timesteps)
             guard = GuardOptions(feeds, FP16_GUARD_RELATIVE, folder / REFERENCE_NAME)
         islands = export_onnx(
-            spec, trace_inputs, onnx_path, self.export_options.opset, precision, guard
+            spec,
+            trace_inputs,
+            onnx_path,
+            self.export_options.opset,
+            precision,
+            guard,
+            self.backend.graph_style,
         )
         if spec.name in LORA_COMPONENTS:
             record_lora_weights(spec.module(), onnx_path, folder / WEIGHT_MAP)

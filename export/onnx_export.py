@@ -9,6 +9,7 @@ inferred and checked. Graphs over protobuf's 2 GB limit keep their weights in on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import warnings
@@ -19,9 +20,10 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
-from sdtrt.engine.options import Precision
+from sdtrt.engine.options import GraphStyle, Precision
 from sdtrt.errors import BuildError
 from sdtrt.export import fp16
+from sdtrt.export.attention import CONTRIB_DOMAIN, fused_attention
 from sdtrt.export.fp16_guard import GuardOptions, Island, guard_fp16
 from sdtrt.export.precision import to_fp16
 from sdtrt.export.specs import ComponentSpec
@@ -29,6 +31,7 @@ from sdtrt.export.specs import ComponentSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+PLAIN = GraphStyle()
 # Below protobuf's 2 GB message limit, with room for the graph itself.
 INLINE_LIMIT = 2**31 - 2**27
 
@@ -40,15 +43,18 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     precision: Precision = Precision.FP32,
     guard: GuardOptions | None = None,
+    style: GraphStyle = PLAIN,
 ) -> tuple[Island, ...]:
     """Export `spec`'s module traced on `inputs` to `path` (plus `path`.data for big graphs),
     converted to fp16 (see precision.py) when asked; with `guard`, the fp16 graph keeps in fp32
-    the nodes fp16_guard.py finds, the fp32 graph is saved beside it, and those are returned."""
+    the nodes fp16_guard.py finds, the fp32 graph is saved beside it, and those are returned.
+    `style` says what the backend wants written out (see GraphStyle)."""
     module = spec.module().eval()
     args = tuple(torch.from_numpy(inputs[t.name]) for t in spec.inputs)
+    attention = fused_attention(module) if style.fused_attention else contextlib.nullcontext(0)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         raw = Path(scratch) / "raw.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), attention as fused_layers:
             # Tracing warns about every Python-level shape decision; the dynamic axes below and
             # the validation after the build are what guard against them.
             warnings.simplefilter("ignore")
@@ -62,6 +68,7 @@ def export_onnx(
                 dynamic_axes=spec.dynamic_axes(),
                 opset_version=opset,
                 do_constant_folding=True,
+                custom_opsets={CONTRIB_DOMAIN: 1} if fused_layers else None,
             )
         # Passed straight in so that _clean holds the only reference and can free it early:
         # a UNet is several GB per copy.
@@ -73,7 +80,7 @@ def export_onnx(
         _save_checked(model, guard.reference)  # after: saving a big graph moves its weights out
         model, islands = result.model, result.islands
     elif precision is Precision.FP16:
-        model = to_fp16(model)
+        model = to_fp16(model, style.fp32_norms)
     _save_checked(model, path)
     return islands
 

@@ -20,7 +20,8 @@ import onnx
 from sdtrt.engine.options import Precision
 from sdtrt.export import fp16
 
-FP32_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization", "Softmax")
+NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
+FP32_OPS = (*NORM_OPS, "Softmax")
 # The timestep embedding is found by its sin and cos; everything feeding them stays fp32.
 EMBEDDING_OPS = ("Sin", "Cos")
 FP32_BY_DEFAULT = ("vae_decoder", "vae_encoder")
@@ -48,7 +49,10 @@ def embedding_nodes(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph with fp16 weights and arithmetic, fp32 where listed above, fp32 inputs/outputs."""
+def to_fp16(model: onnx.ModelProto, fp32_norms: bool = True) -> onnx.ModelProto:
+    """The graph with fp16 weights and arithmetic, fp32 where listed above, fp32 inputs/outputs;
+    without `fp32_norms`, normalisations compute in fp16 too (for runtimes whose fp16 kernels
+    keep their statistics in fp32)."""
     fp16.name_nodes(model.graph)  # nodes are kept in fp32 by name
-    return fp16.convert(model, FP32_OPS, embedding_nodes(model.graph))
+    keep = FP32_OPS if fp32_norms else tuple(op for op in FP32_OPS if op not in NORM_OPS)
+    return fp16.convert(model, keep, embedding_nodes(model.graph))

@@ -1,20 +1,49 @@
 import pytest
 
+from sdtrt.engine import onnxruntime_backend
 from sdtrt.engine.onnxruntime_backend import (
     CPU,
     CUDA,
     check_providers,
     cpu_flags,
     nchwc_block,
+    require_started,
     use_laid_out_graph,
 )
-from sdtrt.errors import EngineIncompatible
+from sdtrt.errors import BackendUnavailable, EngineIncompatible
 
 
 def test_an_engine_for_missing_providers_asks_for_a_rebuild(tmp_path):
     check_providers([CPU], [CUDA, CPU], tmp_path)
     with pytest.raises(EngineIncompatible, match="was built for CUDAExecutionProvider, which this"):
         check_providers([CUDA, CPU], [CPU], tmp_path / "engine.onnx")
+
+
+def test_a_provider_that_failed_to_start_is_an_error_not_a_cpu_run():
+    require_started([CUDA, CPU], [CUDA, CPU])
+    with pytest.raises(BackendUnavailable, match="could not start CUDAExecutionProvider"):
+        require_started([CUDA, CPU], [CPU])  # what ONNX Runtime does when libcudnn is missing
+
+
+def test_big_graphs_keep_their_weights_beside_the_saved_graph(
+    tiny_engine_dir, tmp_path, monkeypatch
+):
+    """An fp16 graph the CPU optimiser widens to fp32 can pass protobuf's 2 GB limit, so from
+    EXTERNAL_WEIGHTS_FROM on the weights go to a file beside it (shown here with a tiny limit)."""
+    import numpy as np
+
+    from sdtrt.engine.manifest import read_manifest
+    from sdtrt.engine.options import BuildOptions
+
+    record = read_manifest(tiny_engine_dir).components["vae_decoder"]
+    monkeypatch.setattr(onnxruntime_backend, "EXTERNAL_WEIGHTS_FROM", 1024)
+    backend = onnxruntime_backend.OnnxRuntimeBackend()
+    source = tiny_engine_dir / record.onnx
+    name, settings = backend.build(source, tmp_path, record.io, BuildOptions(), tmp_path)
+    assert (tmp_path / (name + ".data")).stat().st_size > (tmp_path / name).stat().st_size
+    with backend.load("vae_decoder", tmp_path / name, source, record.io, settings) as engine:
+        image = engine.infer({"latent": np.zeros((1, 4, 32, 32), np.float32)})["image"]
+    assert image.shape == (1, 3, 64, 64)
 
 
 def test_nchwc_block_follows_the_vector_width():

@@ -1,15 +1,19 @@
-"""ONNX Runtime on CUDA, the parts decided on the host: provider options, and an engine file
-that any provider can load again (saved from a CPU session at the provider-independent level)."""
+"""ONNX Runtime on CUDA, the parts decided on the host: provider options, and how the engine is
+saved."""
 
 import collections
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
-from sdtrt.engine.manifest import read_manifest
+from sdtrt.engine.onnxruntime_backend import CPU, CUDA
 from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend, cuda_provider_options
-from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.ranges import resolve_ranges
+from sdtrt.export.family import load_family
+from sdtrt.export.onnx_export import export_onnx
 
 
 def test_fp32_means_fp32_on_cuda():
@@ -24,26 +28,71 @@ def test_cuda_graphs_only_for_static_engines():
     assert "enable_cuda_graph" not in cuda_provider_options({"cuda_graph": False})
 
 
-def test_saved_cuda_engine_is_provider_independent(tiny_engine_dir, tmp_path):
-    """No node in the saved graph is fused for one provider, and the CPU can run it as the
-    export does: what onnxruntime issue 11348 breaks when a CUDA session saves its graph."""
-    manifest = read_manifest(tiny_engine_dir)
-    record = manifest.components["unet"]
-    exported = tiny_engine_dir / record.onnx
+def _fp16_export(folder, tiny_model_dir):
+    spec = load_family(tiny_model_dir, "tiny").specs(("unet",))[0]
+    ranges = resolve_ranges(BuildOptions(), (64, 64), 8)
+    inputs = spec.sample_inputs(spec.opt_point(ranges), np.random.default_rng(0))
+    export_onnx(spec, inputs, folder / "model.onnx", precision=Precision.FP16)
+    return folder / "model.onnx", spec.io(ranges)
+
+
+def test_the_engine_is_saved_by_a_cuda_session_at_the_basic_level(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Never by a CPU session (see the next test), and never above the basic level."""
+    export, io = _fp16_export(tmp_path, tiny_model_dir)
+    made = []
+
+    class Session:  # records what the build asks of ONNX Runtime; no GPU here
+        def __init__(self, path, options, providers):
+            made.append((path, options, providers))
+
+        def get_providers(self):
+            return [CUDA, CPU]
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
     backend = OnnxRuntimeCudaBackend()
-    name, settings = backend.build(exported, tmp_path, record.io, BuildOptions(), tmp_path)
-    assert settings["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert settings["cuda_graph"] is False and "nchwc_block" not in settings
-    assert backend.target() == {}
-    saved = onnx.load(str(tmp_path / name))
-    domains = collections.Counter(node.domain for node in saved.graph.node)
-    assert set(domains) <= {"", "ai.onnx"}, domains  # no provider-specific fused nodes
-    feeds = {
-        "sample": np.random.default_rng(0).standard_normal((2, 4, 32, 32), dtype=np.float32),
-        "timestep": np.array([10.0, 10.0], np.float32),
-        "encoder_hidden_states": np.zeros((2, 77, 32), np.float32),
+    name, settings = backend.build(export, tmp_path, io, BuildOptions(), tmp_path)
+    [(path, options, providers)] = made
+    assert path == str(export) and options.optimized_model_filepath == str(tmp_path / name)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert providers == [(CUDA, cuda_provider_options({})), CPU]
+    assert settings == {
+        "providers": [CUDA, CPU],
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "cuda_graph": False,
     }
-    cpu = ["CPUExecutionProvider"]
-    expected = ort.InferenceSession(str(exported), providers=cpu).run(None, feeds)[0]
-    got = ort.InferenceSession(str(tmp_path / name), providers=cpu).run(None, feeds)[0]
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert backend.target() == {}
+
+
+def test_a_cpu_session_would_save_fp16_nodes_as_fp32(tmp_path, tiny_model_dir):
+    """Why the CUDA build never saves from a CPU session: the saved graph gains Casts to fp32
+    around every node the CPU has no fp16 kernel for, which the GPU would then run in fp32."""
+    export, _ = _fp16_export(tmp_path, tiny_model_dir)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "cpu-saved.onnx")
+    ort.InferenceSession(str(export), options, providers=[CPU])
+
+    def casts(path):
+        return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)["Cast"]
+
+    assert casts(tmp_path / "cpu-saved.onnx") > casts(export)
+
+
+def test_cudnn_fallback_errors_are_quiet_only_while_engines_run(monkeypatch):
+    """Raised to fatal at the first run that starts, back to ONNX Runtime's default only when
+    the last concurrent run ends."""
+    from sdtrt.engine.onnxruntime_cuda import _QuietDefaultLogger
+
+    levels = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
+    quiet = _QuietDefaultLogger()
+    with quiet:
+        with quiet:  # a second engine running meanwhile
+            assert levels == [4]
+        assert levels == [4]
+    assert levels == [4, 2]
+    with pytest.raises(RuntimeError), quiet:
+        raise RuntimeError("a failed run")
+    assert levels == [4, 2, 4, 2]

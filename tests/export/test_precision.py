@@ -1,12 +1,14 @@
 """fp16 through the graph: what stays fp32, and fp16 graphs validated on the CPU against torch."""
 
+import collections
+
 import onnx
 import pytest
 
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import ExportOptions, build
-from sdtrt.export.precision import component_precision, embedding_nodes
+from sdtrt.export.precision import NORM_OPS, component_precision, embedding_nodes, to_fp16
 from sdtrt.tolerances import EXPORT_FP16_RELATIVE
 
 
@@ -62,3 +64,26 @@ def test_fp16_engines_generate(fp16_engines):
     with Pipeline.load(fp16_engines) as pipe:
         images = pipe("a cat", num_inference_steps=3, seed=1, output_type="np").images
     assert images.shape == (1, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
+
+
+def _norms_reading_fp32(model):
+    """Normalisation nodes that read a Cast to fp32, i.e. compute in an fp32 island."""
+    casts_to_fp32 = {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT
+                                       for a in n.attribute)  # fmt: skip
+    }
+    return [n for n in model.graph.node if n.op_type in NORM_OPS and n.input[0] in casts_to_fp32]
+
+
+def test_normalisations_follow_the_backends_graph_style(tiny_engine_dir):
+    """fp32 islands by default; fp16 for a runtime whose kernels keep statistics in fp32."""
+    exported = tiny_engine_dir / "unet" / "model.onnx"  # fp32
+    islands = to_fp16(onnx.load(str(exported)))
+    plain = to_fp16(onnx.load(str(exported)), fp32_norms=False)
+    norms = [n for n in plain.graph.node if n.op_type in NORM_OPS]
+    assert norms and len(_norms_reading_fp32(islands)) == len(norms)
+    assert _norms_reading_fp32(plain) == []
+    ops = [collections.Counter(n.op_type for n in m.graph.node) for m in (islands, plain)]
+    assert ops[1]["Cast"] < ops[0]["Cast"]

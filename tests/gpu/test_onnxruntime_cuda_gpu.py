@@ -5,12 +5,15 @@ that follow changed inputs.
 Marked `gpu`, and skipped unless this onnxruntime has the CUDA provider (onnxruntime-gpu).
 """
 
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from helpers import assert_same_image, psnr
+from onnx import numpy_helper
 
 from sdtrt.engine.backends import load_component
 from sdtrt.engine.manifest import read_manifest
@@ -98,6 +101,35 @@ def test_saved_engines_load_in_a_fresh_process(cuda_engines, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.array_equal(np.load(out), _image(cuda_engines, latents))
+
+
+def _fp32_weight_bytes(path):
+    model = onnx.load(str(path))
+    return sum(
+        numpy_helper.to_array(t).nbytes
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+    )
+
+
+def test_saved_engine_keeps_the_weights_in_their_precision(cuda_engines):
+    """A CUDA session saved it: no fp16 weight came back as an fp32 copy (a CPU session's would)."""
+    manifest = read_manifest(cuda_engines)
+    for record in manifest.components.values():
+        engine, export = cuda_engines / record.engine, cuda_engines / record.onnx
+        assert engine != export
+        assert _fp32_weight_bytes(engine) <= _fp32_weight_bytes(export) + 4096, record.name
+
+
+def test_an_engine_that_does_not_load_falls_back_to_its_export(cuda_engines, tmp_path, caplog):
+    copy = tmp_path / "engines"
+    shutil.copytree(cuda_engines, copy)
+    record = read_manifest(copy).components["vae_decoder"]
+    (copy / record.engine).write_bytes(b"x" * (copy / record.engine).stat().st_size)
+    with load_component(copy, record) as engine:
+        image = engine.infer({"latent": np.zeros((1, 4, 32, 32), np.float32)})["image"]
+    assert image.shape == (1, 3, 64, 64)
+    assert "loading its export instead" in caplog.text
 
 
 def test_cuda_graph_replays_follow_changed_inputs(tiny_model_dir, tiny_engine_dir, tmp_path):
