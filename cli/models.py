@@ -187,7 +187,7 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
     """Show what an engine directory holds: components, backend, ranges, validation errors."""
     with user_errors():
         from sdtrt.engine.manifest import read_manifest
-        from sdtrt.ui.tables import components_table, profiles_table
+        from sdtrt.ui.tables import cleanup_table, components_table, profiles_table
 
         manifest = read_manifest(directory)
         ranges = manifest.ranges
@@ -206,6 +206,9 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
             f"{ranges.max_prompt_chunks} chunks (--prompt-syntax a1111)"
         )
         out.print(components_table(manifest))
+        cleanup = cleanup_table(manifest)
+        if cleanup is not None:
+            out.print(cleanup)
         out.print(profiles_table(manifest))
         from sdtrt.ui.precision import island_lines
 

@@ -9,12 +9,14 @@ would compute fp16 chains in fp32), and tensors are compared by name.
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdtrt.engine.onnx_initializers import INLINE_LIMIT, weight_bytes
 from sdtrt.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -52,9 +54,11 @@ def all_tensors(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[Tensors]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        marked.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    with tempfile.TemporaryDirectory(prefix="sdtrt-layers-") as scratch:
+        session = ort.InferenceSession(
+            _serialized(marked, Path(scratch)), options, providers=["CPUExecutionProvider"]
+        )
+    del marked
     names = [o.name for o in session.get_outputs()]
     results = []
     for feed in feeds:
@@ -62,6 +66,18 @@ def all_tensors(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[Tensors]:
         values.update(feed)
         results.append({k: v for k, v in values.items() if v.dtype in (np.float32, np.float16)})
     return results
+
+
+def _serialized(model: onnx.ModelProto, scratch: Path) -> bytes | str:
+    """The graph as bytes, or, over protobuf's 2 GB limit (SD 1.5's fp32 UNet), as a file in
+    `scratch` with its weights beside it; the session reads the weights while it is made."""
+    import onnx
+
+    if weight_bytes(model) < INLINE_LIMIT:
+        return model.SerializeToString()
+    path = scratch / "marked.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="marked.onnx.data")
+    return str(path)
 
 
 def finite_scale(array: np.ndarray) -> float:

@@ -39,6 +39,14 @@ class Fp32Island(_Frozen):
     reason: str  # the overflow or error vs fp32 that put it there
 
 
+class GraphCleanup(_Frozen):
+    """What constant folding removed from the exported graph before any backend saw it."""
+
+    exported_nodes: int  # as the torch exporter wrote the graph; Constant nodes not counted
+    kept_nodes: int
+    removed: dict[str, int]  # op type -> nodes of that type folded away or found dead
+
+
 class ComponentRecord(_Frozen):
     """One built network: its files, how it was built, and how well it matched torch."""
 
@@ -58,6 +66,7 @@ class ComponentRecord(_Frozen):
     # graph the engine was compared with, relative to the engine directory.
     fp32_islands: list[Fp32Island] = []
     reference_onnx: str | None = None
+    cleanup: GraphCleanup | None = None  # older manifests have none
 
 
 class ModelInfo(_Frozen):

@@ -13,10 +13,14 @@ import mmap
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdtrt.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import onnx
 
 # ModelProto.graph, GraphProto.initializer and the TensorProto fields read below.
 MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5
@@ -24,6 +28,17 @@ DIMS, DATA_TYPE, FLOAT_DATA, NAME, RAW_DATA, EXTERNAL_DATA, DATA_LOCATION = 1, 2
 # TensorProto.DataType values for the weight types an exported graph holds.
 DATA_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+# Below protobuf's 2 GB message limit, with room for the graph itself: bigger graphs keep their
+# weights in a file beside them.
+INLINE_LIMIT = 2**31 - 2**27
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data in the graph; protobuf refuses even to measure a message over 2 GB."""
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    for node in model.graph.node:
+        total += sum(len(a.t.raw_data) for a in node.attribute if a.type == a.TENSOR)
+    return total
 
 
 def _varint(buffer: mmap.mmap | bytes, position: int) -> tuple[int, int]:

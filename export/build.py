@@ -214,7 +214,7 @@ class _Job:
         if self.guarded and precision is Precision.FP16:
             feeds = calibration_feeds(spec, self.ranges, self.calibration_timesteps)
             guard = GuardOptions(feeds, FP16_GUARD_RELATIVE, folder / REFERENCE_NAME)
-        islands = export_onnx(
+        exported = export_onnx(
             spec,
             trace_inputs,
             onnx_path,
@@ -259,6 +259,9 @@ class _Job:
             validation=report,
             build_key=key,
             build_seconds=round(time.perf_counter() - started, 3),
-            fp32_islands=[Fp32Island(node=i.node, op=i.op, reason=i.reason) for i in islands],
+            fp32_islands=[
+                Fp32Island(node=i.node, op=i.op, reason=i.reason) for i in exported.islands
+            ],
             reference_onnx=f"{spec.name}/{REFERENCE_NAME}" if guard is not None else None,
+            cleanup=exported.cleanup,
         )

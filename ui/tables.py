@@ -33,6 +33,23 @@ def components_table(manifest: Manifest) -> Table:
     return table
 
 
+def cleanup_table(manifest: Manifest) -> Table | None:
+    """What constant folding removed from each exported graph; None for older manifests."""
+    records = [r for r in manifest.components.values() if r.cleanup is not None]
+    if not records:
+        return None
+    table = Table(title="exported graphs after constant folding")
+    for column in ("component", "nodes exported", "kept", "most removed"):
+        numeric = column in ("nodes exported", "kept")
+        table.add_column(column, justify="right" if numeric else "left")
+    for record in records:
+        cleanup = record.cleanup
+        assert cleanup is not None
+        top = ", ".join(f"{op} {count}" for op, count in list(cleanup.removed.items())[:4])
+        table.add_row(record.name, str(cleanup.exported_nodes), str(cleanup.kept_nodes), top)
+    return table
+
+
 def profiles_table(manifest: Manifest) -> Table:
     """The shapes each network was built for."""
     table = Table(title="shape ranges (min / opt / max)")

@@ -93,6 +93,7 @@ def test_preset_build_info(tmp_path):
     assert result.exit_code == 0
     assert "32..96 high and 32..128 wide px in steps of 2" in " ".join(result.stdout.split())
     assert "prompts of up to 2 chunks" in " ".join(result.stdout.split())
+    assert "exported graphs after constant folding" in result.stdout
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
     assert manifest["components"]["unet"]["io"]["profile"]["sample"]["max"] == [4, 4, 48, 64]
     states = manifest["components"]["unet"]["io"]["profile"]["encoder_hidden_states"]

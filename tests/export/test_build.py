@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import onnx
 import pytest
 
 from sdtrt.engine.manifest import read_manifest
@@ -39,6 +40,18 @@ def test_manifest_describes_the_build(tiny_engine_dir, tiny_model_dir):
     assert tokenizer["padding"]["strategy"] == {"Fixed": 77}
     scheduler = json.loads((tiny_engine_dir / manifest.scheduler_config).read_text())
     assert scheduler["_class_name"] == "PNDMScheduler" and scheduler["steps_offset"] == 1
+
+
+def test_constant_folding_is_recorded_and_matches_the_saved_graph(tiny_engine_dir):
+    """Polygraphy's passes shrink every exported graph; what is left is what was saved."""
+    for record in read_manifest(tiny_engine_dir).components.values():
+        cleanup = record.cleanup
+        assert cleanup is not None and cleanup.kept_nodes < cleanup.exported_nodes, record.name
+        assert sum(cleanup.removed.values()) >= cleanup.exported_nodes - cleanup.kept_nodes
+        saved = onnx.load(str(tiny_engine_dir / record.onnx), load_external_data=False)
+        assert sum(n.op_type != "Constant" for n in saved.graph.node) == cleanup.kept_nodes
+    unet = read_manifest(tiny_engine_dir).components["unet"].cleanup
+    assert unet is not None and unet.removed.get("Shape", 0) > 0  # shape arithmetic folded
 
 
 def test_same_build_again_reuses_everything(engine_copy, tiny_model_dir):
@@ -107,3 +120,40 @@ def test_a_build_for_another_target_is_not_reused(engine_copy, tiny_model_dir, m
     assert stages == {"text_encoder": ["export", "optimize", "validate", "done"]}
     settings = read_manifest(engine_copy).components["text_encoder"].settings
     assert settings["nchwc_block"] == onnxruntime_backend.nchwc_block(other) != here
+
+
+def test_weights_stay_weights_through_constant_folding(tiny_model_dir, tmp_path, monkeypatch):
+    """Weights leave the graph while constants are folded and come back under their names:
+    folded with the rest, CLIP's position table became a new constant that LoRA switching could
+    not find. The outputs are those of a graph folded weights and all."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from sdtrt.engine.ranges import resolve_ranges
+    from sdtrt.export import onnx_export
+    from sdtrt.export.family import load_family
+
+    spec = load_family(tiny_model_dir, "tiny").specs(("text_encoder",))[0]
+    inputs = spec.sample_inputs(
+        spec.opt_point(resolve_ranges(BuildOptions(), (64, 64), 2)), np.random.default_rng(0)
+    )
+    onnx_export.export_onnx(spec, inputs, tmp_path / "aside.onnx")
+    monkeypatch.setattr(onnx_export, "HEAVY_WEIGHT", 2**40)  # nothing set aside
+    onnx_export.export_onnx(spec, inputs, tmp_path / "whole.onnx")
+
+    def weights(name):
+        return {t.name for t in onnx.load(str(tmp_path / name)).graph.initializer}
+
+    parameters = {f"inner.{name}" for name, _ in spec.text_encoder.named_parameters()}
+    assert "inner.embeddings.position_embedding.weight" in weights("aside.onnx") & parameters
+    assert "inner.embeddings.position_embedding.weight" not in weights("whole.onnx")
+    graph = onnx.load(str(tmp_path / "aside.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids"]
+    read = {name for node in graph.node for name in node.input}
+    assert all(t.name in read for t in graph.initializer)
+    cpu = ["CPUExecutionProvider"]
+    for expected, got in zip(
+        *(ort.InferenceSession(str(tmp_path / name), providers=cpu).run(None, inputs)
+          for name in ("whole.onnx", "aside.onnx")), strict=True,
+    ):  # fmt: skip
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
