@@ -4,7 +4,7 @@ The TorchScript exporter (`dynamo=False`) is used on purpose: on diffusers' UNet
 than the dynamo exporter and its dynamic axes need no symbolic-shape constraints. Its graph is
 then cleaned: dead nodes go, and Polygraphy folds constants pass after pass, inferring shapes
 in between, until the graph stops shrinking (shape arithmetic the exporter wrote out node by
-node, identities, casts of constants: SD 1.5's UNet goes from 1937 nodes to 1574). What went
+node, identities, casts of constants: SD 1.5's UNet goes from 1937 nodes to 1774). What went
 is recorded (GraphCleanup). The result is shape inferred and checked. Graphs over protobuf's
 2 GB limit keep their weights in one external `<name>.data` file beside them.
 """
