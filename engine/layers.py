@@ -8,15 +8,12 @@ would compute fp16 chains in fp32), and tensors are compared by name.
 
 from __future__ import annotations
 
-import copy
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sdtrt.engine.onnx_initializers import INLINE_LIMIT, weight_bytes
 from sdtrt.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -24,6 +21,8 @@ if TYPE_CHECKING:
 
 Feed = Mapping[str, np.ndarray]
 Tensors = dict[str, np.ndarray]
+# Initializers from this size on go to ONNX Runtime as input arrays, beside the serialised graph.
+WEIGHT_BYTES = 4096
 
 
 def _missing(error: ImportError) -> BackendUnavailable:
@@ -44,40 +43,60 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 def all_tensors(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[Tensors]:
     """Every float tensor of `model` (graph inputs included) for each feed."""
+    return list(each_tensors(model, feeds))
+
+
+def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tensors]:
+    """`all_tensors`, one feed at a time: a caller that compares and lets go holds one run's
+    tensors at once (every tensor of SD 1.5's UNet, several GB, per feed).
+
+    The graph reaches ONNX Runtime with its weights turned into inputs, fed as arrays at each
+    run (ONNX Runtime reads numpy inputs in place; nothing is folded with optimisations off):
+    no second copy of a multi-GB graph is made, and none passes protobuf's 2 GB limit."""
     try:
         import onnxruntime as ort
         from polygraphy import constants
         from polygraphy.backend.onnx import modify_outputs
     except ImportError as error:
         raise _missing(error) from None
-    marked = modify_outputs(copy.deepcopy(model), outputs=constants.MARK_ALL)
+    graph, weights = _without_weights(model)
+    marked = modify_outputs(graph, outputs=constants.MARK_ALL)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="sdtrt-layers-") as scratch:
-        session = ort.InferenceSession(
-            _serialized(marked, Path(scratch)), options, providers=["CPUExecutionProvider"]
-        )
-    del marked
+    session = ort.InferenceSession(
+        marked.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    del marked, graph
     names = [o.name for o in session.get_outputs()]
-    results = []
     for feed in feeds:
-        values = dict(zip(names, session.run(names, dict(feed)), strict=True))
-        values.update(feed)
-        results.append({k: v for k, v in values.items() if v.dtype in (np.float32, np.float16)})
-    return results
+        run = dict(zip(names, session.run(names, {**feed, **weights}), strict=True))
+        run.update(feed)
+        yield {k: v for k, v in run.items() if v.dtype in (np.float32, np.float16)}
 
 
-def _serialized(model: onnx.ModelProto, scratch: Path) -> bytes | str:
-    """The graph as bytes, or, over protobuf's 2 GB limit (SD 1.5's fp32 UNet), as a file in
-    `scratch` with its weights beside it; the session reads the weights while it is made."""
+def _without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose weights are graph inputs, and those weights as arrays."""
     import onnx
+    from onnx import numpy_helper
 
-    if weight_bytes(model) < INLINE_LIMIT:
-        return model.SerializeToString()
-    path = scratch / "marked.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, location="marked.onnx.data")
-    return str(path)
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    graph = light.graph
+    graph.name = model.graph.name
+    for field in ("node", "input", "output", "value_info"):
+        getattr(graph, field).extend(getattr(model.graph, field))
+    weights: dict[str, np.ndarray] = {}
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) >= WEIGHT_BYTES:
+            weights[tensor.name] = numpy_helper.to_array(tensor)
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+        else:
+            graph.initializer.append(tensor)
+    return light, weights
 
 
 def finite_scale(array: np.ndarray) -> float:
@@ -105,7 +124,7 @@ def relative_error(expected: np.ndarray, actual: np.ndarray, scale: float) -> fl
 
 
 def tensor_errors(
-    reference: Sequence[Tensors], actual: Sequence[Tensors], scales: Mapping[str, float]
+    reference: Sequence[Tensors], actual: Iterable[Tensors], scales: Mapping[str, float]
 ) -> dict[str, float]:
     """Worst relative error per tensor over the runs, for tensors both have with equal shapes."""
     errors: dict[str, float] = {}

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from sdtrt.engine.layers import all_tensors, scales_of, tensor_errors
+from sdtrt.engine.layers import all_tensors, each_tensors, scales_of, tensor_errors
 from sdtrt.engine.ranges import BuildRanges
 from sdtrt.errors import BuildError
 from sdtrt.export import fp16
@@ -101,7 +101,7 @@ class _Reference:
         # Largest finite |x| per tensor (infinities, as in attention masks, exist in fp16 too).
         self.scale = scales_of(self.values)
 
-    def errors(self, values: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    def errors(self, values: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
         """Relative error of each tensor vs fp32 (max |a - b| / max |b|); inf when not finite."""
         return tensor_errors(self.values, values, self.scale)
 
@@ -165,7 +165,7 @@ class _Search:
         """The converted graph, each tensor's error, and the worst output error."""
         self.rounds += 1
         converted = self.convert(keep)
-        errors = self.reference.errors(all_tensors(converted, self.feeds))
+        errors = self.reference.errors(each_tensors(converted, self.feeds))
         worst = max(errors.get(name, float("inf")) for name in self.outputs)
         return converted, errors, worst
 
