@@ -124,7 +124,9 @@ def relative_error(expected: np.ndarray, actual: np.ndarray, scale: float) -> fl
 
 
 def tensor_errors(
-    reference: Sequence[Tensors], actual: Iterable[Tensors], scales: Mapping[str, float]
+    reference: Sequence[Mapping[str, np.ndarray]],
+    actual: Iterable[Tensors],
+    scales: Mapping[str, float],
 ) -> dict[str, float]:
     """Worst relative error per tensor over the runs, for tensors both have with equal shapes."""
     errors: dict[str, float] = {}

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from sdtrt.engine.layers import all_tensors, each_tensors, scales_of, tensor_errors
+from sdtrt.engine.layers import each_tensors, scales_of, tensor_errors
 from sdtrt.engine.ranges import BuildRanges
 from sdtrt.errors import BuildError
 from sdtrt.export import fp16
@@ -93,17 +94,43 @@ def calibration_feeds(
     return tuple(feeds)
 
 
-class _Reference:
-    """The fp32 graph's tensors on the calibration inputs, and their scales."""
+class _StoredRun(Mapping[str, np.ndarray]):
+    """One calibration input's fp32 tensors, written to `folder` and read back memory-mapped:
+    SD 1.5's UNet has several GB of them per input, more than memory holds three times over."""
 
-    def __init__(self, model: onnx.ModelProto, feeds: Sequence[Feed]) -> None:
-        self.values = all_tensors(model, feeds)
+    def __init__(self, run: Mapping[str, np.ndarray], folder: Path) -> None:
+        folder.mkdir()
+        self._paths = {}
+        for index, (name, array) in enumerate(run.items()):
+            self._paths[name] = folder / f"{index}.npy"
+            np.save(self._paths[name], array)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.load(self._paths[name], mmap_mode="r")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+class _Reference:
+    """The fp32 graph's tensors on the calibration inputs (on disk, see _StoredRun), and their
+    scales."""
+
+    def __init__(self, model: onnx.ModelProto, feeds: Sequence[Feed], scratch: Path) -> None:
+        self.runs = []
         # Largest finite |x| per tensor (infinities, as in attention masks, exist in fp16 too).
-        self.scale = scales_of(self.values)
+        self.scale: dict[str, float] = {}
+        for index, run in enumerate(each_tensors(model, feeds)):
+            for name, scale in scales_of([run]).items():
+                self.scale[name] = max(self.scale.get(name, 0.0), scale)
+            self.runs.append(_StoredRun(run, scratch / f"reference-{index}"))
 
     def errors(self, values: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
         """Relative error of each tensor vs fp32 (max |a - b| / max |b|); inf when not finite."""
-        return tensor_errors(self.values, values, self.scale)
+        return tensor_errors(self.runs, values, self.scale)
 
 
 def _float_inputs(node: onnx.NodeProto, reference: _Reference) -> list[str]:
@@ -148,14 +175,16 @@ def _first_divergent(
 
 
 class _Search:
-    def __init__(self, model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float, scratch: Path
+    ) -> None:
         fp16.name_nodes(model.graph)  # islands are kept by name
         self.model = model
         self.feeds = feeds
         self.tolerance = tolerance
         self.base = embedding_nodes(model.graph)
         self.outputs = [o.name for o in model.graph.output]
-        self.reference = _Reference(model, feeds)
+        self.reference = _Reference(model, feeds, scratch)
         self.rounds = 0
 
     def convert(self, keep: set[str]) -> onnx.ModelProto:
@@ -208,7 +237,14 @@ def guard_fp16(model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float) 
     islands that keep its outputs finite and within `tolerance` of fp32 on `feeds`."""
     if not feeds:
         raise BuildError("the fp16 guard needs at least one calibration input")
-    search = _Search(model, feeds, tolerance)
+    with tempfile.TemporaryDirectory(prefix="sdtrt-fp16-guard-") as scratch:
+        return _guarded(model, feeds, tolerance, Path(scratch))
+
+
+def _guarded(
+    model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float, scratch: Path
+) -> GuardResult:
+    search = _Search(model, feeds, tolerance, scratch)
     islands = {
         name: island
         for name, island in _overflow_islands(model.graph, search.reference).items()

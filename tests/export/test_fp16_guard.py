@@ -83,6 +83,27 @@ def test_guard_keeps_exactly_the_overflowing_nodes() -> None:
     assert any(name.endswith("_as_fp16") for name in side.input)
 
 
+def test_reference_tensors_wait_on_disk_and_go_with_the_guard(tmp_path, monkeypatch) -> None:
+    """SD 1.5's fp32 tensors do not fit in memory three times over: each calibration input's
+    are written out, read back memory-mapped, and removed when the guard is done."""
+    import tempfile
+
+    from sdtrt.export.fp16_guard import _StoredRun
+
+    run = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b/with:odd names": np.ones(4)}
+    stored = _StoredRun(run, tmp_path / "run")
+    assert list(stored) == list(run) and len(stored) == 2
+    assert isinstance(stored["a"], np.memmap)
+    np.testing.assert_array_equal(stored["a"], run["a"])
+    np.testing.assert_array_equal(stored["b/with:odd names"], run["b/with:odd names"])
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    feeds = [{"x": np.random.default_rng(1).standard_normal((4, 16), dtype=np.float32)}]
+    guard_fp16(_overflowing_graph(), feeds, FP16_GUARD_RELATIVE)
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
 def test_guard_needs_calibration_inputs() -> None:
     with pytest.raises(BuildError, match="calibration"):
         guard_fp16(_overflowing_graph(), [], FP16_GUARD_RELATIVE)
@@ -148,12 +169,12 @@ def _cancelling_graph() -> onnx.ModelProto:
     return model
 
 
-def test_growth_starts_at_the_first_divergence_then_moves_upstream() -> None:
+def test_growth_starts_at_the_first_divergence_then_moves_upstream(tmp_path) -> None:
     """The growth rule on given errors: onnxruntime's CPU provider computes chains of fp16 ops
     it has no fp16 kernels for in fp32, so on this CPU the cancellation does not show."""
     rng = np.random.default_rng(2)
     feeds = [{"x": rng.standard_normal((4, 16), dtype=np.float32)}]
-    search = _Search(_cancelling_graph(), feeds, FP16_GUARD_RELATIVE)
+    search = _Search(_cancelling_graph(), feeds, FP16_GUARD_RELATIVE, tmp_path)
     graph = search.model.graph
     errors = {"x": 0.0, "shifted": 1e-4, "back": 0.1, "y": 0.0, "z": 0.05}
     first = _grow(graph, search, {}, errors)
