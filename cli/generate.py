@@ -100,7 +100,7 @@ def run(
     """Generate images from a prompt with the engines in DIRECTORY (from --image too)."""
     with user_errors():
         from sdtrt.engine.lora import parse_lora_arg
-        from sdtrt.runtime.images import parameters_text, save_png
+        from sdtrt.runtime.images import generation_settings, parameters_text, save_png
         from sdtrt.runtime.pipeline import Pipeline
         from sdtrt.ui.tables import timing_table
 
@@ -144,25 +144,13 @@ def run(
                 )
             request = result.request
             for index, (image, path) in enumerate(zip(result.images, paths, strict=True)):
-                settings = {
-                    "Steps": request.steps,
-                    "Sampler": request.scheduler,
-                    "CFG scale": request.guidance_scale,
-                    "Seed": request.seed,
-                    "Size": f"{request.width}x{request.height}",
-                    "Model": pipe.manifest.model.name,
-                }
-                if loras:
-                    settings["LoRA"] = ", ".join(source.describe() for source in loras)
-                if request.noise != "torch":
-                    settings["Noise"] = request.noise
-                if request.clip_skip:
-                    # The web UI counts the last layer as 1: its "Clip skip: 2" skips one.
-                    settings["Clip skip"] = request.clip_skip + 1
-                if result.strength is not None:  # made from an input image
-                    settings["Denoising strength"] = result.strength
-                if batch > 1:
-                    settings["Batch pos"] = index
+                settings = generation_settings(
+                    request,
+                    pipe.manifest.model.name,
+                    index,
+                    loras=", ".join(source.describe() for source in loras),
+                    strength=result.strength,  # set for a call made from an input image
+                )
                 try:
                     save_png(image, path, parameters_text(prompt, negative, settings))  # type: ignore[arg-type]
                 except OSError as error:

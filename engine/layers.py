@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 Feed = Mapping[str, np.ndarray]
 Tensors = dict[str, np.ndarray]
-# Initializers from this size on go to ONNX Runtime as input arrays, beside the serialised graph.
-WEIGHT_BYTES = 4096
+# Float tensors from this size on are weights (see weights_as_inputs); smaller ones are the
+# constants of the graph's arithmetic.
+WEIGHT_BYTES = 1024
 
 
 def _missing(error: ImportError) -> BackendUnavailable:
@@ -59,7 +60,11 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
         from polygraphy.backend.onnx import modify_outputs
     except ImportError as error:
         raise _missing(error) from None
-    graph, weights = _without_weights(model)
+    from onnx import numpy_helper
+
+    graph, tensors = weights_as_inputs(model)
+    weights = {t.name: numpy_helper.to_array(t) for t in tensors}
+    del tensors
     marked = modify_outputs(graph, outputs=constants.MARK_ALL)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -75,11 +80,13 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
         yield {k: v for k, v in run.items() if v.dtype in (np.float32, np.float16)}
 
 
-def _without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """A copy of `model` whose weights are graph inputs, and those weights as arrays."""
+def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of `model` whose weights (float tensors of WEIGHT_BYTES or more) are graph inputs
+    of the same names and shapes, and those weights: the copy is small whatever the graph's
+    size, and nothing computed from a weight is folded or rewritten in it."""
     import onnx
-    from onnx import numpy_helper
 
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -87,10 +94,10 @@ def _without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     graph.name = model.graph.name
     for field in ("node", "input", "output", "value_info"):
         getattr(graph, field).extend(getattr(model.graph, field))
-    weights: dict[str, np.ndarray] = {}
+    weights = []
     for tensor in model.graph.initializer:
-        if len(tensor.raw_data) >= WEIGHT_BYTES:
-            weights[tensor.name] = numpy_helper.to_array(tensor)
+        if tensor.data_type in floats and len(tensor.raw_data) >= WEIGHT_BYTES:
+            weights.append(tensor)
             graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )

@@ -10,6 +10,7 @@ the portable exported graph instead (slower to load, same results) and says so.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -68,6 +69,30 @@ def saving_options(onnx_path: Path, out_dir: Path, level: str) -> Any:
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
         )
     return options
+
+
+class QuietDefaultLogger:
+    """ONNX Runtime's default logger held at `severity` while any holder is inside, back to
+    ONNX Runtime's usual level when the last one leaves (threads may overlap)."""
+
+    ERROR, FATAL, USUAL = 3, 4, 2  # ONNX Runtime's severities; 2 (warning) is its default
+
+    def __init__(self, severity: int) -> None:
+        self._severity = severity
+        self._lock = threading.Lock()
+        self._inside = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                _ort().set_default_logger_severity(self._severity)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                _ort().set_default_logger_severity(self.USUAL)
 
 
 def require_providers(wanted: list[str], available: list[str]) -> None:

@@ -30,6 +30,7 @@ from sdtrt.engine.onnxruntime_backend import (
     ENGINE_NAME,
     OnnxRuntimeBackend,
     OrtEngine,
+    QuietDefaultLogger,
     _ort,
     require_started,
     saving_options,
@@ -75,35 +76,12 @@ def load_cuda_libraries() -> None:
         preload()
 
 
-class _QuietDefaultLogger:
-    """ONNX Runtime's default logger raised to fatal while any CUDA engine runs.
-
-    At the first run of each input shape, ONNX Runtime's CUDA convolutions log one error per
-    convolution that cuDNN's frontend has no execution plan for, then carry on with another
-    algorithm: 97 lines for SD 1.5's UNet on an H200 (onnxruntime-gpu 1.31.1), whose outputs
-    were right. Failures that matter come back as exceptions; session start-up, where a missing
-    CUDA library is reported, keeps the usual level."""
-
-    FATAL, USUAL = 4, 2  # ONNX Runtime's severities; 2 (warning) is its default
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._running == 0:
-                _ort().set_default_logger_severity(self.FATAL)
-            self._running += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                _ort().set_default_logger_severity(self.USUAL)
-
-
-QUIET_CUDNN_FALLBACKS = _QuietDefaultLogger()
+# At the first run of each input shape, ONNX Runtime's CUDA convolutions log one error per
+# convolution that cuDNN's frontend has no execution plan for, then carry on with another
+# algorithm: 97 lines for SD 1.5's UNet on an H200 (onnxruntime-gpu 1.31.1), whose outputs were
+# right. Those first runs are quiet; failures that matter come back as exceptions, and session
+# start-up, where a missing CUDA library is reported, and later runs keep the usual level.
+QUIET_CUDNN_FALLBACKS = QuietDefaultLogger(QuietDefaultLogger.FATAL)
 
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
@@ -161,6 +139,7 @@ class OrtCudaEngine(OrtEngine):
         self._resident: dict[str, tuple[np.ndarray, Any]] = {}
         self._graphed = bool(settings.get("cuda_graph"))
         self._graphs: dict[tuple[tuple[int, ...], ...], _Recorded] = {}
+        self._searched: set[tuple[tuple[int, ...], ...]] = set()  # input shapes run before
         self._lock = threading.Lock()
 
     def provider_options(
@@ -178,10 +157,14 @@ class OrtCudaEngine(OrtEngine):
         return value
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with QUIET_CUDNN_FALLBACKS:
-            if self._graphed:
-                return self._run_graphed(feeds)
-            return self._run_bound(feeds)
+        run = self._run_graphed if self._graphed else self._run_bound
+        shapes = tuple(array.shape for array in feeds.values())
+        if shapes in self._searched:
+            return run(feeds)
+        with QUIET_CUDNN_FALLBACKS:  # cuDNN searches its algorithms on a shape's first run
+            outputs = run(feeds)
+        self._searched.add(shapes)
+        return outputs
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self._session.io_binding()

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,10 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
+from sdtrt.engine.layers import weights_as_inputs
 from sdtrt.engine.manifest import GraphCleanup
 from sdtrt.engine.onnx_initializers import INLINE_LIMIT, weight_bytes
+from sdtrt.engine.onnxruntime_backend import QuietDefaultLogger
 from sdtrt.engine.options import GraphStyle, Precision
 from sdtrt.errors import BuildError
 from sdtrt.export import fp16
@@ -39,9 +40,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 PLAIN = GraphStyle()
-# Float tensors from this size on are weights, set aside while constants are folded (see
-# _set_weights_aside); smaller ones are constants of the graph's arithmetic.
-HEAVY_WEIGHT = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +99,16 @@ def export_onnx(
 
 def _clean(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphCleanup]:
     exported = _compute_nodes(model)
-    weights = _set_weights_aside(model)
-    model = _fold(model)
+    # What folding should remove is shape arithmetic and small constants; the torch exporter has
+    # folded what the weights feed already. Weights must stay weights, under their names: LoRA
+    # switching finds them so (folded, CLIP's position table became a new constant). And each
+    # folding pass copies the whole model: SD 1.5's 3.4 GB UNet, folded with its weights, ran
+    # out of 24 GB.
+    light, weights = weights_as_inputs(model)
+    del model  # the weights hold what is still needed of it
+    model = _fold(light)
     _put_weights_back(model, weights)
+    del weights
     graph = gs.import_onnx(model)
     del model
     model = gs.export_onnx(graph.cleanup().toposort())
@@ -114,31 +119,8 @@ def _clean(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphCleanup]:
     )
 
 
-def _set_weights_aside(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Take the weights out of `model`, leaving graph inputs of their names and shapes.
-
-    What folding should remove is shape arithmetic and small constants; the torch exporter has
-    folded what the weights feed already. Weights must stay weights, under their names: LoRA
-    switching finds them so (folded, CLIP's position table became a new constant). And each
-    folding pass copies the whole model: SD 1.5's 3.4 GB UNet, folded with its weights, ran out
-    of 24 GB."""
-    graph = model.graph
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    heavy = [
-        t for t in graph.initializer if t.data_type in floats and len(t.raw_data) >= HEAVY_WEIGHT
-    ]
-    names = {t.name for t in heavy}
-    kept = [t for t in graph.initializer if t.name not in names]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    graph.input.extend(
-        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in heavy
-    )
-    return heavy
-
-
 def _put_weights_back(model: onnx.ModelProto, weights: list[onnx.TensorProto]) -> None:
-    """The weights `_set_weights_aside` took, back as weights (those a node still reads)."""
+    """The weights `weights_as_inputs` made inputs, back as weights (those a node still reads)."""
     names = {t.name for t in weights}
     inputs = [i for i in model.graph.input if i.name not in names]
     del model.graph.input[:]
@@ -153,7 +135,9 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR  # its per-pass progress is not the build's
-    with quiet_onnxruntime():  # folding runs constant subgraphs on ONNX Runtime
+    # Folding runs constant subgraphs on ONNX Runtime, whose optimisers warn about every node
+    # they leave alone.
+    with QuietDefaultLogger(QuietDefaultLogger.ERROR):
         return fold_constants(
             model,
             num_passes=None,
@@ -166,19 +150,6 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
 def _compute_nodes(model: onnx.ModelProto) -> collections.Counter[str]:
     """Nodes by op type, Constant nodes aside: folding turns those into weights, not away."""
     return collections.Counter(n.op_type for n in model.graph.node if n.op_type != "Constant")
-
-
-@contextlib.contextmanager
-def quiet_onnxruntime() -> Iterator[None]:
-    """ONNX Runtime's default logger at errors only: folding sessions warn about every node
-    their own optimisers leave alone."""
-    import onnxruntime
-
-    onnxruntime.set_default_logger_severity(3)
-    try:
-        yield
-    finally:
-        onnxruntime.set_default_logger_severity(2)  # its default
 
 
 def _save_checked(model: onnx.ModelProto, path: Path) -> None:

@@ -20,22 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdtrt.engine.base import Engine
-from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
 from sdtrt.runtime.prompt_syntax import Chunk, PromptSyntax, parse_prompt, split_chunks
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 LAYER_STATES = "layer_states"  # the text encoder output clip skip reads (see export/specs.py)
-
-
-def max_prompt_chunks(unet_io: ComponentIO, length: int) -> int:
-    """How many text-encoder lengths the UNet accepts; 1 for engines built before chunks."""
-    states = unet_io.input("encoder_hidden_states")
-    tokens = states.shape[1]
-    if isinstance(tokens, int):
-        return tokens // length
-    allowed = unet_io.profile.get(states.name)
-    return 1 if allowed is None else int(allowed.max[1]) // length
 
 
 def apply_weights(states: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -58,10 +47,11 @@ class TokenChunk:
 class TextConditioner:
     """Runs the text encoder engine for a pipeline call."""
 
-    def __init__(self, encoder: Engine, tokenizer: PromptTokenizer, unet_io: ComponentIO) -> None:
+    def __init__(self, encoder: Engine, tokenizer: PromptTokenizer, max_chunks: int) -> None:
+        """`max_chunks`: the text-encoder lengths the UNet was built to attend to."""
         self.encoder = encoder
         self.tokenizer = tokenizer
-        self.max_chunks = max_prompt_chunks(unet_io, tokenizer.length)
+        self.max_chunks = max_chunks
         outputs = {t.name: t for t in encoder.outputs}
         layer_states = outputs.get(LAYER_STATES)
         self.layers = None if layer_states is None else int(layer_states.shape[1])

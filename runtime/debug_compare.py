@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,9 +27,6 @@ from sdtrt.engine.manifest import ComponentRecord, Manifest, read_manifest
 from sdtrt.engine.options import Precision
 from sdtrt.runtime.tokenizer import PromptTokenizer
 from sdtrt.tolerances import EXPORT_TOLERANCE
-
-if TYPE_CHECKING:
-    import onnx
 
 # How many diverging tensors to report per network: the first ones carry the information.
 FIRST_DIVERGING = 5
@@ -91,15 +87,20 @@ def _inputs(
     return feeds
 
 
-def _layer_graph(directory: Path, record: ComponentRecord) -> onnx.ModelProto:
+def _layer_path(directory: Path, record: ComponentRecord) -> Path:
     """The graph the engine runs, where it is ONNX (ONNX Runtime's optimised file), else the
     ONNX it was built from."""
     engine = directory / record.engine
-    return load_graph(engine if engine.suffix == ".onnx" else directory / record.onnx)
+    return engine if engine.suffix == ".onnx" else directory / record.onnx
 
 
 def compare_component(
-    directory: Path, manifest: Manifest, name: str, prompt: str, seed: int = 0
+    directory: Path,
+    manifest: Manifest,
+    tokenizer: PromptTokenizer,
+    name: str,
+    prompt: str,
+    seed: int = 0,
 ) -> ComponentComparison:
     record = manifest.components[name]
     tolerance = EXPORT_TOLERANCE[record.precision]
@@ -111,9 +112,9 @@ def compare_component(
             "(rebuild with --fp16-guard to compare)"
         )
         return result
-    tokenizer = PromptTokenizer(directory / manifest.tokenizer)
     feeds = _inputs(record, manifest, tokenizer, prompt, seed)
-    reference = all_tensors(load_graph(directory / reference_path), [feeds])
+    reference_graph = load_graph(directory / reference_path)
+    reference = all_tensors(reference_graph, [feeds])
     with load_component(directory, record) as engine:
         produced = engine.infer(feeds)
     for spec in record.io.outputs:
@@ -121,8 +122,12 @@ def compare_component(
         scale = float(np.abs(expected).max()) if expected.size else 0.0
         error = relative_error(expected, produced[spec.name], scale)
         result.outputs.append(Divergence(spec.name, error))
-    graph = _layer_graph(directory, record)
-    actual = all_tensors(graph, [feeds])
+    layer_path = _layer_path(directory, record)
+    if layer_path == directory / reference_path:  # an fp32 engine not in ONNX: the same graph
+        graph, actual = reference_graph, reference
+    else:
+        graph = load_graph(layer_path)
+        actual = all_tensors(graph, [feeds])
     errors = tensor_errors(reference, actual, scales_of(reference))
     inputs = {t.name for t in record.io.inputs}
     for node in graph.graph.node:  # graph order: the first divergence is the cause
@@ -137,5 +142,6 @@ def compare_component(
 def compare(directory: Path, prompt: str, seed: int = 0) -> list[ComponentComparison]:
     """Every network of the engine directory next to its fp32 reference."""
     manifest = read_manifest(directory)
-    return [compare_component(directory, manifest, name, prompt, seed)
+    tokenizer = PromptTokenizer(directory / manifest.tokenizer)
+    return [compare_component(directory, manifest, tokenizer, name, prompt, seed)
             for name in manifest.components]  # fmt: skip

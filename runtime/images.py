@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sdtrt.runtime.request import Request
+
 
 def postprocess(decoded: np.ndarray) -> np.ndarray:
     """VAE output (N, 3, H, W) in [-1, 1] to (N, H, W, 3) float32 in [0, 1], as diffusers does."""
@@ -20,6 +22,33 @@ def postprocess(decoded: np.ndarray) -> np.ndarray:
 def to_pil(images: np.ndarray) -> list[Image.Image]:
     pixels = (images * 255).round().astype(np.uint8)
     return [Image.fromarray(p) for p in pixels]
+
+
+def generation_settings(
+    request: Request, model: str, index: int, *, loras: str = "", strength: float | None = None
+) -> dict[str, object]:
+    """The settings of image `index` of a pipeline call, under the A1111 web UI's keys; `loras`
+    and `strength` (image to image) where the call had them."""
+    settings: dict[str, object] = {
+        "Steps": request.steps,
+        "Sampler": request.scheduler,
+        "CFG scale": request.guidance_scale,
+        "Seed": request.seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model": model,
+    }
+    if loras:
+        settings["LoRA"] = loras
+    if request.noise != "torch":
+        settings["Noise"] = request.noise
+    if request.clip_skip:
+        # The web UI counts the last layer as 1: its "Clip skip: 2" skips one.
+        settings["Clip skip"] = request.clip_skip + 1
+    if strength is not None:
+        settings["Denoising strength"] = strength
+    if request.batch > 1:
+        settings["Batch pos"] = index
+    return settings
 
 
 def parameters_text(prompt: str, negative_prompt: str, settings: Mapping[str, object]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -77,6 +77,20 @@ def _load_engine(directory: Path, manifest: Manifest, name: str, backend: str | 
     return load_component(directory, record)
 
 
+def read_scheduler_config(directory: Path, manifest: Manifest) -> dict[str, Any]:
+    """The scheduler config an engine directory was built with."""
+    path = directory / manifest.scheduler_config
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from None
+
+
+def default_scheduler(scheduler_config: Mapping[str, Any]) -> str:
+    """The diffusers class the model's own scheduler config names."""
+    return str(scheduler_config.get("_class_name", "PNDMScheduler"))
+
+
 class Pipeline:
     """Stable Diffusion over an engine directory written by `sdtrt build`: text to image, and
     image to image and inpainting where the directory has a VAE encoder."""
@@ -97,7 +111,9 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
         self.loras: tuple[LoraSource, ...] = ()  # applied on top of the built weights
-        self.conditioner = TextConditioner(engines["text_encoder"], tokenizer, engines["unet"].io)
+        self.conditioner = TextConditioner(
+            engines["text_encoder"], tokenizer, manifest.ranges.max_prompt_chunks
+        )
         self._opening = threading.Lock()
 
     @classmethod
@@ -105,13 +121,7 @@ class Pipeline:
         """Open an engine directory; `backend`, when given, must be the one it was built for."""
         directory = Path(directory)
         manifest = read_manifest(directory)
-        config_path = directory / manifest.scheduler_config
-        try:
-            scheduler_config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ArtifactError(
-                f"{config_path} cannot be read ({error}); rebuild the engines"
-            ) from None
+        scheduler_config = read_scheduler_config(directory, manifest)
         tokenizer = PromptTokenizer(directory / manifest.tokenizer)
         engines: dict[str, Engine] = {}
         try:
@@ -125,7 +135,7 @@ class Pipeline:
 
     @property
     def default_scheduler(self) -> str:
-        return str(self.scheduler_config.get("_class_name", "PNDMScheduler"))
+        return default_scheduler(self.scheduler_config)
 
     def __call__(
         self,

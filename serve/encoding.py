@@ -7,24 +7,13 @@ import io
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdtrt.runtime.images import parameters_text
+from sdtrt.runtime.images import generation_settings, parameters_text
 from sdtrt.runtime.request import Request
 
 
-def infotext(request: Request, model: str, index: int, seed: int) -> str:
-    """The `parameters` text for image `index` of a pipeline call: same keys as `sdtrt run`."""
-    settings: dict[str, object] = {
-        "Steps": request.steps,
-        "Sampler": request.scheduler,
-        "CFG scale": request.guidance_scale,
-        "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
-        "Model": model,
-    }
-    if request.noise != "torch":
-        settings["Noise"] = request.noise
-    if request.batch > 1:
-        settings["Batch pos"] = index
+def infotext(request: Request, model: str, index: int) -> str:
+    """The `parameters` text for image `index` of a pipeline call, as `sdtrt run` writes it."""
+    settings = generation_settings(request, model, index)
     return parameters_text(request.prompts[0], request.negative_prompts[0], settings)
 
 

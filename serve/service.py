@@ -10,7 +10,6 @@ queued and running ones finish (up to a timeout, after which they are cancelled)
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import threading
@@ -21,7 +20,12 @@ from pathlib import Path
 
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError, SdtrtError
-from sdtrt.runtime.pipeline import GenerationOutput, Pipeline
+from sdtrt.runtime.pipeline import (
+    GenerationOutput,
+    Pipeline,
+    default_scheduler,
+    read_scheduler_config,
+)
 from sdtrt.runtime.request import Request, make_request
 from sdtrt.serve.encoding import infotext, png_bytes
 from sdtrt.serve.errors import (
@@ -74,7 +78,9 @@ class Service:
     ) -> None:
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
-        self.default_scheduler = _default_scheduler(self.directory, self.manifest)
+        self.default_scheduler = default_scheduler(
+            read_scheduler_config(self.directory, self.manifest)
+        )
         self.workers = default_workers(self.manifest) if workers is None else workers
         if self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
@@ -342,7 +348,7 @@ class Service:
         for output in outputs:
             request = output.request
             for index, image in enumerate(output.images):
-                text = infotext(request, self.manifest.model.name, index, request.seed)
+                text = infotext(request, self.manifest.model.name, index)
                 pngs.append(png_bytes(image, text))  # type: ignore[arg-type]
                 seeds.append(request.seed)
                 texts.append(text)
@@ -378,12 +384,3 @@ class Service:
         finished = [job_id for job_id, job in self._jobs.items() if job.state.finished]
         for job_id in finished[: max(0, len(finished) - self._history)]:
             del self._jobs[job_id]
-
-
-def _default_scheduler(directory: Path, manifest: Manifest) -> str:
-    path = directory / manifest.scheduler_config
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from None
-    return str(config.get("_class_name", "PNDMScheduler"))

@@ -15,9 +15,11 @@ def test_weights_go_beside_the_graph_and_every_tensor_comes_back(tiny_engine_dir
     record = read_manifest(tiny_engine_dir).components["unet"]
     path = tiny_engine_dir / record.onnx
     model = onnx.load(str(path))
-    light, weights = layers._without_weights(model)
-    assert weights and all(t.name not in weights for t in light.graph.initializer)
-    assert light.ByteSize() < model.ByteSize() - sum(a.nbytes for a in weights.values()) + 4096
+    light, weights = layers.weights_as_inputs(model)
+    names = {t.name for t in weights}
+    assert names and names <= {i.name for i in light.graph.input}
+    assert all(t.name not in names for t in light.graph.initializer)
+    assert light.ByteSize() < model.ByteSize() - sum(len(t.raw_data) for t in weights) + 4096
     rng = np.random.default_rng(0)
     feeds = [
         {

@@ -83,11 +83,11 @@ def test_a_cpu_session_would_save_fp16_nodes_as_fp32(tmp_path, tiny_model_dir):
 def test_cudnn_fallback_errors_are_quiet_only_while_engines_run(monkeypatch):
     """Raised to fatal at the first run that starts, back to ONNX Runtime's default only when
     the last concurrent run ends."""
-    from sdtrt.engine.onnxruntime_cuda import _QuietDefaultLogger
+    from sdtrt.engine.onnxruntime_backend import QuietDefaultLogger
 
     levels = []
     monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
-    quiet = _QuietDefaultLogger()
+    quiet = QuietDefaultLogger(QuietDefaultLogger.FATAL)
     with quiet:
         with quiet:  # a second engine running meanwhile
             assert levels == [4]
@@ -95,4 +95,25 @@ def test_cudnn_fallback_errors_are_quiet_only_while_engines_run(monkeypatch):
     assert levels == [4, 2]
     with pytest.raises(RuntimeError), quiet:
         raise RuntimeError("a failed run")
+    assert levels == [4, 2, 4, 2]
+
+
+def test_only_a_shapes_first_run_is_quiet(monkeypatch):
+    """cuDNN's algorithm search, and its messages, happen at the first run of each input shape;
+    later runs, and whatever they log, keep ONNX Runtime's usual level."""
+    import numpy as np
+
+    from sdtrt.engine.onnxruntime_cuda import OrtCudaEngine
+
+    levels = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
+    engine = OrtCudaEngine.__new__(OrtCudaEngine)  # no GPU here: only the run bookkeeping
+    engine._graphed, engine._searched = False, set()
+    engine._run_bound = lambda feeds: {"y": feeds["x"]}
+    small, large = np.zeros((1, 4)), np.zeros((2, 4))
+    engine._run({"x": small})
+    assert levels == [4, 2]
+    engine._run({"x": small})
+    assert levels == [4, 2]
+    engine._run({"x": large})
     assert levels == [4, 2, 4, 2]

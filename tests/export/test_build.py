@@ -129,6 +129,7 @@ def test_weights_stay_weights_through_constant_folding(tiny_model_dir, tmp_path,
     import numpy as np
     import onnxruntime as ort
 
+    from sdtrt.engine import layers
     from sdtrt.engine.ranges import resolve_ranges
     from sdtrt.export import onnx_export
     from sdtrt.export.family import load_family
@@ -138,7 +139,7 @@ def test_weights_stay_weights_through_constant_folding(tiny_model_dir, tmp_path,
         spec.opt_point(resolve_ranges(BuildOptions(), (64, 64), 2)), np.random.default_rng(0)
     )
     onnx_export.export_onnx(spec, inputs, tmp_path / "aside.onnx")
-    monkeypatch.setattr(onnx_export, "HEAVY_WEIGHT", 2**40)  # nothing set aside
+    monkeypatch.setattr(layers, "WEIGHT_BYTES", 2**40)  # nothing set aside
     onnx_export.export_onnx(spec, inputs, tmp_path / "whole.onnx")
 
     def weights(name):
