@@ -29,6 +29,7 @@ from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
+from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import resolve_scheduler_name
 
@@ -83,13 +84,15 @@ def _interleave(contenders: dict[str, Timed], runs: int) -> dict[str, Latency]:
 
 
 def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str, np.ndarray]:
-    """A guided UNet call's inputs: the latents twice, one timestep, text states."""
+    """A guided UNet call's inputs (one row per image where the UNet embeds the guidance):
+    the latents, one timestep, text states, and SDXL's pooled prompt and size numbers."""
     model, rng = pipe.manifest.model, np.random.default_rng(0)
     f = model.vae_scale_factor
-    rows = 2 * batch
+    rows = batch if model.guidance_embedding_dim is not None else 2 * batch
+    io = pipe.engines["unet"].io
     # One prompt's worth of text states: the smallest the build accepts beyond the batch.
-    context = pipe.engines["unet"].io.profile["encoder_hidden_states"].min
-    return {
+    context = io.profile["encoder_hidden_states"].min
+    feeds = {
         "sample": rng.standard_normal(
             (rows, model.latent_channels, height // f, width // f), dtype=np.float32
         ),
@@ -98,6 +101,16 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
             (rows, int(context[1]), int(context[2])), dtype=np.float32
         ),
     }
+    for spec in io.inputs[3:]:
+        width_of = int(spec.shape[1])
+        if spec.name == "time_ids":
+            ids = [height, width, 0, 0, *([height, width] if width_of == 6 else [6.0])]
+            feeds[spec.name] = np.tile(np.asarray(ids, np.float32), (rows, 1))
+        elif spec.name == "timestep_cond":
+            feeds[spec.name] = guidance_embedding(np.full((rows,), 8.5), width_of)
+        else:
+            feeds[spec.name] = rng.standard_normal((rows, width_of), dtype=np.float32)
+    return feeds
 
 
 def engine_label(manifest: Manifest, component: str = "unet") -> str:

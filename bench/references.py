@@ -34,9 +34,15 @@ class TorchReference:
     def __init__(self, folder: str, scheduler: str) -> None:
         import diffusers
 
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-            folder, safety_checker=None, requires_safety_checker=False
+        # The class the folder's model_index.json names (SD, SDXL, LCM, ...), without the
+        # safety checker of the classes that have one.
+        index = diffusers.DiffusionPipeline.load_config(folder)  # a folder or a hub id
+        unchecked = (
+            {"safety_checker": None, "requires_safety_checker": False}
+            if "safety_checker" in index
+            else {}
         )
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, **unchecked)
         pipe.set_progress_bar_config(disable=True)
         choice = SCHEDULERS[scheduler]
         cls = getattr(diffusers, choice.cls.diffusers_name)
@@ -49,14 +55,18 @@ class TorchReference:
         import torch
 
         module: Any = torch.compile(self.pipe.unet) if compiled else self.pipe.unet
+        tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
+        added = {k: tensors[k] for k in ("text_embeds", "time_ids") if k in tensors}
         sample, timestep, context = (
-            torch.from_numpy(feeds[name])
-            for name in ("sample", "timestep", "encoder_hidden_states")
+            tensors[name] for name in ("sample", "timestep", "encoder_hidden_states")
         )
 
         def call() -> object:
             with torch.inference_mode():
-                return module(sample, timestep, context)
+                return module(
+                    sample, timestep, context, timestep_cond=tensors.get("timestep_cond"),
+                    added_cond_kwargs=added or None,
+                )  # fmt: skip
 
         return call
 

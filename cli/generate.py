@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -43,10 +45,17 @@ def run(
         "out.png"
     ),
     negative: Annotated[str, typer.Option(help="What to steer away from.")] = "",
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Denoising steps; the model's default if unset (50, LCM 4)."),
+    ] = None,
     guidance: Annotated[
-        float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")
-    ] = 7.5,
+        float | None,
+        typer.Option(
+            help="Classifier-free guidance scale; 1 turns it off. The model's default if unset "
+            "(7.5, SDXL 5, LCM 8.5)."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for the initial noise; random if unset.")
     ] = None,
@@ -92,43 +101,54 @@ def run(
     strength: Annotated[
         float | None,
         typer.Option(
-            help="How much of --image to repaint, in (0, 1]; 0.8 for image to image and 1 for "
-            "inpainting if unset."
+            help="How much of --image to repaint, in (0, 1]; diffusers' default if unset (image "
+            "to image 0.8, SDXL 0.3; inpainting 1, SDXL 0.9999)."
         ),
     ] = None,
+    padding_mask_crop: Annotated[
+        int | None,
+        typer.Option(
+            help="Inpaint only around the mask: this many pixels of margin, the crop made at "
+            "the output size and pasted back into --image (diffusers' padding_mask_crop)."
+        ),
+    ] = None,
+    prompt_2: Annotated[
+        str | None,
+        typer.Option(help="SDXL: the prompt for the second text encoder; --prompt's if unset."),
+    ] = None,
+    refiner: Annotated[
+        Path | None,
+        typer.Option(
+            help="SDXL: an SDXL refiner's engine directory, which finishes each image from "
+            "--refiner-start on (the ensemble of experts)."
+        ),
+    ] = None,
+    refiner_start: Annotated[
+        float,
+        typer.Option(help="The fraction of the denoising the base model does before --refiner."),
+    ] = 0.8,
 ) -> None:
     """Generate images from a prompt with the engines in DIRECTORY (from --image too)."""
     with user_errors():
         from sdtrt.engine.lora import parse_lora_arg
         from sdtrt.runtime.images import generation_settings, parameters_text, save_png
-        from sdtrt.runtime.pipeline import Pipeline
+        from sdtrt.runtime.pipeline import GenerationOutput, Pipeline
         from sdtrt.ui.tables import timing_table
 
         paths = _output_paths(output, batch)
         loras = [parse_lora_arg(text) for text in lora or []]
         if mask is not None and image is None:
             raise InputError("--mask needs --image: the image to inpaint")
-        with Pipeline.load(directory) as pipe:
-            if loras:
-                with console.status("applying LoRAs"):
-                    pipe.set_loras(loras)
-            columns = (
-                TextColumn("sampling"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=console, transient=True) as progress:
-                task = progress.add_task("sampling", total=None)
+        if refiner is not None and not 0 < refiner_start < 1:
+            raise InputError(f"--refiner-start must be between 0 and 1, got {refiner_start}")
 
-                def advance(i: int, total: int) -> None:
-                    progress.update(task, completed=i + 1, total=total)
-
-                result = pipe(
+        def generate(pipe: Pipeline, what: str, seed: int | None, **task: Any) -> GenerationOutput:
+            """One call with the command's prompt settings; `task` says what it starts from."""
+            with _sampling_progress(what) as advance:
+                return pipe(
                     prompt,
-                    negative_prompt=negative,
-                    height=height,
-                    width=width,
+                    # None, not "": SDXL conditions on zeros without a negative prompt.
+                    negative_prompt=negative or None,
                     num_inference_steps=steps,
                     guidance_scale=guidance,
                     seed=seed,
@@ -138,12 +158,32 @@ def run(
                     step_callback=advance,
                     prompt_syntax=prompt_syntax,
                     clip_skip=clip_skip,
-                    image=image,
-                    mask_image=mask,
-                    strength=strength,
+                    prompt_2=prompt_2,
+                    **task,
                 )
+
+        refined = None
+        with ExitStack() as stack:
+            pipe = stack.enter_context(Pipeline.load(directory))
+            second = None if refiner is None else stack.enter_context(Pipeline.load(refiner))
+            if loras:
+                with console.status("applying LoRAs"):
+                    pipe.set_loras(loras)
+            handoff: dict[str, Any] = (
+                {} if second is None else {"denoising_end": refiner_start, "output_type": "latent"}
+            )
+            result = generate(
+                pipe, "sampling", seed, height=height, width=width, image=image, mask_image=mask,
+                strength=strength, padding_mask_crop=padding_mask_crop, **handoff,
+            )  # fmt: skip
+            if second is not None:  # the base model's latents, finished by the refiner
+                refined = generate(
+                    second, "refining", result.request.seed, image=result.images,
+                    denoising_start=refiner_start,
+                )  # fmt: skip
+            final = result if refined is None else refined
             request = result.request
-            for index, (image, path) in enumerate(zip(result.images, paths, strict=True)):
+            for index, (image, path) in enumerate(zip(final.images, paths, strict=True)):
                 settings = generation_settings(
                     request,
                     pipe.manifest.model.name,
@@ -156,4 +196,21 @@ def run(
                 except OSError as error:
                     raise InputError(f"cannot write {path}: {error.strerror}") from None
                 out.print(f"wrote {path}")
-        out.print(timing_table(result))
+        if refined is None:
+            out.print(timing_table(result))
+        else:
+            out.print(timing_table(result, "base model timings"))
+            out.print(timing_table(refined, "refiner timings"))
+
+
+@contextmanager
+def _sampling_progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over a call's steps, and the step callback that moves it."""
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(what, total=None)
+
+        def advance(i: int, total: int) -> None:
+            progress.update(task, completed=i + 1, total=total)
+
+        yield advance

@@ -168,14 +168,12 @@ class ArtifactWriter:
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last, then swap the staged directory into place."""
-        keep = set(manifest.components) | {
-            Path(manifest.tokenizer).parts[0],
-            Path(manifest.scheduler_config).parts[0],
-        }
+        files = (*manifest.text_encoders.values(), manifest.scheduler_config)
+        keep = set(manifest.components) | {Path(relative).parts[0] for relative in files}
         for entry in self.staging.iterdir():
             if entry.name not in keep:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        for relative in (manifest.tokenizer, manifest.scheduler_config):
+        for relative in files:
             fsync_path(self.staging / relative)
         write_json(self.staging / MANIFEST_NAME, manifest.model_dump(mode="json"))
         fsync_path(self.staging)

@@ -80,6 +80,13 @@ class ModelInfo(_Frozen):
     vae_scaling_factor: float
     vae_shift_factor: float | None = None
     text_max_length: int
+    # A latent consistency model's UNet embeds the guidance scale (timestep_cond) instead of
+    # running guided and unguided rows.
+    guidance_embedding_dim: int | None = None
+    # SDXL: a missing negative prompt means zero conditioning, not that of "".
+    force_zeros_for_empty_prompt: bool = False
+    # SDXL refiner: an aesthetic score in place of the target size among the time ids.
+    requires_aesthetics_score: bool = False
 
 
 class SourceInfo(_Frozen):
@@ -98,8 +105,15 @@ class Manifest(_Frozen):
     build_options: BuildOptions
     export_options: dict[str, Any]
     components: dict[str, ComponentRecord]
-    tokenizer: str
+    tokenizer: str  # the first text encoder's
     scheduler_config: str
+    # Text-encoder component -> its tokenizer file; older manifests have none, and one encoder.
+    tokenizers: dict[str, str] = {}
+
+    @property
+    def text_encoders(self) -> dict[str, str]:
+        """Text-encoder component -> tokenizer file, in the order their states are joined."""
+        return self.tokenizers or {"text_encoder": self.tokenizer}
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,9 +30,20 @@ from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
-from sdtrt.export.family import COMPONENT_FOLDERS, DEFAULT_COMPONENTS, load_family
+from sdtrt.export.family import (
+    COMPONENT_FOLDERS,
+    STABLE_DIFFUSION,
+    TOKENIZER_FOLDERS,
+    load_family,
+)
 from sdtrt.export.fp16_guard import GuardOptions, calibration_feeds
 from sdtrt.export.lora_merge import loras_digest, merge_loras, record_lora_weights
+from sdtrt.export.memory import (
+    MemoryNeed,
+    build_memory_needed,
+    check_build_memory,
+    release_modules,
+)
 from sdtrt.export.onnx_export import DEFAULT_OPSET, export_onnx
 from sdtrt.export.precision import component_precision
 from sdtrt.export.sources import digest_files, open_source
@@ -43,7 +54,7 @@ from sdtrt.tolerances import EXPORT_TOLERANCE, FP16_GUARD_RELATIVE
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer/tokenizer.json"
+TOKENIZER_FILE_NAME = "tokenizer.json"  # in the tokenizer's own folder, as in the model
 SCHEDULER_FILE = "scheduler/scheduler_config.json"
 ONNX_NAME = "model.onnx"
 REFERENCE_NAME = "reference_fp32.onnx"  # beside a guarded fp16 graph
@@ -57,7 +68,8 @@ class ExportOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    components: tuple[str, ...] = DEFAULT_COMPONENTS
+    # None: the model's own (its text encoders, the UNet, both VAE halves).
+    components: tuple[str, ...] | None = None
     opset: int = DEFAULT_OPSET
     # Merged into the text encoder and UNet weights before export, in this order.
     loras: tuple[LoraSource, ...] = ()
@@ -83,7 +95,7 @@ def build(
     """Build (or bring up to date) the engine directory `output` for `model`."""
     export_options = export_options or ExportOptions()
     build_options = build_options or BuildOptions()
-    unknown = sorted(set(export_options.components) - set(COMPONENT_FOLDERS))
+    unknown = sorted(set(export_options.components or ()) - set(COMPONENT_FOLDERS))
     if unknown:
         raise InputError(
             f"unknown component {', '.join(unknown)}; choose from {', '.join(COMPONENT_FOLDERS)}"
@@ -94,31 +106,56 @@ def build(
     backend_version = backend.version()  # fails fast where the backend cannot run
     with open_source(model, export_options.allow_pickle) as source:
         loaded = load_family(source.path, source.name)
+        components = export_options.components or loaded.default_components
+        export_options = export_options.model_copy(update={"components": components})
         info = loaded.info()
         ranges = resolve_ranges(build_options, info.native_size, info.vae_scale_factor)
-        folders = ("model_index.json", "scheduler", "tokenizer", "text_encoder", "unet", "vae")
+        folders = (
+            "model_index.json", "scheduler", "unet", "vae",
+            *loaded.text_encoders, *(TOKENIZER_FOLDERS[e] for e in loaded.text_encoders),
+        )  # fmt: skip
         digests = {folder: digest_files(source.path, [folder]) for folder in folders}
+        if export_options.loras and loaded.family != STABLE_DIFFUSION:
+            raise InputError(
+                "LoRAs are merged into SD 1.x and 2.x models; SDXL LoRAs are not supported yet"
+            )
         if export_options.loras:
             merge_loras(loaded, export_options.loras)
             lora_digest = loras_digest(export_options.loras)
             digests.update(
                 {c: build_key({"files": digests[c], "loras": lora_digest}) for c in LORA_COMPONENTS}
             )
+        # Only what the asked networks are exported from stays loaded from here on.
+        release_modules(loaded, components)
+        guarded = build_options.fp16_guard and build_options.precision is Precision.FP16
+        memory = build_memory_needed(loaded, components, guarded)
         with ArtifactWriter(output) as writer:
             # The cheap parts first, so that a bad tokenizer fails the build in seconds.
-            export_tokenizer(
-                source.path / "tokenizer", writer.staging / TOKENIZER_FILE, info.text_max_length
-            )
+            tokenizers = {
+                encoder: f"{TOKENIZER_FOLDERS[encoder]}/{TOKENIZER_FILE_NAME}"
+                for encoder in loaded.text_encoders
+            }
+            for encoder, relative in tokenizers.items():
+                export_tokenizer(
+                    source.path / TOKENIZER_FOLDERS[encoder],
+                    writer.staging / relative,
+                    info.text_max_length,
+                )
             (writer.staging / SCHEDULER_FILE).parent.mkdir(exist_ok=True)
             write_json(writer.staging / SCHEDULER_FILE, loaded.scheduler_config())
             job = _Job(
                 writer, backend, backend_version, ranges, build_options, export_options, progress,
                 calibration_timesteps=_calibration_timesteps(loaded.scheduler_config()),
+                memory=memory, model_name=info.name,
             )  # fmt: skip
-            records = {
-                spec.name: job.component(spec, [digests[f] for f in COMPONENT_FOLDERS[spec.name]])
-                for spec in loaded.specs(export_options.components)
-            }
+            records = {}
+            for index, name in enumerate(components):
+                (spec,) = loaded.specs((name,))
+                records[name] = job.component(spec, [digests[f] for f in COMPONENT_FOLDERS[name]])
+                del spec
+                # The torch modules no network left needs: the UNet's export then has the
+                # text encoders' memory (SDXL's second one is 2.8 GB) to itself.
+                release_modules(loaded, components[index + 1 :])
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 sdtrt_version=__version__,
@@ -131,7 +168,8 @@ def build(
                 build_options=build_options,
                 export_options=export_options.model_dump(mode="json"),
                 components=records,
-                tokenizer=TOKENIZER_FILE,
+                tokenizer=next(iter(tokenizers.values())),
+                tokenizers=tokenizers,
                 scheduler_config=SCHEDULER_FILE,
             )
             writer.commit(manifest)
@@ -157,6 +195,8 @@ class _Job:
     export_options: ExportOptions
     progress: Progress
     calibration_timesteps: tuple[float, ...] = ()  # noise levels the fp16 guard compares at
+    memory: Mapping[str, MemoryNeed] = field(default_factory=dict)  # checked before a build
+    model_name: str = ""
 
     @property
     def guarded(self) -> bool:
@@ -196,6 +236,8 @@ class _Job:
         if reused is not None:
             self.progress(spec.name, "reused")
             return reused
+        if spec.name in self.memory:
+            check_build_memory(self.memory[spec.name], self.model_name)
         record = self._build(spec, precision, io, key)
         self.writer.finish_component(record)
         self.progress(spec.name, "done")

@@ -1,9 +1,10 @@
 """Model families: how a diffusers folder splits into networks to export.
 
 Stable Diffusion 1.x and 2.x share one layout (one CLIP text encoder, a UNet conditioned on its
-hidden states, a KL VAE); v-prediction lives in the scheduler config. A new family (SDXL: two
-text encoders, pooled embeddings, time ids) adds a class with its own specs and is chosen from
-model_index.json by `load_family`.
+hidden states, a KL VAE); v-prediction lives in the scheduler config, and a latent consistency
+model's guidance embedding in its UNet's config. SDXL has two text encoders (a refiner only the
+second), whose states the UNet takes side by side, and conditions its UNet on the second
+encoder's pooled output and a few size numbers. `load_family` chooses from model_index.json.
 """
 
 from __future__ import annotations
@@ -15,25 +16,31 @@ from pathlib import Path
 from typing import Any
 
 from sdtrt.engine.manifest import ModelInfo
-from sdtrt.errors import ModelSourceError
+from sdtrt.errors import InputError, ModelSourceError
 from sdtrt.export.specs import (
     ComponentSpec,
     TextEncoderSpec,
     UNetSpec,
     VaeDecoderSpec,
     VaeEncoderSpec,
+    XLTextEncoderSpec,
 )
 
 log = logging.getLogger(__name__)
 
 STABLE_DIFFUSION = "stable-diffusion"
+STABLE_DIFFUSION_XL = "stable-diffusion-xl"
 # Sub-folders whose contents decide what each network's export depends on.
 COMPONENT_FOLDERS = {
     "text_encoder": ("text_encoder",),
+    "text_encoder_2": ("text_encoder_2",),
     "unet": ("unet",),
     "vae_decoder": ("vae",),
     "vae_encoder": ("vae",),
 }
+# Each text encoder's tokenizer folder.
+TOKENIZER_FOLDERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+XL_TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 # The VAE encoder is small beside the UNet and is what image-to-image and inpainting need.
 DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 # One layout under several pipeline classes; an inpainting UNet differs only in its input
@@ -42,6 +49,12 @@ STABLE_DIFFUSION_PIPELINES = (
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
+    "LatentConsistencyModelPipeline",
+)
+STABLE_DIFFUSION_XL_PIPELINES = (
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
 )
 
 
@@ -56,6 +69,51 @@ def read_model_index(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _load_part(folder: Path, loader: Any, subfolder: str) -> Any:
+    try:
+        return loader.from_pretrained(folder, subfolder=subfolder).eval()
+    except Exception as error:  # diffusers/transformers raise many types for bad folders
+        text = str(error).strip()
+        reason = text.splitlines()[0][:200] if text else type(error).__name__
+        raise ModelSourceError(f"cannot load {folder / subfolder}: {reason}") from None
+
+
+def _check_index(folder: Path, index: dict[str, Any], needed: tuple[str, ...]) -> None:
+    # A refiner's model_index.json names its absent first text encoder as [null, null].
+    missing = [c for c in needed if not (isinstance(index.get(c), list) and index[c][0])]
+    if missing:
+        raise ModelSourceError(f"{folder} lacks {', '.join(missing)} in model_index.json")
+
+
+def _scheduler_config(folder: Path, scheduler_class: str) -> dict[str, Any]:
+    """The scheduler config file as written. Keys it leaves out take each scheduler's own
+    default, which is how diffusers' `from_config` treats them when schedulers are swapped."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelSourceError(f"{path} cannot be read ({error})") from None
+    config.setdefault("_class_name", scheduler_class)
+    return dict(config)
+
+
+def _vae_scale_factor(vae: Any) -> int:
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
+
+
+def _guidance_embedding_dim(unet: Any) -> int | None:
+    dim = getattr(unet.config, "time_cond_proj_dim", None)
+    return None if dim is None else int(dim)
+
+
+def _check_components(folder: Path, asked: tuple[str, ...], present: tuple[str, ...]) -> None:
+    missing = [c for c in asked if c not in present]
+    if missing:
+        raise InputError(
+            f"{folder} has no {', '.join(missing)}; its components are {', '.join(present)}"
+        )
+
+
 @dataclass
 class StableDiffusionModel:
     """A Stable Diffusion 1.x/2.x diffusers folder, loaded into torch for export."""
@@ -66,6 +124,9 @@ class StableDiffusionModel:
     unet: Any
     vae: Any
     scheduler_class: str
+    # Read from the modules at load: the build releases each module once exported.
+    vae_scale_factor: int
+    text_max_length: int
 
     family = STABLE_DIFFUSION
 
@@ -75,39 +136,27 @@ class StableDiffusionModel:
         from transformers import CLIPTextModel
 
         index = read_model_index(folder)
-        missing = [
-            c for c in ("text_encoder", "tokenizer", "unet", "vae", "scheduler") if c not in index
-        ]
-        if missing:
-            raise ModelSourceError(f"{folder} lacks {', '.join(missing)} in model_index.json")
-
-        def load_part(loader: Any, subfolder: str) -> Any:
-            try:
-                return loader.from_pretrained(folder, subfolder=subfolder).eval()
-            except Exception as error:  # diffusers/transformers raise many types for bad folders
-                reason = (
-                    str(error).strip().splitlines()[0][:200]
-                    if str(error).strip()
-                    else type(error).__name__
-                )
-                raise ModelSourceError(f"cannot load {folder / subfolder}: {reason}") from None
-
+        _check_index(folder, index, ("text_encoder", "tokenizer", "unet", "vae", "scheduler"))
+        text_encoder = _load_part(folder, CLIPTextModel, "text_encoder")
+        vae = _load_part(folder, AutoencoderKL, "vae")
         return cls(
             folder=folder,
             name=name,
-            text_encoder=load_part(CLIPTextModel, "text_encoder"),
-            unet=load_part(UNet2DConditionModel, "unet"),
-            vae=load_part(AutoencoderKL, "vae"),
+            text_encoder=text_encoder,
+            unet=_load_part(folder, UNet2DConditionModel, "unet"),
+            vae=vae,
             scheduler_class=str(index["scheduler"][1]),
+            vae_scale_factor=_vae_scale_factor(vae),
+            text_max_length=int(text_encoder.config.max_position_embeddings),
         )
 
     @property
-    def vae_scale_factor(self) -> int:
-        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
+    def text_encoders(self) -> tuple[str, ...]:
+        return ("text_encoder",)
 
     @property
-    def text_max_length(self) -> int:
-        return int(self.text_encoder.config.max_position_embeddings)
+    def default_components(self) -> tuple[str, ...]:
+        return DEFAULT_COMPONENTS
 
     def info(self) -> ModelInfo:
         native = int(self.unet.config.sample_size) * self.vae_scale_factor
@@ -120,6 +169,7 @@ class StableDiffusionModel:
             vae_scaling_factor=float(self.vae.config.scaling_factor),
             vae_shift_factor=getattr(self.vae.config, "shift_factor", None),
             text_max_length=self.text_max_length,
+            guidance_embedding_dim=_guidance_embedding_dim(self.unet),
         )
 
     def specs(self, components: tuple[str, ...]) -> list[ComponentSpec]:
@@ -129,26 +179,133 @@ class StableDiffusionModel:
             "vae_decoder": lambda: VaeDecoderSpec(self.vae, self.vae_scale_factor),
             "vae_encoder": lambda: VaeEncoderSpec(self.vae, self.vae_scale_factor),
         }
+        _check_components(self.folder, components, tuple(makers))
         return [makers[c]() for c in components]
 
     def scheduler_config(self) -> dict[str, Any]:
-        """The scheduler config file as written. Keys it leaves out take each scheduler's own
-        default, which is how diffusers' `from_config` treats them when schedulers are swapped."""
-        path = self.folder / "scheduler" / "scheduler_config.json"
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelSourceError(f"{path} cannot be read ({error})") from None
-        config.setdefault("_class_name", self.scheduler_class)
-        return dict(config)
+        return _scheduler_config(self.folder, self.scheduler_class)
 
 
-def load_family(folder: Path, name: str) -> StableDiffusionModel:
+@dataclass
+class StableDiffusionXLModel:
+    """An SDXL diffusers folder (base, refiner or inpainting), loaded into torch for export."""
+
+    folder: Path
+    name: str
+    text_encoder: Any | None  # None for a refiner
+    text_encoder_2: Any
+    unet: Any
+    vae: Any
+    scheduler_class: str
+    force_zeros_for_empty_prompt: bool
+    requires_aesthetics_score: bool
+    # Read from the modules at load: the build releases each module once exported.
+    vae_scale_factor: int
+    text_max_length: int
+    pooled_dim: int  # the second text encoder's projection
+    text_encoders: tuple[str, ...]  # both, or a refiner's second only
+
+    family = STABLE_DIFFUSION_XL
+
+    @classmethod
+    def load(cls, folder: Path, name: str) -> StableDiffusionXLModel:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        index = read_model_index(folder)
+        _check_index(folder, index, ("text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"))
+        first = isinstance(index.get("text_encoder"), list) and bool(index["text_encoder"][0])
+        if first:
+            _check_index(folder, index, ("tokenizer",))
+        text_encoder_2 = _load_part(folder, CLIPTextModelWithProjection, "text_encoder_2")
+        vae = _load_part(folder, AutoencoderKL, "vae")
+        model = cls(
+            folder=folder,
+            name=name,
+            text_encoder=_load_part(folder, CLIPTextModel, "text_encoder") if first else None,
+            text_encoder_2=text_encoder_2,
+            unet=_load_part(folder, UNet2DConditionModel, "unet"),
+            vae=vae,
+            scheduler_class=str(index["scheduler"][1]),
+            vae_scale_factor=_vae_scale_factor(vae),
+            text_max_length=int(text_encoder_2.config.max_position_embeddings),
+            pooled_dim=int(text_encoder_2.config.projection_dim),
+            text_encoders=XL_TEXT_ENCODERS if first else ("text_encoder_2",),
+            # diffusers' defaults for these pipeline arguments when the index leaves them out.
+            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+            requires_aesthetics_score=bool(index.get("requires_aesthetics_score", False)),
+        )
+        model.check_unet()
+        return model
+
+    @property
+    def default_components(self) -> tuple[str, ...]:
+        return (*self.text_encoders, "unet", "vae_decoder", "vae_encoder")
+
+    @property
+    def time_ids(self) -> int:
+        """Size numbers the UNet is conditioned on: 6 (original size, crop, target size) or,
+        with an aesthetic score in place of the target size, 5."""
+        return 5 if self.requires_aesthetics_score else 6
+
+    def check_unet(self) -> None:
+        """The UNet's added-embedding input must be the pooled prompt and the time ids, as
+        diffusers checks before a call."""
+        config = self.unet.config
+        expected = self.pooled_dim + self.time_ids * int(config.addition_time_embed_dim or 0)
+        got = config.projection_class_embeddings_input_dim
+        if config.addition_embed_type != "text_time" or got != expected:
+            raise ModelSourceError(
+                f"{self.folder}: the UNet expects an added embedding of {got} values, but a pooled "
+                f"prompt of {self.pooled_dim} and {self.time_ids} time ids make {expected}; check "
+                "requires_aesthetics_score in model_index.json (true for a refiner)"
+            )
+
+    def info(self) -> ModelInfo:
+        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        return ModelInfo(
+            family=self.family,
+            name=self.name,
+            native_size=(native, native),
+            vae_scale_factor=self.vae_scale_factor,
+            latent_channels=int(self.vae.config.latent_channels),
+            vae_scaling_factor=float(self.vae.config.scaling_factor),
+            vae_shift_factor=getattr(self.vae.config, "shift_factor", None),
+            text_max_length=self.text_max_length,
+            guidance_embedding_dim=_guidance_embedding_dim(self.unet),
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+            requires_aesthetics_score=self.requires_aesthetics_score,
+        )
+
+    def specs(self, components: tuple[str, ...]) -> list[ComponentSpec]:
+        f, length = self.vae_scale_factor, self.text_max_length
+        makers = {
+            "text_encoder": lambda: XLTextEncoderSpec("text_encoder", self.text_encoder, length),
+            "text_encoder_2": lambda: XLTextEncoderSpec(
+                "text_encoder_2", self.text_encoder_2, length
+            ),
+            "unet": lambda: UNetSpec(self.unet, f, length, self.pooled_dim, self.time_ids),
+            "vae_decoder": lambda: VaeDecoderSpec(self.vae, f),
+            "vae_encoder": lambda: VaeEncoderSpec(self.vae, f),
+        }
+        _check_components(self.folder, components, self.default_components)
+        return [makers[c]() for c in components]
+
+    def scheduler_config(self) -> dict[str, Any]:
+        return _scheduler_config(self.folder, self.scheduler_class)
+
+
+Family = StableDiffusionModel | StableDiffusionXLModel
+
+
+def load_family(folder: Path, name: str) -> Family:
     index = read_model_index(folder)
     pipeline = index.get("_class_name")
+    if pipeline in STABLE_DIFFUSION_XL_PIPELINES:
+        return StableDiffusionXLModel.load(folder, name)
     if pipeline not in STABLE_DIFFUSION_PIPELINES:
         raise ModelSourceError(
-            f"{folder} is a {pipeline}; sdtrt builds StableDiffusionPipeline models (SD 1.x, 2.x, "
-            "and their inpainting models)"
+            f"{folder} is a {pipeline}; sdtrt builds Stable Diffusion 1.x and 2.x, SDXL (base, "
+            "refiner), their inpainting models and latent consistency models"
         )
     return StableDiffusionModel.load(folder, name)

@@ -52,6 +52,14 @@ class Preset:
     pad_token: str = END
     seed: int = 0
     pipeline_class: str = "StableDiffusionPipeline"  # model_index.json's _class_name
+    scheduler_class: str = "PNDMScheduler"
+    # SDXL: CLIPTextModelWithProjection arguments of the second text encoder (OpenCLIP, padded
+    # with "!"); a refiner has only this one.
+    text_encoder_2: dict[str, Any] | None = None
+    second_encoder_only: bool = False
+    # Arguments of the pipeline class beyond its modules (SDXL's force_zeros_for_empty_prompt,
+    # the refiner's requires_aesthetics_score).
+    pipeline_config: dict[str, Any] = field(default_factory=dict)
 
 
 TINY = Preset(
@@ -132,7 +140,167 @@ TINY_INPAINT = replace(
     pipeline_class="StableDiffusionInpaintPipeline",
 )
 
-PRESETS = {p.name: p for p in (TINY, TINY_INPAINT, SD15)}
+# SD 2.x 768-v: OpenCLIP's "!" padding and a v-prediction DDIM schedule, as stable-diffusion-2-1.
+TINY_V = replace(
+    TINY,
+    name="tiny-v",
+    description="the tiny model as an SD 2.x 768-v lookalike: v-prediction, '!' padding",
+    scheduler={**SD1_SCHEDULER, "prediction_type": "v_prediction"},
+    scheduler_class="DDIMScheduler",
+    pad_token="!",
+    text_encoder={**TINY.text_encoder, "hidden_act": "gelu"},
+)
+
+# Distilled few-step models. SD-Turbo: one to four steps of Euler on trailing timesteps, no
+# guidance. LCM: the UNet embeds the guidance scale (time_cond_proj_dim), sampled with LCM.
+EULER_TRAILING = {
+    **{k: SD1_SCHEDULER[k] for k in ("beta_start", "beta_end", "beta_schedule")},
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "trailing",
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+TINY_TURBO = replace(
+    TINY_V,
+    name="tiny-turbo",
+    description="the tiny model as an SD-Turbo lookalike: Euler on trailing timesteps",
+    scheduler=EULER_TRAILING,
+    scheduler_class="EulerDiscreteScheduler",
+)
+LCM_SCHEDULER = {
+    **SD1_SCHEDULER,
+    "set_alpha_to_one": True,
+    "original_inference_steps": 50,
+    "timestep_scaling": 10.0,
+    "timestep_spacing": "leading",
+}
+TINY_LCM = replace(
+    TINY,
+    name="tiny-lcm",
+    description="the tiny model as a latent consistency model (guidance embedded in the UNet)",
+    unet={**TINY.unet, "time_cond_proj_dim": 16},
+    scheduler=LCM_SCHEDULER,
+    scheduler_class="LCMScheduler",
+    pipeline_class="LatentConsistencyModelPipeline",
+)
+
+# SDXL's sampler as stable-diffusion-xl-base-1.0 ships it.
+SDXL_SCHEDULER = {
+    **EULER_TRAILING,
+    "timestep_spacing": "leading",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "clip_sample": False,
+}
+# SDXL's UNet takes both encoders' states side by side (cross_attention_dim = 32 + 48 here) and
+# an embedding of the pooled prompt and six size numbers (projection input = 32 + 6 x 8). The
+# encoders differ in width, as SDXL's do (768, 1280), which single-file loading tells them by.
+TINY_SDXL = Preset(
+    name="tiny-sdxl",
+    description="a few-MB SDXL lookalike (two text encoders, size conditioning), 64x64 px",
+    unet={
+        "sample_size": 32,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": (2, 4),
+        "use_linear_projection": True,
+        "transformer_layers_per_block": (1, 2),
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 80,
+        "cross_attention_dim": 80,
+        "norm_num_groups": 32,
+    },
+    vae={**TINY.vae, "scaling_factor": 0.13025, "force_upcast": True},
+    text_encoder=TINY.text_encoder,
+    text_encoder_2={
+        **TINY.text_encoder,
+        "hidden_size": 48,
+        "intermediate_size": 64,
+        "hidden_act": "gelu",
+        "projection_dim": 32,
+    },
+    merges=tiny_clip_merges,
+    scheduler=SDXL_SCHEDULER,
+    scheduler_class="EulerDiscreteScheduler",
+    pipeline_class="StableDiffusionXLPipeline",
+    pipeline_config={"force_zeros_for_empty_prompt": True},
+)
+# The refiner: the second text encoder only, and an aesthetic score in place of the target size
+# among the UNet's size numbers (projection input = 32 + 5 x 8).
+TINY_SDXL_REFINER = replace(
+    TINY_SDXL,
+    name="tiny-sdxl-refiner",
+    description="a few-MB SDXL refiner lookalike (second text encoder only, aesthetic score)",
+    unet={**TINY_SDXL.unet, "cross_attention_dim": 48, "projection_class_embeddings_input_dim": 72},
+    second_encoder_only=True,
+    pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    pipeline_config={"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
+)
+TINY_SDXL_INPAINT = replace(
+    TINY_SDXL,
+    name="tiny-sdxl-inpaint",
+    description="the tiny SDXL model as a 9-channel inpainting model",
+    unet={**TINY_SDXL.unet, "in_channels": 9},
+    pipeline_class="StableDiffusionXLInpaintPipeline",
+)
+TINY_SDXL_TURBO = replace(
+    TINY_SDXL,
+    name="tiny-sdxl-turbo",
+    description="the tiny SDXL model as an SDXL-Turbo lookalike: Euler ancestral, trailing",
+    scheduler={**SDXL_SCHEDULER, "timestep_spacing": "trailing"},
+    scheduler_class="EulerAncestralDiscreteScheduler",
+)
+SDXL = Preset(
+    name="sdxl",
+    description="the SDXL 1.0 base architecture (2.6B UNet, CLIP ViT-L + OpenCLIP ViT-bigG), "
+    "random weights",
+    unet={
+        "sample_size": 128,
+        "block_out_channels": (320, 640, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": (5, 10, 20),
+        "use_linear_projection": True,
+        "transformer_layers_per_block": (1, 2, 10),
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816,
+        "cross_attention_dim": 2048,
+        "norm_num_groups": 32,
+    },
+    vae={**SD15.vae, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+    text_encoder=SD15.text_encoder,
+    text_encoder_2={
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_attention_heads": 20,
+        "num_hidden_layers": 32,
+        "max_position_embeddings": 77,
+        "projection_dim": 1280,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "gelu",
+    },
+    merges=real_clip_merges,
+    scheduler=SDXL_SCHEDULER,
+    scheduler_class="EulerDiscreteScheduler",
+    pipeline_class="StableDiffusionXLPipeline",
+    pipeline_config={"force_zeros_for_empty_prompt": True},
+)
+
+PRESETS = {
+    p.name: p
+    for p in (
+        TINY, TINY_INPAINT, TINY_V, TINY_TURBO, TINY_LCM, TINY_SDXL, TINY_SDXL_REFINER,
+        TINY_SDXL_INPAINT, TINY_SDXL_TURBO, SD15, SDXL,
+    )
+}  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:
@@ -142,47 +310,69 @@ def get_preset(name: str) -> Preset:
         raise InputError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from None
 
 
-def _write_pipeline(preset: Preset, directory: Path) -> None:
-    import diffusers
+def _text_encoder(config: dict[str, Any], vocab: dict[str, int], pad_token: str, cls: Any) -> Any:
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig
 
-    tokenizer_dir = directory / "tokenizer"
-    merges = preset.merges()
-    vocab = vocab_from_merges(merges)
-    write_clip_files(tokenizer_dir, merges, preset.pad_token)
-    torch.manual_seed(preset.seed)
-    unet = UNet2DConditionModel(**preset.unet)
-    vae = AutoencoderKL(**preset.vae)
     text_config = CLIPTextConfig(
         vocab_size=len(vocab),
         bos_token_id=vocab[START],
         eos_token_id=vocab[END],
-        pad_token_id=vocab[preset.pad_token],
-        **preset.text_encoder,
+        pad_token_id=vocab[pad_token],
+        **config,
     )
-    text_encoder = CLIPTextModel(text_config)
+    text_encoder = cls(text_config)
     # A fresh layer norm has no bias, so every state it outputs averages to zero; a trained
     # encoder's do not, and the A1111 emphasis divides by that average.
     norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
     with torch.no_grad():
         norm.bias.normal_(mean=-0.5, std=0.5)
-    pipeline = getattr(diffusers, preset.pipeline_class)(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(preset.scheduler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return text_encoder
+
+
+def _write_pipeline(preset: Preset, directory: Path) -> None:
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    merges = preset.merges()
+    vocab = vocab_from_merges(merges)
+    # Each text encoder's tokenizer folder and its pad token: SDXL's second one pads with "!".
+    tokenizers = {"tokenizer": preset.pad_token}
+    if preset.text_encoder_2 is not None:
+        tokenizers = {"tokenizer_2": "!"} if preset.second_encoder_only else {
+            "tokenizer": preset.pad_token, "tokenizer_2": "!"
+        }  # fmt: skip
+    for folder, pad in tokenizers.items():
+        write_clip_files(directory / folder, merges, pad)
+    torch.manual_seed(preset.seed)
+    modules: dict[str, Any] = {
+        "unet": UNet2DConditionModel(**preset.unet),
+        "vae": AutoencoderKL(**preset.vae),
+        "scheduler": getattr(diffusers, preset.scheduler_class).from_config(preset.scheduler),
+    }
+    if not preset.second_encoder_only:
+        modules["text_encoder"] = _text_encoder(
+            preset.text_encoder, vocab, preset.pad_token, CLIPTextModel
+        )
+    if preset.text_encoder_2 is not None:
+        modules["text_encoder_2"] = _text_encoder(
+            preset.text_encoder_2, vocab, "!", CLIPTextModelWithProjection
+        )
+    for folder in tokenizers:
+        modules[folder] = CLIPTokenizer.from_pretrained(directory / folder)
+    if preset.text_encoder_2 is None:
+        modules.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    elif preset.second_encoder_only:
+        modules.update(text_encoder=None, tokenizer=None)
+    pipeline = getattr(diffusers, preset.pipeline_class)(**modules, **preset.pipeline_config)
     pipeline.save_pretrained(directory, safe_serialization=True)  # type: ignore[attr-defined]
-    # save_pretrained rewrites the tokenizer in its own layout; restore the classic CLIP files,
+    # save_pretrained rewrites the tokenizers in its own layout; restore the classic CLIP files,
     # as real Stable Diffusion folders ship them, which every transformers version reads.
-    shutil.rmtree(tokenizer_dir)
-    write_clip_files(tokenizer_dir, merges, preset.pad_token)
+    for folder, pad in tokenizers.items():
+        shutil.rmtree(directory / folder)
+        write_clip_files(directory / folder, merges, pad)
 
 
 def write_preset(name: str, directory: Path) -> None:

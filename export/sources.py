@@ -19,14 +19,17 @@ from sdtrt.export.presets import PRESETS, write_preset
 from sdtrt.export.single_file import convert_single_file, is_single_file
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# What a Stable Diffusion build reads from a hub repository; other weights (fp16 variants,
-# .bin duplicates, safety checker) are left on the hub.
+# What a Stable Diffusion build reads from a hub repository (SDXL's second text encoder too);
+# other weights (fp16 variants, .bin duplicates, safety checker) are left on the hub.
 HUB_PATTERNS = [
     "model_index.json",
     "scheduler/*.json",
     "tokenizer/*",
+    "tokenizer_2/*",
     "text_encoder/*.json",
     "text_encoder/model.safetensors",
+    "text_encoder_2/*.json",
+    "text_encoder_2/model.safetensors",
     "unet/*.json",
     "unet/diffusion_pytorch_model.safetensors",
     "vae/*.json",

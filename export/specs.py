@@ -15,6 +15,7 @@ import torch
 
 from sdtrt.engine.ranges import BuildRanges
 from sdtrt.engine.tensors import ComponentIO, ShapeRange, TensorSpec
+from sdtrt.runtime.guidance import guidance_embedding
 
 DimRanges = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
 Point = dict[str, int]  # symbol -> size
@@ -148,12 +149,62 @@ class TextEncoderSpec(ComponentSpec):
         return {"input_ids": ids}
 
 
+def _xl_text_states(model: Any, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The input of every encoder layer, and the projected pooled output where there is one."""
+    out = model(ids.to(torch.int64), output_hidden_states=True, return_dict=True)
+    states = torch.stack(out.hidden_states[:-1], dim=1)
+    pooled = getattr(out, "text_embeds", None)
+    return (states,) if pooled is None else (states, pooled)
+
+
+class XLTextEncoderSpec(ComponentSpec):
+    """An SDXL text encoder: token ids to the input of each of its layers, not normalised
+    (SDXL's UNet attends to the penultimate one, `hidden_states[:, layers - 1]`; clip skip n
+    to `layers - 1 - n`), and for the second encoder the projected pooled output too."""
+
+    def __init__(self, name: str, text_encoder: Any, max_length: int) -> None:
+        self.name = name
+        self.text_encoder = text_encoder
+        config = text_encoder.config
+        self.vocab_size = int(config.vocab_size)
+        hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+        self.inputs = (TensorSpec(name="input_ids", dtype="int32", shape=("batch", max_length)),)
+        states = TensorSpec(
+            name="hidden_states", dtype="float32", shape=("batch", layers, max_length, hidden)
+        )
+        self.outputs: tuple[TensorSpec, ...] = (states,)
+        if hasattr(text_encoder, "text_projection"):  # CLIPTextModelWithProjection
+            pooled = ("batch", int(config.projection_dim))
+            self.outputs += (TensorSpec(name="text_embeds", dtype="float32", shape=pooled),)
+
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        return {"batch": _batch_dims(ranges, 2)}
+
+    def module(self) -> torch.nn.Module:
+        return _Wrapper(self.text_encoder, _xl_text_states)
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        length = int(self.inputs[0].shape[1])
+        ids = rng.integers(0, self.vocab_size, size=(point["batch"], length), dtype=np.int32)
+        return {"input_ids": ids}
+
+
 class UNetSpec(ComponentSpec):
-    """The denoising UNet: noisy latents, timestep and text states to the model's prediction."""
+    """The denoising UNet: noisy latents, timestep and text states to the model's prediction.
+
+    SDXL's UNet also takes the pooled prompt (`text_embeds`) and its size numbers (`time_ids`);
+    a latent consistency model's takes the guidance scale's embedding (`timestep_cond`)."""
 
     name = "unet"
 
-    def __init__(self, unet: Any, vae_scale_factor: int, max_length: int) -> None:
+    def __init__(
+        self,
+        unet: Any,
+        vae_scale_factor: int,
+        max_length: int,
+        pooled_dim: int | None = None,
+        time_ids: int | None = None,
+    ) -> None:
         self.unet = unet
         self.vae_scale_factor = vae_scale_factor
         self.max_length = max_length
@@ -161,6 +212,16 @@ class UNetSpec(ComponentSpec):
         self.down_factor = 2 ** (len(config.block_out_channels) - 1)
         channels, context = int(config.in_channels), int(config.cross_attention_dim)
         latent = ("batch", channels, "latent_height", "latent_width")
+        extra = []
+        if pooled_dim is not None and time_ids is not None:
+            extra += [
+                TensorSpec(name="text_embeds", dtype="float32", shape=("batch", pooled_dim)),
+                TensorSpec(name="time_ids", dtype="float32", shape=("batch", time_ids)),
+            ]
+        self.guidance_embedding_dim = getattr(config, "time_cond_proj_dim", None)
+        if self.guidance_embedding_dim is not None:
+            shape = ("batch", int(self.guidance_embedding_dim))
+            extra.append(TensorSpec(name="timestep_cond", dtype="float32", shape=shape))
         self.inputs = (
             TensorSpec(name="sample", dtype="float32", shape=latent),
             TensorSpec(name="timestep", dtype="float32", shape=("batch",)),
@@ -169,6 +230,7 @@ class UNetSpec(ComponentSpec):
                 dtype="float32",
                 shape=("batch", "text_tokens", context),
             ),
+            *extra,
         )
         out = ("batch", int(config.out_channels), "latent_height", "latent_width")
         self.outputs = (TensorSpec(name="noise_pred", dtype="float32", shape=out),)
@@ -196,23 +258,47 @@ class UNetSpec(ComponentSpec):
         return point
 
     def module(self) -> torch.nn.Module:
-        return _Wrapper(
-            self.unet,
-            lambda m, sample, t, context: m(sample, t, context, return_dict=False)[0],
-        )
+        names = [t.name for t in self.inputs[3:]]
+
+        def call(m: Any, sample: Any, t: Any, context: Any, *extra: Any) -> Any:
+            named = dict(zip(names, extra, strict=True))
+            added = {k: named[k] for k in ("text_embeds", "time_ids") if k in named}
+            return m(
+                sample,
+                t,
+                context,
+                timestep_cond=named.get("timestep_cond"),
+                added_cond_kwargs=added or None,
+                return_dict=False,
+            )[0]
+
+        return _Wrapper(self.unet, call)
 
     def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
         batch = point["batch"]
         _, channels, _, _ = self.inputs[0].shape
         context = self.inputs[2].shape[2]
         latent = (batch, int(channels), point["latent_height"], point["latent_width"])
-        return {
+        inputs = {
             "sample": rng.standard_normal(latent, dtype=np.float32),
             "timestep": np.full((batch,), 500.0, dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal(
                 (batch, point["text_tokens"], int(context)), dtype=np.float32
             ),
         }
+        for spec in self.inputs[3:]:
+            width = int(spec.shape[1])
+            if spec.name == "text_embeds":
+                inputs[spec.name] = rng.standard_normal((batch, width), dtype=np.float32)
+            elif spec.name == "time_ids":
+                # Sizes in pixels, a zero crop, and the target size (or aesthetic score 6).
+                f = self.vae_scale_factor
+                size = [point["latent_height"] * f, point["latent_width"] * f]
+                ids = [*size, 0, 0, *(size if width == 6 else [6.0])]
+                inputs[spec.name] = np.tile(np.asarray(ids, np.float32), (batch, 1))
+            else:  # timestep_cond: guidance scale 7.5, as a latent consistency model embeds it
+                inputs[spec.name] = guidance_embedding(np.full((batch,), 7.5), width)
+        return inputs
 
 
 class _VaeSpec(ComponentSpec):

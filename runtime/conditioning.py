@@ -25,6 +25,9 @@ from sdtrt.runtime.prompt_syntax import Chunk, PromptSyntax, parse_prompt, split
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 LAYER_STATES = "layer_states"  # the text encoder output clip skip reads (see export/specs.py)
+# SDXL's encoders: every layer's input, not normalised; the UNet reads the penultimate one.
+HIDDEN_STATES = "hidden_states"
+POOLED = "text_embeds"  # SDXL's second encoder: the projected pooled output
 
 
 def apply_weights(states: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -53,32 +56,41 @@ class TextConditioner:
         self.tokenizer = tokenizer
         self.max_chunks = max_chunks
         outputs = {t.name: t for t in encoder.outputs}
-        layer_states = outputs.get(LAYER_STATES)
+        # SD: the last state, or with clip skip a normalised earlier one. SDXL: the input of
+        # layer `layers - 1` (transformers' hidden_states[-2]), or an earlier one.
+        self.layer_output = HIDDEN_STATES if HIDDEN_STATES in outputs else LAYER_STATES
+        layer_states = outputs.get(self.layer_output)
         self.layers = None if layer_states is None else int(layer_states.shape[1])
+        self.default_layer: int | None = None
+        if self.layer_output == HIDDEN_STATES and self.layers is not None:
+            self.default_layer = self.layers - 1
+        self.pooled = POOLED in outputs
         self.comma_id = tokenizer.token_id(",</w>")
 
     def check_clip_skip(self, clip_skip: int | None) -> int | None:
-        """The index into `layer_states` for `clip_skip`; None when no layer is skipped."""
+        """The layer `clip_skip` reads (an index into the layer output); None for the last
+        state of an SD text encoder."""
         if not clip_skip:
-            return None
+            return self.default_layer
         if self.layers is None:
             raise InputError(
                 "these engines were built without the text encoder's layer outputs that clip "
                 "skip needs; rebuild them with this sdtrt (`sdtrt build`) to use --clip-skip"
             )
-        if not 0 <= clip_skip <= self.layers:
+        most = self.default_layer if self.default_layer is not None else self.layers
+        if not 0 <= clip_skip <= most:
             raise InputError(
-                f"clip skip must be 0 to {self.layers} (this text encoder's layers), "
-                f"got {clip_skip}"
+                f"clip skip must be 0 to {most} (this text encoder's layers), got {clip_skip}"
             )
-        return self.layers - clip_skip
+        return most - clip_skip
 
-    def tokenize(self, texts: list[str], syntax: PromptSyntax) -> list[TokenChunk]:
-        """Text-encoder inputs for `texts`: one chunk (the diffusers syntax) or several."""
+    def tokenize(self, texts: list[str], syntax: PromptSyntax, count: int = 1) -> list[TokenChunk]:
+        """Text-encoder inputs for `texts`: one chunk (the diffusers syntax) or at least
+        `count` (the A1111 syntax: as many as the longest text needs)."""
         if syntax == "diffusers":
             return [TokenChunk(self.tokenizer(texts), None)]
         per_text = [self._chunks(text) for text in texts]
-        count = max(len(chunks) for chunks in per_text)
+        count = max(count, *(len(chunks) for chunks in per_text))
         if count > self.max_chunks:
             longest = texts[max(range(len(texts)), key=lambda i: len(per_text[i]))]
             raise InputError(
@@ -94,16 +106,18 @@ class TextConditioner:
 
     def encode(
         self, chunks: list[TokenChunk], syntax: PromptSyntax, clip_skip: int | None, prompts: int
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Text states for tokenized texts whose last `prompts` rows are prompts (the rest
-        negative prompts), chunks joined along the sequence."""
+        negative prompts), chunks joined along the sequence; and the pooled output of the
+        first chunk where the encoder has one (as diffusers and the A1111 web UI take it)."""
         layer = self.check_clip_skip(clip_skip)
         parts = []
+        pooled = None
         for chunk in chunks:
             outputs = self.encoder.infer({"input_ids": chunk.ids})
-            states = outputs["last_hidden_state"]
-            if layer is not None:
-                skipped = outputs[LAYER_STATES][:, layer]
+            states = self._states(outputs, self.default_layer)
+            if layer != self.default_layer:
+                skipped = self._states(outputs, layer)
                 if syntax == "diffusers":  # diffusers skips layers for the prompts only
                     states = states.copy()
                     states[-prompts:] = skipped[-prompts:]
@@ -112,7 +126,14 @@ class TextConditioner:
             if chunk.weights is not None:
                 states = apply_weights(states, chunk.weights)
             parts.append(states)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            if pooled is None and self.pooled:
+                pooled = outputs[POOLED]
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), pooled
+
+    def _states(self, outputs: dict[str, np.ndarray], layer: int | None) -> np.ndarray:
+        if layer is None:
+            return outputs["last_hidden_state"]
+        return outputs[self.layer_output][:, layer]
 
     def _chunks(self, text: str) -> list[Chunk]:
         fragments = parse_prompt(text)

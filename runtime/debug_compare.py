@@ -142,6 +142,10 @@ def compare_component(
 def compare(directory: Path, prompt: str, seed: int = 0) -> list[ComponentComparison]:
     """Every network of the engine directory next to its fp32 reference."""
     manifest = read_manifest(directory)
-    tokenizer = PromptTokenizer(directory / manifest.tokenizer)
-    return [compare_component(directory, manifest, tokenizer, name, prompt, seed)
+    tokenizers = {
+        name: PromptTokenizer(directory / relative)
+        for name, relative in manifest.text_encoders.items()
+    }
+    first = next(iter(tokenizers.values()))
+    return [compare_component(directory, manifest, tokenizers.get(name, first), name, prompt, seed)
             for name in manifest.components]  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdtrt.errors import InputError
 
@@ -124,3 +124,85 @@ def preprocess_mask(value: Image.Image | np.ndarray, height: int, width: int) ->
 def load_input(value: ImageInput, what: str) -> Image.Image | np.ndarray:
     """A PIL image or float array from whatever the caller passed."""
     return _as_pil_or_array(value, what)
+
+
+Region = tuple[int, int, int, int]  # left, top, right, bottom, in pixels
+
+
+def mask_crop_region(mask: Image.Image, width: int, height: int, padding: int) -> Region:
+    """diffusers' `padding_mask_crop` region: the smallest box holding every non-black pixel of
+    `mask`, grown by `padding` on each side (within the image), then grown along one axis to
+    the output's aspect ratio, shifted back inside the image where it would leave it."""
+    pixels = np.asarray(mask.convert("L"))
+    rows, columns = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    if rows.size == 0:
+        raise InputError("the mask is black everywhere: nothing to inpaint, so nothing to crop to")
+    limit_y, limit_x = pixels.shape
+    x1, x2 = max(int(columns[0]) - padding, 0), min(int(columns[-1]) + 1 + padding, limit_x)
+    y1, y2 = max(int(rows[0]) - padding, 0), min(int(rows[-1]) + 1 + padding, limit_y)
+    aspect = width / height
+    if (x2 - x1) / (y2 - y1) > aspect:
+        y1, y2 = _widen(y1, y2, int((x2 - x1) / aspect - (y2 - y1)), limit_y)
+    else:
+        x1, x2 = _widen(x1, x2, int((y2 - y1) * aspect - (x2 - x1)), limit_x)
+    return x1, y1, x2, y2
+
+
+def _widen(low: int, high: int, extra: int, limit: int) -> tuple[int, int]:
+    """[low, high) grown by `extra`, half on each side, moved back within [0, limit)."""
+    low, high = low - extra // 2, high + extra - extra // 2
+    if high >= limit:
+        low, high = low - (high - limit), limit
+    if low < 0:
+        low, high = 0, high - low
+    return low, min(high, limit)
+
+
+def fill_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """`image` scaled to fit inside width x height, centred, the bands left over filled by
+    stretching its first and last rows (or columns): diffusers' "fill" resize mode."""
+    aspect, own = width / height, image.width / image.height
+    if aspect < own:
+        size = (width, image.height * width // image.width)
+    else:
+        size = (image.width * height // image.height, height)
+    fitted = image.resize(size, resample=Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(fitted, (width // 2 - size[0] // 2, height // 2 - size[1] // 2))
+    if aspect < own and (band := height // 2 - size[1] // 2) > 0:
+        canvas.paste(fitted.resize((width, band), box=(0, 0, width, 0)), (0, 0))
+        edge = (0, fitted.height, width, fitted.height)
+        canvas.paste(fitted.resize((width, band), box=edge), (0, band + size[1]))
+    elif aspect > own and (band := width // 2 - size[0] // 2) > 0:
+        canvas.paste(fitted.resize((band, height), box=(0, 0, 0, height)), (0, 0))
+        edge = (fitted.width, 0, fitted.width, height)
+        canvas.paste(fitted.resize((band, height), box=edge), (band + size[0], 0))
+    return canvas
+
+
+def _cover_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """`image` scaled to cover width x height, centred, the overhang cut: diffusers' "crop"."""
+    aspect, own = width / height, image.width / image.height
+    if aspect > own:
+        size = (width, image.height * width // image.width)
+    else:
+        size = (image.width * height // image.height, height)
+    canvas = Image.new("RGB", (width, height))
+    fitted = image.resize(size, resample=Image.Resampling.LANCZOS)
+    canvas.paste(fitted, (width // 2 - size[0] // 2, height // 2 - size[1] // 2))
+    return canvas
+
+
+def paste_back(
+    generated: Image.Image, original: Image.Image, mask: Image.Image, region: Region
+) -> Image.Image:
+    """The generated crop scaled into `region` of the original image, and the original's
+    unmasked pixels over it: diffusers' `apply_overlay`."""
+    kept = Image.new("RGBa", original.size)
+    kept.paste(original.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    x1, y1, x2, y2 = region
+    result = Image.new("RGBA", original.size)
+    result.paste(_cover_resize(generated, x2 - x1, y2 - y1), (x1, y1))
+    result = result.convert("RGB").convert("RGBA")
+    result.alpha_composite(kept.convert("RGBA"))
+    return result.convert("RGB")

@@ -23,20 +23,28 @@ from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.image_input import (
     ImageInput,
     default_size,
+    fill_resize,
     image_size,
     load_input,
+    mask_crop_region,
     nearest_resize,
+    paste_back,
     preprocess_image,
     preprocess_mask,
 )
 from sdtrt.runtime.noise import NoiseSource
+from sdtrt.runtime.numerics import is_finite
 from sdtrt.runtime.request import Request
 from sdtrt.runtime.tasks import ImageToImage, Inpaint, Task, check_strength, encode_image, repeat_to
 
 log = logging.getLogger(__name__)
 
-# diffusers' defaults: StableDiffusionImg2ImgPipeline 0.8, StableDiffusionInpaintPipeline 1.0.
-DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 1.0}
+# diffusers' defaults: StableDiffusionImg2ImgPipeline 0.8, StableDiffusionInpaintPipeline 1.0;
+# StableDiffusionXLImg2ImgPipeline 0.3, StableDiffusionXLInpaintPipeline 0.9999.
+DEFAULT_STRENGTH = {
+    "stable-diffusion": {"img2img": 0.8, "inpaint": 1.0},
+    "stable-diffusion-xl": {"img2img": 0.3, "inpaint": 0.9999},
+}
 INPAINT_UNET_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 
 
@@ -44,6 +52,12 @@ INPAINT_UNET_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 class ImageInputs:
     image: Image.Image | np.ndarray
     mask: Image.Image | np.ndarray | None
+    # Latents given as the image, (batch, latent channels, h, w): a base model's output handed
+    # to an SDXL refiner, used as they are instead of VAE-encoded.
+    latents: np.ndarray | None = None
+    # Inpainting only the masked region's surroundings (diffusers' padding_mask_crop): pixels
+    # of margin around the mask, the crop then pasted back into the image.
+    padding_mask_crop: int | None = None
 
     @property
     def kind(self) -> str:
@@ -55,6 +69,8 @@ def load_inputs(
     mask_image: ImageInput | None,
     strength: float | None,
     unet: Engine,
+    model: ModelInfo,
+    padding_mask_crop: int | None = None,
 ) -> ImageInputs | None:
     """The call's images, or None for text to image. A mask or strength without an image is
     an error, and so is anything but inpainting on an inpainting UNet."""
@@ -63,12 +79,29 @@ def load_inputs(
             "this is an inpainting model: give it an image and a mask (--image and --mask; "
             "API: image= and mask_image=)"
         )
+    if padding_mask_crop is not None and (
+        isinstance(padding_mask_crop, bool)
+        or not isinstance(padding_mask_crop, int)
+        or padding_mask_crop < 0
+        or mask_image is None
+    ):
+        raise InputError(
+            "padding_mask_crop is a margin in pixels (a whole number of at least 0) around the "
+            f"mask, for inpainting with an image and a mask; got {padding_mask_crop!r}"
+        )
     if image is None:
         if mask_image is not None:
             raise InputError("a mask needs an image to inpaint: pass --image (API: image=) too")
         if strength is not None:
             raise InputError("strength applies to an input image: pass --image (API: image=)")
         return None
+    if _are_latents(image, model):
+        assert isinstance(image, np.ndarray)
+        if mask_image is not None:
+            raise InputError("inpainting takes an image, not latents; decode them first")
+        if not is_finite(image):
+            raise InputError("the image latents hold NaN or infinity")
+        return ImageInputs(image, None, image.astype(np.float32))
     loaded = load_input(image, "image")
     mask = None if mask_image is None else load_input(mask_image, "mask")
     if mask is not None and image_size(mask) != image_size(loaded):
@@ -78,7 +111,15 @@ def load_inputs(
             *image_size(mask)[::-1],
             *image_size(loaded)[::-1],
         )
-    return ImageInputs(loaded, mask)
+    if padding_mask_crop is not None:
+        if not isinstance(loaded, Image.Image) or not isinstance(mask, Image.Image):
+            raise InputError(
+                "padding_mask_crop takes the image and the mask as PIL images or files, as "
+                "diffusers does, not arrays"
+            )
+        if image_size(mask) != image_size(loaded):
+            raise InputError("padding_mask_crop needs the mask the size of the image")
+    return ImageInputs(loaded, mask, padding_mask_crop=padding_mask_crop)
 
 
 def output_size(
@@ -88,7 +129,16 @@ def output_size(
     otherwise, as diffusers does; inpainting, like diffusers, defaults to the native size."""
     if inputs is None or inputs.kind == "inpaint":
         return height, width
-    own_height, own_width = default_size(inputs.image, manifest.model.vae_scale_factor)
+    f = manifest.model.vae_scale_factor
+    if inputs.latents is not None:
+        size = (inputs.latents.shape[2] * f, inputs.latents.shape[3] * f)
+        if (height or size[0], width or size[1]) != size:
+            raise InputError(
+                f"the image latents make {size[1]}x{size[0]} px images, not "
+                f"{width or size[1]}x{height or size[0]}; leave height and width unset"
+            )
+        return size
+    own_height, own_width = default_size(inputs.image, f)
     asked = (own_height if height is None else height, own_width if width is None else width)
     if height is None and width is None:
         try:
@@ -112,17 +162,28 @@ def make_image_task(
     strength: float | None,
     draw_latents: Callable[[], np.ndarray],
     latents_given: bool,
+    denoising_start: float | None = None,
 ) -> Task:
-    """The task for `inputs`; `draw_latents` returns the caller's latents or draws the noise."""
+    """The task for `inputs`; `draw_latents` returns the caller's latents or draws the noise.
+    From `denoising_start` on, the image is not noised (SDXL's base-to-refiner hand-off)."""
+    model = manifest.model
+    if denoising_start is not None and inputs.mask is not None:
+        raise InputError("denoising_start is for image to image, not inpainting")
+    if inputs.latents is not None:
+        return ImageToImage(
+            _latents_for(inputs.latents, request.batch),
+            None if denoising_start is not None else draw_latents(),
+            _strength(strength, inputs, model, request, denoising_start),
+            request.steps,
+            denoising_start,
+        )
     encoder = engines.get("vae_encoder")
     if encoder is None:
         raise ArtifactError(
             "these engines have no VAE encoder, which images need; rebuild with `sdtrt build "
             "--components text_encoder,unet,vae_decoder,vae_encoder`"
         )
-    strength = DEFAULT_STRENGTH[inputs.kind] if strength is None else strength
-    check_strength(strength, request.steps)
-    model = manifest.model
+    strength = _strength(strength, inputs, model, request, denoising_start)
     pixels = preprocess_image(inputs.image, request.height, request.width)
     if inputs.mask is None:
         if latents_given:
@@ -131,11 +192,59 @@ def make_image_task(
                 "from the seed, as diffusers' StableDiffusionImg2ImgPipeline does"
             )
         image_latents = repeat_to(encode_image(encoder, pixels, model, source), request.batch)
-        return ImageToImage(image_latents, draw_latents(), strength, request.steps)
-    return _inpaint(
-        inputs.mask, pixels, request, model, encoder, engines["unet"], source, strength,
-        draw_latents, latents_given,
+        noise = None if denoising_start is not None else draw_latents()
+        return ImageToImage(image_latents, noise, strength, request.steps, denoising_start)
+    image, mask = inputs.image, inputs.mask
+    if inputs.padding_mask_crop is None:
+        return _inpaint(
+            mask, pixels, request, model, encoder, engines["unet"], source, strength,
+            draw_latents, latents_given,
+        )  # fmt: skip
+    # The region around the mask, inpainted at the output size and pasted back.
+    assert isinstance(image, Image.Image) and isinstance(mask, Image.Image)
+    size = (request.width, request.height)
+    region = mask_crop_region(mask, *size, inputs.padding_mask_crop)
+    pixels = preprocess_image(fill_resize(image.crop(region), *size), request.height, request.width)
+    task = _inpaint(
+        fill_resize(mask.crop(region), *size), pixels, request, model, encoder, engines["unet"],
+        source, strength, draw_latents, latents_given,
     )  # fmt: skip
+    full_mask = mask
+    task.finish = lambda generated: paste_back(generated, image, full_mask, region)
+    return task
+
+
+def _are_latents(image: ImageInput, model: ModelInfo) -> bool:
+    return (
+        isinstance(image, np.ndarray)
+        and image.ndim == 4
+        and image.shape[1] == model.latent_channels
+        and np.issubdtype(image.dtype, np.floating)
+    )
+
+
+def _latents_for(latents: np.ndarray, batch: int) -> np.ndarray:
+    if batch % latents.shape[0]:
+        raise InputError(
+            f"{latents.shape[0]} image latents cannot be shared out among {batch} images; "
+            "give one per image, or one for all"
+        )
+    return repeat_to(latents, batch)
+
+
+def _strength(
+    strength: float | None,
+    inputs: ImageInputs,
+    model: ModelInfo,
+    request: Request,
+    denoising_start: float | None,
+) -> float:
+    """The strength asked for, else diffusers' default for the model and task; denoising_start
+    takes its place where given, as in diffusers."""
+    strength = DEFAULT_STRENGTH[model.family][inputs.kind] if strength is None else strength
+    if denoising_start is None:
+        check_strength(strength, request.steps)
+    return strength
 
 
 def _inpaint(

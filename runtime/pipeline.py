@@ -24,18 +24,18 @@ from sdtrt.engine.lora import LORA_COMPONENTS, LoraSource, as_lora_source
 from sdtrt.engine.lora_switch import load_with_initializers, lora_initializers
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError
-from sdtrt.runtime.conditioning import TextConditioner
 from sdtrt.runtime.image_input import ImageInput
 from sdtrt.runtime.image_tasks import load_inputs, make_image_task, output_size
 from sdtrt.runtime.images import postprocess, to_pil
 from sdtrt.runtime.noise import NoiseSource, make_noise
 from sdtrt.runtime.numerics import check_image, check_step, is_finite
-from sdtrt.runtime.request import Request, make_request
+from sdtrt.runtime.prompt_encoder import EncodeTimings, PromptEncoder
+from sdtrt.runtime.request import Request, SizeConditioning, make_request
 from sdtrt.runtime.schedulers import create_scheduler
-from sdtrt.runtime.tasks import Task
+from sdtrt.runtime.tasks import Task, check_fraction, cutoff_timestep
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
-REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+DENOISING = ("unet", "vae_decoder")  # needed with the text encoders by every call
 # Opened on the first call that takes an image, so that text to image never pays for it.
 ENCODER = "vae_encoder"
 
@@ -91,6 +91,12 @@ def default_scheduler(scheduler_config: Mapping[str, Any]) -> str:
     return str(scheduler_config.get("_class_name", "PNDMScheduler"))
 
 
+def _sizes(**given: Any) -> SizeConditioning | None:
+    """SDXL's micro-conditioning when the call sets any of it; None leaves the defaults."""
+    chosen = {name: value for name, value in given.items() if value is not None}
+    return SizeConditioning(**chosen) if chosen else None
+
+
 class Pipeline:
     """Stable Diffusion over an engine directory written by `sdtrt build`: text to image, and
     image to image and inpainting where the directory has a VAE encoder."""
@@ -100,19 +106,19 @@ class Pipeline:
         directory: Path,
         manifest: Manifest,
         engines: dict[str, Engine],
-        tokenizer: PromptTokenizer,
+        tokenizers: dict[str, PromptTokenizer],
         scheduler_config: dict[str, Any],
         backend: str | None = None,
     ) -> None:
+        """`tokenizers`: each text encoder's, by component name (see Manifest.text_encoders)."""
         self.directory = directory
         self.backend = backend  # what load() was asked for, for the engines opened later
         self.manifest = manifest
         self.engines = engines
-        self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
         self.loras: tuple[LoraSource, ...] = ()  # applied on top of the built weights
-        self.conditioner = TextConditioner(
-            engines["text_encoder"], tokenizer, manifest.ranges.max_prompt_chunks
+        self.prompt_encoder = PromptEncoder(
+            engines, tokenizers, manifest.model, manifest.ranges.max_prompt_chunks
         )
         self._opening = threading.Lock()
 
@@ -122,16 +128,19 @@ class Pipeline:
         directory = Path(directory)
         manifest = read_manifest(directory)
         scheduler_config = read_scheduler_config(directory, manifest)
-        tokenizer = PromptTokenizer(directory / manifest.tokenizer)
+        tokenizers = {
+            name: PromptTokenizer(directory / relative)
+            for name, relative in manifest.text_encoders.items()
+        }
         engines: dict[str, Engine] = {}
         try:
-            for name in REQUIRED_COMPONENTS:
+            for name in (*tokenizers, *DENOISING):
                 engines[name] = _load_engine(directory, manifest, name, backend)
         except BaseException:
             for engine in engines.values():
                 engine.close()
             raise
-        return cls(directory, manifest, engines, tokenizer, scheduler_config, backend)
+        return cls(directory, manifest, engines, tokenizers, scheduler_config, backend)
 
     @property
     def default_scheduler(self) -> str:
@@ -143,13 +152,13 @@ class Pipeline:
         negative_prompt: str | Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int | None = None,
         latents: np.ndarray | None = None,
         scheduler: str | None = None,
         num_images_per_prompt: int = 1,
-        output_type: Literal["pil", "np"] = "pil",
+        output_type: Literal["pil", "np", "latent"] = "pil",
         noise: str = "torch",
         step_callback: StepCallback | None = None,
         prompt_syntax: str = "diffusers",
@@ -157,20 +166,46 @@ class Pipeline:
         image: ImageInput | None = None,
         mask_image: ImageInput | None = None,
         strength: float | None = None,
+        prompt_2: str | Sequence[str] | None = None,
+        negative_prompt_2: str | Sequence[str] | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        padding_mask_crop: int | None = None,
     ) -> GenerationOutput:
         """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`.
+        Steps and guidance default to those of diffusers' pipeline for the model (50 steps;
+        guidance 7.5, SDXL 5; latent consistency models 4 steps at 8.5).
 
         With `noise="torch"` (the default) a seed draws exactly the noise that diffusers draws
         from `torch.Generator("cpu").manual_seed(seed)`, so both make the same image;
         `noise="numpy"` uses numpy's own generator instead. `prompt_syntax="a1111"` reads
         prompts in the A1111 web UI's syntax, weights and prompts beyond 77 tokens included;
-        `clip_skip` is diffusers' (see runtime/conditioning.py).
+        `clip_skip` is diffusers' (see runtime/conditioning.py). SDXL models also take
+        StableDiffusionXLPipeline's `prompt_2`, `negative_prompt_2`, sizes and (refiners)
+        aesthetic scores. SDXL's ensemble of experts: `denoising_end=0.8, output_type="latent"`
+        on the base model, then `image=those latents, denoising_start=0.8` on the refiner.
+        `padding_mask_crop=N` inpaints the mask's surroundings (N px of margin, grown to the
+        output's aspect ratio) at the output size and pastes the result back into the image.
         """
         started = time.perf_counter()
-        inputs = load_inputs(image, mask_image, strength, self.engines["unet"])
+        inputs = load_inputs(
+            image, mask_image, strength, self.engines["unet"], self.manifest.model,
+            padding_mask_crop,
+        )  # fmt: skip
+        if padding_mask_crop is not None and output_type != "pil":
+            raise InputError("padding_mask_crop makes PIL images: leave output_type 'pil'")
         height, width = output_size(inputs, self.manifest, height, width)
-        if output_type not in ("pil", "np"):
-            raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        if output_type not in ("pil", "np", "latent"):
+            raise InputError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
+        check_fraction(denoising_start, "denoising_start")
+        check_fraction(denoising_end, "denoising_end")
+        if denoising_start is not None and inputs is None:
+            raise InputError("denoising_start continues from an image or latents: pass image=")
         request = make_request(
             self.manifest,
             self.default_scheduler,
@@ -186,11 +221,23 @@ class Pipeline:
             noise,
             prompt_syntax=prompt_syntax,
             clip_skip=clip_skip,
+            prompt_2=prompt_2,
+            negative_prompt_2=negative_prompt_2,
+            inpainting=inputs is not None and inputs.kind == "inpaint",
+            sizes=_sizes(
+                original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left,
+                target_size=target_size,
+                aesthetic_score=aesthetic_score,
+                negative_aesthetic_score=negative_aesthetic_score,
+            ),
         )
-        self.conditioner.check_clip_skip(request.clip_skip)
+        self.prompt_encoder.check(request)
         timings = Timings()
         source = make_noise(request.noise, request.seed)
-        context = self._encode(request, timings)
+        encoded = EncodeTimings()
+        conditioning = self.prompt_encoder(request, encoded)
+        timings.tokenize, timings.text_encoder = encoded.tokenize, encoded.text_encoder
         if inputs is None:
             task = Task(self._initial_latents(request, latents, source))
         else:
@@ -199,9 +246,15 @@ class Pipeline:
             task = make_image_task(
                 inputs, request, self.manifest, self._with_encoder(), source, strength,
                 lambda: self._initial_latents(request, given, source), given is not None,
+                denoising_start,
             )  # fmt: skip
             timings.image_encode = time.perf_counter() - mark
-        latents = self._denoise(request, context, task, source, timings, step_callback)
+        latents = self._denoise(
+            request, conditioning, task, source, timings, step_callback, denoising_end
+        )
+        if output_type == "latent":
+            timings.total = time.perf_counter() - started
+            return GenerationOutput(latents, request, timings, task.strength)
         mark = time.perf_counter()
         model = self.manifest.model
         decoded = self.engines["vae_decoder"].infer(
@@ -210,28 +263,18 @@ class Pipeline:
         check_image(decoded, self.manifest)  # never a black PNG from an fp16 overflow
         images = postprocess(decoded)
         timings.vae_decoder = time.perf_counter() - mark
+        output: list[Image.Image] | np.ndarray = images
+        if output_type == "pil":
+            output = to_pil(images)
+            if task.finish is not None:
+                output = [task.finish(image) for image in output]
         timings.total = time.perf_counter() - started
         return GenerationOutput(
-            images=to_pil(images) if output_type == "pil" else images,
+            images=output,
             request=request,
             timings=timings,
             strength=task.strength,
         )
-
-    def _encode(self, request: Request, timings: Timings) -> np.ndarray:
-        """Text states for the UNet: negatives then prompts when guided, one row per image."""
-        mark = time.perf_counter()
-        texts = request.negative_prompts + request.prompts if request.guided else request.prompts
-        chunks = self.conditioner.tokenize(texts, request.prompt_syntax)
-        timings.tokenize = time.perf_counter() - mark
-        mark = time.perf_counter()
-        states = self.conditioner.encode(
-            chunks, request.prompt_syntax, request.clip_skip, len(request.prompts)
-        )
-        timings.text_encoder = time.perf_counter() - mark
-        context = np.repeat(states, request.images_per_prompt, axis=0)
-        context.setflags(write=False)  # the same every step: GPU engines keep it on the device
-        return context
 
     def _initial_latents(
         self, request: Request, latents: np.ndarray | None, source: NoiseSource
@@ -253,16 +296,21 @@ class Pipeline:
     def _denoise(
         self,
         request: Request,
-        context: np.ndarray,
+        conditioning: dict[str, np.ndarray],
         task: Task,
         source: NoiseSource,
         timings: Timings,
         step_callback: StepCallback | None,
+        denoising_end: float | None,
     ) -> np.ndarray:
         scheduler = create_scheduler(request.scheduler, self.scheduler_config)
         begins = task.start(scheduler, scheduler.plan(request.steps))
         plan, latents = begins.plan, begins.latents
         timesteps = scheduler.timesteps(plan)
+        end = len(timesteps)
+        if denoising_end is not None:  # the calls at or above the cut-off timestep
+            cutoff = cutoff_timestep(denoising_end, scheduler)
+            end = begins.begin + int((timesteps[begins.begin :] >= cutoff).sum())
         state = scheduler.initial_state(plan)
         unet = self.engines["unet"]
         guidance = np.float32(request.guidance_scale)
@@ -277,7 +325,7 @@ class Pipeline:
             for half in np.split(model_input, rows):
                 np.copyto(half[:, channels:], extra)
         timestep = np.empty((model_input.shape[0],), dtype=np.float32)
-        for i in range(begins.begin, len(timesteps)):
+        for i in range(begins.begin, end):
             t = timesteps[i]
             mark = time.perf_counter()
             scaled = scheduler.scale_model_input(latents, i, plan)
@@ -286,7 +334,7 @@ class Pipeline:
             timestep.fill(t)
             unet_started = time.perf_counter()
             prediction = unet.infer(
-                {"sample": model_input, "timestep": timestep, "encoder_hidden_states": context}
+                {"sample": model_input, "timestep": timestep, **conditioning}
             )["noise_pred"]
             unet_done = time.perf_counter()
             if request.guided:
@@ -298,11 +346,11 @@ class Pipeline:
                 prediction += unconditional
             latents, state = scheduler.step(prediction, i, latents, plan, state, source.randn)
             latents = task.blend(latents, scheduler, plan, i)
-            check_step(latents, i, len(timesteps), self.manifest)
+            check_step(latents, i, end, self.manifest)
             timings.unet.append(unet_done - unet_started)
             timings.scheduler.append(time.perf_counter() - mark - (unet_done - unet_started))
             if step_callback is not None:
-                step_callback(i - begins.begin, len(timesteps) - begins.begin)
+                step_callback(i - begins.begin, end - begins.begin)
         return latents
 
     def _with_encoder(self) -> dict[str, Engine]:
@@ -321,6 +369,10 @@ class Pipeline:
         LoraSource), in place of any set before; `[]` restores the built weights. The engines
         are replaced between calls: do not switch while another thread generates."""
         sources = tuple(as_lora_source(item) for item in loras)
+        if set(self.manifest.text_encoders) != {"text_encoder"}:
+            raise InputError(
+                "LoRAs switch on SD 1.x and 2.x engines; SDXL LoRAs are not supported yet"
+            )
         records = self.manifest.components
         weights = lora_initializers(self.directory, records, sources) if sources else {}
         fresh: dict[str, Engine] = {}
@@ -336,7 +388,7 @@ class Pipeline:
         for name, engine in fresh.items():
             self.engines[name].close()
             self.engines[name] = engine
-        self.conditioner.encoder = self.engines["text_encoder"]
+        self.prompt_encoder.conditioners["text_encoder"].encoder = self.engines["text_encoder"]
         self.loras = sources
 
     def close(self) -> None:

@@ -5,14 +5,26 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from sdtrt.engine.manifest import Manifest
+from sdtrt.engine.manifest import Manifest, ModelInfo
 from sdtrt.engine.ranges import check_batch, check_image_size
 from sdtrt.errors import InputError
 from sdtrt.runtime.noise import NOISE_KINDS, NoiseKind
 from sdtrt.runtime.prompt_syntax import PROMPT_SYNTAXES, PromptSyntax
 from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
+
+
+@dataclass(frozen=True)
+class SizeConditioning:
+    """SDXL's micro-conditioning, diffusers' arguments of the same names: sizes in pixels as
+    (height, width), None meaning the output size; the refiner's aesthetic scores."""
+
+    original_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,13 @@ class Request:
     noise: NoiseKind
     prompt_syntax: PromptSyntax = "diffusers"
     clip_skip: int | None = None  # diffusers' meaning: layers skipped from the end
+    # SDXL: the second text encoder's prompts (diffusers' prompt_2), the first's by default.
+    prompts_2: list[str] | None = None
+    negative_prompts_2: list[str] | None = None
+    # SDXL with force_zeros_for_empty_prompt and no negative prompt: zero conditioning.
+    zero_negatives: bool = False
+    sizes: SizeConditioning = SizeConditioning()
+    guidance_embedded: bool = False  # the UNet takes the scale (latent consistency models)
 
     @property
     def batch(self) -> int:
@@ -36,8 +55,9 @@ class Request:
 
     @property
     def guided(self) -> bool:
-        """Classifier-free guidance runs only above 1, as in diffusers."""
-        return self.guidance_scale > 1.0
+        """Classifier-free guidance runs only above 1, as in diffusers, and never for a UNet
+        that embeds the guidance scale."""
+        return self.guidance_scale > 1.0 and not self.guidance_embedded
 
 
 def _as_prompts(value: str | Sequence[str], what: str) -> list[str]:
@@ -68,8 +88,8 @@ def make_request(
     negative_prompt: str | Sequence[str] | None,
     height: int | None,
     width: int | None,
-    num_inference_steps: int,
-    guidance_scale: float,
+    num_inference_steps: int | None,
+    guidance_scale: float | None,
     seed: int | None,
     scheduler: str | None,
     num_images_per_prompt: int,
@@ -77,19 +97,36 @@ def make_request(
     *,
     prompt_syntax: str = "diffusers",
     clip_skip: int | None = None,
+    prompt_2: str | Sequence[str] | None = None,
+    negative_prompt_2: str | Sequence[str] | None = None,
+    sizes: SizeConditioning | None = None,
+    inpainting: bool = False,
 ) -> Request:
     prompts = _as_prompts(prompt, "prompt")
-    if negative_prompt is None:
-        negatives = [""] * len(prompts)
-    elif isinstance(negative_prompt, str):
-        negatives = [negative_prompt] * len(prompts)
-    else:
-        negatives = _as_prompts(negative_prompt, "negative_prompt")
-        if len(negatives) != len(prompts):
+    negatives = _negatives(negative_prompt, len(prompts), "negative_prompt")
+    model = manifest.model
+    xl = model.family == "stable-diffusion-xl"
+    if not xl and (prompt_2 is not None or negative_prompt_2 is not None or sizes is not None):
+        raise InputError(
+            "prompt_2, negative_prompt_2 and the size and aesthetic conditioning are for SDXL "
+            f"models; this is a {model.family} model"
+        )
+    prompts_2 = None if prompt_2 is None else _as_prompts(prompt_2, "prompt_2")
+    if prompts_2 is not None and len(prompts_2) != len(prompts):
+        if len(prompts_2) != 1:
             raise InputError(
-                f"got {len(negatives)} negative prompts for {len(prompts)} prompts; "
-                "give one per prompt or a single string"
+                f"got {len(prompts_2)} prompt_2 for {len(prompts)} prompts; give one per prompt"
             )
+        prompts_2 = prompts_2 * len(prompts)
+    negatives_2 = (
+        None
+        if negative_prompt_2 is None
+        else _negatives(negative_prompt_2, len(prompts), "negative_prompt_2")
+    )
+    if num_inference_steps is None:
+        num_inference_steps = default_steps(model)
+    if guidance_scale is None:
+        guidance_scale = default_guidance(model, inpainting)
     native_height, native_width = manifest.model.native_size
     height = native_height if height is None else int(height)
     width = native_width if width is None else int(width)
@@ -126,4 +163,61 @@ def make_request(
         noise=noise,  # type: ignore[arg-type]
         prompt_syntax=prompt_syntax,  # type: ignore[arg-type]
         clip_skip=clip_skip,
+        prompts_2=prompts_2,
+        negative_prompts_2=negatives_2,
+        zero_negatives=xl and model.force_zeros_for_empty_prompt and negative_prompt is None,
+        sizes=_check_sizes(sizes or SizeConditioning()),
+        guidance_embedded=model.guidance_embedding_dim is not None,
     )
+
+
+def default_guidance(model: ModelInfo, inpainting: bool = False) -> float:
+    """The guidance scale diffusers' pipeline for the model and task uses when none is given
+    (StableDiffusionXLInpaintPipeline's is SD's, not SDXL's)."""
+    if model.guidance_embedding_dim is not None:
+        return 8.5  # LatentConsistencyModelPipeline
+    return 5.0 if model.family == "stable-diffusion-xl" and not inpainting else 7.5
+
+
+def default_steps(model: ModelInfo) -> int:
+    """Likewise for the steps: a latent consistency model samples in a few."""
+    return 4 if model.guidance_embedding_dim is not None else 50
+
+
+def _negatives(value: str | Sequence[str] | None, prompts: int, what: str) -> list[str]:
+    if value is None:
+        return [""] * prompts
+    if isinstance(value, str):
+        return [value] * prompts
+    negatives = _as_prompts(value, what)
+    if len(negatives) != prompts:
+        raise InputError(
+            f"got {len(negatives)} {what.replace('_', ' ')}s for {prompts} prompts; "
+            "give one per prompt or a single string"
+        )
+    return negatives
+
+
+def _check_sizes(sizes: SizeConditioning) -> SizeConditioning:
+    """The conditioning with its pairs as tuples (callers may pass lists), or one InputError."""
+    pairs: dict[str, tuple[int, int] | None] = {}
+    for name in ("original_size", "crops_coords_top_left", "target_size"):
+        pair = getattr(sizes, name)
+        if pair is None:
+            pairs[name] = None
+            continue
+        if (
+            isinstance(pair, (str, bytes))
+            or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            or min(pair) < 0
+        ):
+            raise InputError(f"{name} must be two whole numbers of at least 0, got {pair!r}")
+        pairs[name] = (int(pair[0]), int(pair[1]))
+    for name, score in (
+        ("aesthetic_score", sizes.aesthetic_score),
+        ("negative_aesthetic_score", sizes.negative_aesthetic_score),
+    ):
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise InputError(f"{name} must be a finite number, got {score!r}")
+    return replace(sizes, **pairs)  # type: ignore[arg-type]

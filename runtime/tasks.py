@@ -9,10 +9,12 @@ order diffusers' pipelines draw it, so a seed gives diffusers' image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import ModelInfo
@@ -34,6 +36,8 @@ class Task:
     name = "txt2img"
     unet_extra: np.ndarray | None = None  # (batch, k, h, w) channels after the latents
     strength: float | None = None  # how much of an input image is repainted
+    # What becomes of each output image (inpainting a crop: pasted back into the input image).
+    finish: Callable[[Image.Image], Image.Image] | None = None
 
     def __init__(self, latents: np.ndarray) -> None:
         self.latents = latents
@@ -67,25 +71,59 @@ def check_strength(strength: float, steps: int) -> None:
         )
 
 
+def cutoff_timestep(fraction: float, scheduler: Scheduler[Any, Any]) -> int:
+    """The timestep at `fraction` of the denoising (SDXL's denoising_start / denoising_end),
+    as diffusers rounds it."""
+    train_steps = int(scheduler.config.get("num_train_timesteps", 1000))
+    return int(round(train_steps - fraction * train_steps))
+
+
+def check_fraction(value: float | None, name: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise InputError(f"{name} must be a number between 0 and 1 (exclusive), got {value!r}")
+
+
 class ImageToImage(Task):
-    """Image to image: the image's latents noised to the level of the first call kept."""
+    """Image to image: the image's latents noised to the level of the first call kept; or, from
+    `denoising_start` on (an SDXL refiner taking over from a base model's latents), the latents
+    as given, from the first call below that fraction of the schedule."""
 
     name = "img2img"
 
     def __init__(
-        self, image_latents: np.ndarray, noise: np.ndarray, strength: float, steps: int
+        self,
+        image_latents: np.ndarray,
+        noise: np.ndarray | None,
+        strength: float,
+        steps: int,
+        denoising_start: float | None = None,
     ) -> None:
-        super().__init__(noise)
+        super().__init__(image_latents if noise is None else noise)
         self.image_latents = image_latents
         self.noise = noise
-        self.strength = strength
+        self.strength = None if denoising_start is not None else strength
         self.skipped = skipped_steps(steps, strength)
+        self.denoising_start = denoising_start
 
     def start(self, scheduler: Scheduler[Any, Any], plan: Any) -> LoopStart:
-        plan, begin = scheduler.start_at(plan, self.skipped)
-        return LoopStart(
-            plan, begin, scheduler.add_noise(self.image_latents, self.noise, begin, plan)
-        )
+        if self.denoising_start is None:
+            plan, begin = scheduler.start_at(plan, self.skipped)
+            assert self.noise is not None
+            latents = scheduler.add_noise(self.image_latents, self.noise, begin, plan)
+            return LoopStart(plan, begin, latents)
+        timesteps = scheduler.timesteps(plan)
+        calls = int((timesteps < cutoff_timestep(self.denoising_start, scheduler)).sum())
+        if scheduler.order == 2 and calls % 2 == 0:
+            calls += 1  # a second-order step is never split between the two models
+        if calls < 1 or calls > len(timesteps):
+            raise InputError(
+                f"denoising_start {self.denoising_start} leaves no step of {len(timesteps)} to "
+                "run; lower it or raise the steps"
+            )
+        plan, begin = scheduler.start_at(plan, (len(timesteps) - calls) // scheduler.order)
+        return LoopStart(plan, begin, self.image_latents)
 
 
 class Inpaint(Task):

@@ -37,7 +37,7 @@ class GenerationParams:
     prompt: str
     negative_prompt: str = ""
     steps: int = 50
-    guidance: float = 7.5
+    guidance: float | None = None  # the model's default
     seed: int | None = None
     height: int | None = None
     width: int | None = None

@@ -19,7 +19,10 @@ class Txt2ImgRequest(BaseModel):
     prompt: Annotated[str, Strict()] = Field(description="What to draw.")
     negative_prompt: Annotated[str, Strict()] = Field("", description="What to steer away from.")
     steps: Int = Field(50, description="Denoising steps.")
-    guidance: Number = Field(7.5, description="Classifier-free guidance scale; 1 turns it off.")
+    guidance: Number | None = Field(
+        None,
+        description="Classifier-free guidance scale; 1 turns it off. The model's default if unset.",
+    )
     seed: Int | None = Field(None, description="Seed for the initial noise; random if unset.")
     height: Int | None = Field(None, description="Pixels; the model's native size if unset.")
     width: Int | None = Field(None, description="Pixels; the model's native size if unset.")

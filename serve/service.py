@@ -240,7 +240,8 @@ class Service:
         if params.images < 1:
             raise InputError(f"the number of images must be at least 1, got {params.images}")
         first = make_request(
-            self.manifest, self.default_scheduler, params.prompt, params.negative_prompt,
+            # None, not "": SDXL conditions on zeros without a negative prompt.
+            self.manifest, self.default_scheduler, params.prompt, params.negative_prompt or None,
             params.height, params.width, params.steps, params.guidance, params.seed,
             params.scheduler, per_call,
         )  # fmt: skip
@@ -336,7 +337,9 @@ class Service:
             self._check(job)
 
         return pipe(
-            call.prompts, negative_prompt=call.negative_prompts, height=call.height,
+            call.prompts,
+            negative_prompt=None if call.zero_negatives else call.negative_prompts,
+            height=call.height,
             width=call.width, num_inference_steps=call.steps,
             guidance_scale=call.guidance_scale, seed=call.seed, scheduler=call.scheduler,
             num_images_per_prompt=call.images_per_prompt, noise=call.noise,

@@ -44,11 +44,12 @@ class TritonPythonModel:
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"STEPS must be 1 to {self.max_steps}, got {steps}")
         seed = _value(request, "SEED", -1)
+        guidance = _value(request, "GUIDANCE", None)  # the model's default if absent
         result = self.pipe(
             _value(request, "PROMPT", None),
-            negative_prompt=_value(request, "NEGATIVE_PROMPT", ""),
+            negative_prompt=_value(request, "NEGATIVE_PROMPT", "") or None,
             num_inference_steps=steps,
-            guidance_scale=float(_value(request, "GUIDANCE", 7.5)),
+            guidance_scale=None if guidance is None else float(guidance),
             seed=None if seed < 0 else int(seed),
             height=_value(request, "HEIGHT", None),
             width=_value(request, "WIDTH", None),

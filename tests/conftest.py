@@ -116,3 +116,25 @@ def tiny_inpaint_engine_dir(
     output = tmp_path_factory.mktemp("engines") / "tiny-inpaint"
     build(str(tiny_inpaint_model_dir), output, ExportOptions(), BuildOptions(backend="onnxruntime"))
     return output
+
+
+@pytest.fixture(scope="session")
+def preset_build(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`get(name)` -> (diffusers folder, ONNX Runtime engine directory) of a preset, each
+    written and built once per session, default components. Treat both as read-only."""
+    from sdtrt.engine.options import BuildOptions
+    from sdtrt.export.build import ExportOptions, build
+    from sdtrt.export.presets import write_preset
+
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in made:
+            folder = tmp_path_factory.mktemp("models") / name
+            write_preset(name, folder)
+            output = tmp_path_factory.mktemp("engines") / name
+            build(str(folder), output, ExportOptions(), BuildOptions(backend="onnxruntime"))
+            made[name] = (folder, output)
+        return made[name]
+
+    return get

@@ -1,9 +1,12 @@
-"""A diffusers folder written back as one A1111/ComfyUI-layout checkpoint (SD 1.x), for tests.
+"""A diffusers folder written back as one A1111/ComfyUI-layout checkpoint, for tests.
 
 The original Stable Diffusion code (ldm) names the UNet by flat block lists (input_blocks,
-middle_block, output_blocks) and its VAE by `down.i.block.j`; the text encoder is the Hugging
-Face CLIP under `cond_stage_model.transformer.`. Written from the layouts' definitions: the
-mapping is the inverse of what diffusers' single-file loader undoes.
+middle_block, output_blocks) and its VAE by `down.i.block.j`. SD 1.x keeps the Hugging Face CLIP
+under `cond_stage_model.transformer.`; SD 2.x an OpenCLIP under `cond_stage_model.model.`
+(residual blocks, one fused q/k/v projection); SDXL the CLIP as `conditioner.embedders.0` and
+the OpenCLIP (with its text projection) as `conditioner.embedders.1`, and its UNet's added
+embedding as `label_emb`. Written from the layouts' definitions: the mapping is the inverse of
+what diffusers' single-file loader undoes.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def unet_to_ldm(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.nd
         "conv_in": "input_blocks.0.0",
         "conv_norm_out": "out.0",
         "conv_out": "out.2",
+        "add_embedding.linear_1": "label_emb.0.0",  # SDXL's pooled prompt and time ids
+        "add_embedding.linear_2": "label_emb.0.2",
     }
     out = {}
     for name, value in weights.items():
@@ -100,17 +105,58 @@ def vae_to_ldm(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.nda
     return out
 
 
+OPEN_CLIP_LAYER = {
+    "layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}  # fmt: skip
+
+
+def clip_to_ldm(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """A Hugging Face CLIP text model under `prefix`, keeping CLIP's `text_model.` level, which
+    transformers 5 no longer writes."""
+    return {prefix + "text_model." + k.removeprefix("text_model."): v for k, v in weights.items()}
+
+
+def open_clip_to_ldm(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """A CLIP text model as OpenCLIP names it under `prefix`: q, k and v in one projection."""
+    weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
+    out = {
+        "token_embedding.weight": weights.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": weights.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": weights.pop("final_layer_norm.weight"),
+        "ln_final.bias": weights.pop("final_layer_norm.bias"),
+    }
+    weights.pop("embeddings.position_ids", None)
+    if "text_projection.weight" in weights:
+        out["text_projection"] = weights.pop("text_projection.weight").T
+    for name in [n for n in weights if ".self_attn.q_proj." in n]:
+        layer, kind = name.split(".")[2], name.rsplit(".", 1)[1]
+        parts = [weights.pop(name.replace(".q_proj.", f".{p}_proj.")) for p in "qkv"]
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = np.concatenate(parts)
+    for name, value in weights.items():  # encoder.layers.i.<module>.<param>
+        _, _, layer, rest = name.split(".", 3)
+        out[f"transformer.resblocks.{layer}.{_swap(rest, OPEN_CLIP_LAYER)}"] = value
+    return {prefix + k: v for k, v in out.items()}
+
+
 def write_single_file(model_dir: Path, path: Path) -> Path:
-    """`model_dir` (SD 1.x diffusers folder) as one .safetensors in the original layout."""
+    """`model_dir` (an SD 1.x, SD 2.x or SDXL diffusers folder) as one .safetensors in the
+    original layout; the family is the model index's."""
     def config(sub: str) -> dict:
         return json.loads((model_dir / sub / "config.json").read_text())
 
-    unet = load_file(str(model_dir / "unet/diffusion_pytorch_model.safetensors"))
-    vae = load_file(str(model_dir / "vae/diffusion_pytorch_model.safetensors"))
-    text = load_file(str(model_dir / "text_encoder/model.safetensors"))
+    def weights(sub: str, name: str = "diffusion_pytorch_model") -> dict[str, np.ndarray]:
+        return load_file(str(model_dir / sub / f"{name}.safetensors"))
+
+    unet, vae, text = weights("unet"), weights("vae"), weights("text_encoder", "model")
     tensors = {**unet_to_ldm(unet, config("unet")), **vae_to_ldm(vae, config("vae"))}
-    # Checkpoints keep CLIP's `text_model.` level, which transformers 5 no longer writes.
-    prefix = "cond_stage_model.transformer.text_model."
-    tensors.update({prefix + k.removeprefix("text_model."): v for k, v in text.items()})
+    if (model_dir / "text_encoder_2").is_dir():  # SDXL
+        tensors.update(clip_to_ldm(text, "conditioner.embedders.0.transformer."))
+        second = weights("text_encoder_2", "model")
+        tensors.update(open_clip_to_ldm(second, "conditioner.embedders.1.model."))
+    elif config("text_encoder")["hidden_act"] == "gelu":  # SD 2.x's OpenCLIP
+        tensors.update(open_clip_to_ldm(text, "cond_stage_model.model."))
+    else:
+        tensors.update(clip_to_ldm(text, "cond_stage_model.transformer."))
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
     return path

@@ -19,7 +19,11 @@ def components_table(manifest: Manifest) -> Table:
         "relative error",
         "build s",
     ):
-        table.add_column(column, justify="left" if column in ("component", "backend") else "right")
+        table.add_column(
+            column,
+            justify="left" if column in ("component", "backend") else "right",
+            no_wrap=column == "component",  # text_encoder and text_encoder_2 must stay apart
+        )
     for record in manifest.components.values():
         worst = max(record.validation, key=lambda v: v.relative_error)
         table.add_row(
@@ -63,11 +67,11 @@ def profiles_table(manifest: Manifest) -> Table:
     return table
 
 
-def timing_table(result: GenerationOutput) -> Table:
+def timing_table(result: GenerationOutput, title: str = "timings") -> Table:
     """Per-stage time of one generation, per step where it repeats."""
     timings = result.timings
     steps = len(timings.unet)
-    table = Table(title="timings")
+    table = Table(title=title)
     table.add_column("stage")
     table.add_column("total ms", justify="right")
     table.add_column("per step ms", justify="right")

@@ -98,14 +98,23 @@ def test_bad_tokenizer_fails_the_build_with_one_line(tiny_model_dir, tmp_path, d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_not_a_stable_diffusion_pipeline(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [
+        ("StableDiffusion3Pipeline", "is a StableDiffusion3Pipeline; sdtrt builds"),
+        # An SD folder labelled SDXL: what SDXL needs is named.
+        ("StableDiffusionXLPipeline", "lacks text_encoder_2, tokenizer_2 in model_index.json"),
+    ],
+)
+def test_not_a_supported_pipeline(tiny_model_dir, tmp_path, pipeline, message):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     index = json.loads((model / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionXLPipeline"
+    index["_class_name"] = pipeline
     (model / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ModelSourceError, match="is a StableDiffusionXLPipeline; sdtrt builds"):
+    with pytest.raises(ModelSourceError, match=message):
         build(str(model), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_build_for_another_target_is_not_reused(engine_copy, tiny_model_dir, monkeypatch):

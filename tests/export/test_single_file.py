@@ -16,7 +16,14 @@ from sdtrt.cli import app
 from sdtrt.engine.options import BuildOptions
 from sdtrt.errors import ModelSourceError
 from sdtrt.export.build import build
-from sdtrt.export.single_file import SD2, UNET_IN, detect_architecture
+from sdtrt.export.presets import SDXL
+from sdtrt.export.single_file import (
+    SD2,
+    SDXL_CLIP_TOKENS,
+    SDXL_OPEN_CLIP_TOKENS,
+    UNET_IN,
+    detect_architecture,
+)
 from sdtrt.runtime.pipeline import Pipeline
 
 KWARGS = dict(prompt="a photo of an astronaut", negative_prompt="fog", num_inference_steps=6)
@@ -50,6 +57,32 @@ def test_single_file_builds_the_images_of_the_diffusers_folder(
     assert_same_image(_image(tiny_engine_dir), image)
 
 
+@pytest.mark.parametrize(
+    ("preset", "reference_class"),
+    [("tiny-v", "StableDiffusionPipeline"), ("tiny-sdxl", "StableDiffusionXLPipeline")],
+)
+def test_sd2_and_sdxl_single_files_build_the_images_of_their_folders(
+    preset_build, preset, reference_class, tmp_path, monkeypatch
+):
+    """SD 2.x (OpenCLIP, v-prediction) and SDXL (two encoders) files, written from the tiny
+    lookalikes, build offline into engines that make the folders' images."""
+    import diffusers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, folder_engines = preset_build(preset)
+    checkpoint = write_single_file(folder, tmp_path / f"{preset}.safetensors")
+    assert detect_architecture(checkpoint).name == preset
+    ort = BuildOptions(backend="onnxruntime")
+    manifest = build(str(checkpoint), tmp_path / "engines", build_options=ort)
+    family = "stable-diffusion-xl" if "xl" in preset else "stable-diffusion"
+    assert manifest.model.family == family
+    reference = getattr(diffusers, reference_class).from_pretrained(folder)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(**KWARGS, latents=torch.from_numpy(_latents()), output_type="np").images
+    assert_same_image(expected, _image(tmp_path / "engines"))
+    assert_same_image(_image(folder_engines), _image(tmp_path / "engines"))
+
+
 def _header_only(path: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
     save_file({name: np.zeros(shape, dtype=np.float16) for name, shape in shapes.items()}, path)
     return path
@@ -63,10 +96,21 @@ def test_sd2_is_told_from_its_open_clip_text_encoder(tmp_path):
     assert detect_architecture(path) is SD2
 
 
+def test_sdxl_is_told_from_its_two_text_encoders(tmp_path):
+    path = _header_only(
+        tmp_path / "xl.safetensors",
+        {UNET_IN: (320, 4, 3, 3), SDXL_CLIP_TOKENS: (8, 768), SDXL_OPEN_CLIP_TOKENS: (8, 1280)},
+    )
+    assert detect_architecture(path) is SDXL
+
+
 @pytest.mark.parametrize(
     ("shapes", "message"),
     [
-        ({"conditioner.embedders.0.transformer.x": (1,), UNET_IN: (320, 4, 3, 3)}, "SDXL"),
+        (
+            {"conditioner.embedders.0.model.x": (1,), UNET_IN: (384, 4, 3, 3)},
+            "SDXL checkpoint without both text encoders",
+        ),
         ({"some.other.model.weight": (4, 4)}, "not a Stable Diffusion checkpoint"),
         ({UNET_IN: (320, 4, 3, 3)}, "no text encoder"),
         (

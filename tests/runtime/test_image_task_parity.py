@@ -9,6 +9,7 @@ import torch
 from helpers import assert_same_image, psnr
 from PIL import Image
 
+from sdtrt.errors import InputError
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import SCHEDULERS
 from sdtrt.tolerances import END_TO_END_PSNR_DB
@@ -179,3 +180,41 @@ def test_the_image_matters(pipe, references):
     flipped = make_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     actual = pipe(**kwargs, image=flipped, scheduler="ddim", seed=5, output_type="np").images
     assert psnr(expected, actual) < END_TO_END_PSNR_DB
+
+
+@pytest.mark.parametrize(("which", "padding"), [("inpaint", 0), ("inpaint", 12), ("inpaint9", 4)])
+def test_padding_mask_crop_matches_diffusers(
+    pipe, inpaint_pipe, references, which, padding, tmp_path
+):
+    """Inpainting a crop around the mask, pasted back: the same PNG pixels as diffusers'."""
+    image, mask = make_image(90, 120), make_mask(90, 120)
+    kwargs = dict(prompt="a cat", num_inference_steps=6, strength=0.8, padding_mask_crop=padding)
+    generator = torch.Generator("cpu").manual_seed(2)
+    expected = references[which](
+        **kwargs, image=image, mask_image=mask, generator=generator
+    ).images[0]
+    image.save(tmp_path / "in.png")
+    mask.save(tmp_path / "mask.png")  # files work as images do
+    ours = inpaint_pipe if which == "inpaint9" else pipe
+    actual = ours(**kwargs, image=tmp_path / "in.png", mask_image=tmp_path / "mask.png", seed=2)
+    assert actual.images[0].size == (120, 90)
+    assert_same_image(np.asarray(expected) / 255.0, np.asarray(actual.images[0]) / 255.0)
+    outside = np.asarray(mask) == 0  # the unmasked pixels are the input image's
+    assert np.array_equal(np.asarray(actual.images[0])[outside], np.asarray(image)[outside])
+
+
+def test_padding_mask_crop_errors(pipe):
+    image, mask = make_image(), make_mask()
+    with pytest.raises(InputError, match="padding_mask_crop is a margin"):
+        pipe("a cat", image=image, padding_mask_crop=4, num_inference_steps=2)
+    with pytest.raises(InputError, match="padding_mask_crop is a margin"):
+        pipe("a cat", image=image, mask_image=mask, padding_mask_crop=-1, num_inference_steps=2)
+    with pytest.raises(InputError, match="not arrays"):
+        floats = np.asarray(image, np.float32) / 255  # uint8 arrays are taken as images
+        pipe("a cat", image=floats, mask_image=mask, padding_mask_crop=4, num_inference_steps=2)
+    with pytest.raises(InputError, match="leave output_type 'pil'"):
+        pipe("a cat", image=image, mask_image=mask, padding_mask_crop=4, output_type="np",
+             num_inference_steps=2)  # fmt: skip
+    with pytest.raises(InputError, match="black everywhere"):
+        black = Image.fromarray(np.zeros((57, 75), np.uint8))
+        pipe("a cat", image=image, mask_image=black, padding_mask_crop=4, num_inference_steps=2)

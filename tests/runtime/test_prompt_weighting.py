@@ -91,9 +91,10 @@ def _reference_conditioning(diffusers_pipeline, pieces, chunk_count, clip_skip=N
 
 @pytest.mark.parametrize("clip_skip", [None, 1])
 def test_conditioning_matches_the_web_ui_weighting(pipe, diffusers_pipeline, clip_skip):
-    chunks = pipe.conditioner.tokenize([NEGATIVE, PROMPT], "a1111")
+    conditioner = pipe.prompt_encoder.conditioners["text_encoder"]
+    chunks = conditioner.tokenize([NEGATIVE, PROMPT], "a1111")
     assert len(chunks) == 3  # two chunks of PROMPT's 75+ tokens, then the one after BREAK
-    ours = pipe.conditioner.encode(chunks, "a1111", clip_skip, prompts=1)
+    ours, _ = conditioner.encode(chunks, "a1111", clip_skip, prompts=1)
     expected = torch.cat(
         [
             _reference_conditioning(diffusers_pipeline, NEGATIVE_PIECES, 3, clip_skip),
