@@ -5,10 +5,11 @@ and convolution weight of the torch module, the ONNX initializer holding it (and
 transposed). A switch reads the LoRA files (numpy), reads the touched base weights back from the
 exported ONNX, and gives each backend base + delta under the initializer's name:
 
-- ONNX Runtime: a new session on the exported (portable) graph with those initializers
-  overridden; ORT then optimises the graph as it loads, which is the switch's main cost;
+- ONNX Runtime, on the CPU or CUDA: a new session on the exported (portable) graph with those
+  initializers overridden; ORT then optimises the graph as it loads, which is the switch's
+  main cost;
 - OpenVINO: the exported graph compiled again with those constants replaced, as the build
-  compiled it (int8-compressed engines cannot be switched);
+  compiled it (int8 engines: compressed again);
 - TensorRT: the engine, built with `--refittable`, is refitted in place (engine/trt_refit.py).
 
 Base weights always come from the ONNX file, so switching A -> B -> A leaves nothing of B.
@@ -34,7 +35,7 @@ from sdtrt.errors import ArtifactError, InputError
 log = logging.getLogger(__name__)
 
 WEIGHT_MAP = "lora_weights.json"
-ORT_BACKENDS = ("onnxruntime",)
+ORT_BACKENDS = ("onnxruntime", "onnxruntime-cuda")
 TRT_BACKENDS = ("tensorrt",)
 OPENVINO_BACKENDS = ("openvino",)
 
@@ -98,9 +99,13 @@ def load_with_initializers(
     check_component_files(directory, record)
     if record.backend in ORT_BACKENDS:
         from sdtrt.engine.onnxruntime_backend import OrtEngine
+        from sdtrt.engine.onnxruntime_cuda import OrtCudaEngine
 
+        engine_class = OrtCudaEngine if record.backend == "onnxruntime-cuda" else OrtEngine
+        # The export, not the saved engine: ORT lays the CPU engine's weights out for this
+        # CPU (NCHWc blocks), and the export is what the weight map names.
         settings = {k: v for k, v in record.settings.items() if k != "nchwc_block"}
-        return OrtEngine(
+        return engine_class(
             record.name, directory / record.onnx, record.io, settings, initializers=initializers
         )
     if record.backend in OPENVINO_BACKENDS:

@@ -133,9 +133,17 @@ class OrtCudaEngine(OrtEngine):
     same array stays on the GPU between calls (see Engine). With a CUDA graph, inputs and outputs
     live at fixed device addresses, refreshed in place, and calls take turns."""
 
-    def __init__(self, name: str, path: Path, io: ComponentIO, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        io: ComponentIO,
+        settings: Mapping[str, Any],
+        *,
+        initializers: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         load_cuda_libraries()
-        super().__init__(name, path, io, settings)
+        super().__init__(name, path, io, settings, initializers=initializers)
         self._resident: dict[str, tuple[np.ndarray, Any]] = {}
         self._graphed = bool(settings.get("cuda_graph"))
         self._graphs: dict[tuple[tuple[int, ...], ...], _Recorded] = {}

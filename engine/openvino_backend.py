@@ -212,12 +212,8 @@ def compile_with_weights(
     onnx_path: Path, io: ComponentIO, settings: Mapping[str, Any], weights: Mapping[str, np.ndarray]
 ) -> Any:
     """The exported graph compiled as the build compiled it, with `weights` in place of the
-    initializers of those names (LoRA switching). Compiling again is the switch's cost."""
-    if settings.get("weights") == "int8":
-        raise InputError(
-            "LoRAs cannot be switched on int8-compressed engines; merge them with "
-            "`sdtrt build --lora` instead"
-        )
+    initializers of those names (LoRA switching): int8 engines have the new weights compressed
+    again. Compiling (and compressing) again is the switch's cost."""
     ov = _ov()
     model = _core().read_model(str(onnx_path))
     constants = {op.get_friendly_name(): op for op in model.get_ops()
@@ -230,6 +226,8 @@ def compile_with_weights(
         replacement.set_friendly_name(name)
         constants[name].output(0).replace(replacement.output(0))
     model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
+    if settings.get("weights") == "int8":
+        model = _compress_weights(model)
     return _core().compile_model(model, str(settings.get("device", CPU)), compile_config(settings))
 
 

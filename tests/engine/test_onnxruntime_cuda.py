@@ -117,3 +117,26 @@ def test_only_a_shapes_first_run_is_quiet(monkeypatch):
     assert levels == [4, 2]
     engine._run({"x": large})
     assert levels == [4, 2, 4, 2]
+
+
+def test_lora_switching_opens_a_cuda_session_on_the_export(tiny_engine_dir, monkeypatch):
+    """The switched engine is a CUDA engine on the portable export, with the new weights and
+    the record's settings (the GPU test runs it; here, what the host decides)."""
+    from sdtrt.engine import lora_switch, onnxruntime_cuda
+    from sdtrt.engine.manifest import read_manifest
+
+    made = {}
+
+    class Recorded:
+        def __init__(self, name, path, io, settings, *, initializers=None):
+            made.update(name=name, path=path, settings=settings, initializers=initializers)
+
+    monkeypatch.setattr(onnxruntime_cuda, "OrtCudaEngine", Recorded)
+    record = read_manifest(tiny_engine_dir).components["unet"]
+    cuda_record = record.model_copy(
+        update={"backend": "onnxruntime-cuda", "settings": {"providers": [CUDA, CPU]}}
+    )
+    weights = {"w": np.ones((2, 2), np.float32)}
+    lora_switch.load_with_initializers(tiny_engine_dir, cuda_record, weights)
+    assert made["path"] == tiny_engine_dir / record.onnx
+    assert made["initializers"] is weights and made["settings"] == {"providers": [CUDA, CPU]}
