@@ -106,7 +106,10 @@ def build(
     ] = 3,
     static: Annotated[
         bool,
-        typer.Option(help="One shape only (--opt-size, --max-batch images): TensorRT CUDA graphs."),
+        typer.Option(
+            help="One size only (--opt-size), tuned for --max-batch images: TensorRT CUDA "
+            "graphs, an OpenVINO model compiled for that shape."
+        ),
     ] = False,
     workspace: Annotated[
         float | None, typer.Option(help="TensorRT workspace limit in GiB; TensorRT's own if unset.")

@@ -226,3 +226,33 @@ def test_a_refused_precision_writes_nothing(tiny_model_dir, tmp_path, monkeypatc
         _build(tiny_model_dir, tmp_path / "out", Precision.BF16)
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_static_builds_run_their_shape_on_a_static_compile(
+    tiny_model_dir, fp32_dir, diffusers_images, tmp_path, monkeypatch
+):
+    """--static: a second blob compiled for the optimum shape runs calls of that shape; other
+    batches run on the main blob, imported on first need; both make the images they should."""
+    options = BuildOptions(backend="openvino", static=True, max_batch=1)
+    manifest = build(str(tiny_model_dir), tmp_path / "static", NETWORKS, options)
+    unet = manifest.components["unet"]
+    assert unet.settings["static_shapes"]["sample"] == [2, 4, 32, 32]  # one image, guided
+    assert f"unet/{openvino_backend.STATIC_NAME}" in unet.files
+    imported = []
+    original = openvino_backend._Imported.load.__func__
+
+    def load(cls, path, settings):
+        imported.append(path.name)
+        return original(cls, path, settings)
+
+    monkeypatch.setattr(openvino_backend._Imported, "load", classmethod(load))
+    unguided = dict(PROMPT, guidance_scale=1.0)
+    with Pipeline.load(tmp_path / "static") as pipe:
+        assert imported == [openvino_backend.STATIC_NAME] * 3
+        guided = pipe(**PROMPT, latents=LATENTS, scheduler="euler", output_type="np").images
+        assert imported == [openvino_backend.STATIC_NAME] * 3  # batch 2: the static blob
+        alone = pipe(**unguided, latents=LATENTS, output_type="np").images
+        assert imported.count(ENGINE_NAME) == 2  # text encoder and UNet at batch 1
+    assert_same_image(diffusers_images["euler"], guided)
+    with Pipeline.load(fp32_dir) as dynamic:
+        assert_same_image(dynamic(**unguided, latents=LATENTS, output_type="np").images, alone)
