@@ -218,3 +218,22 @@ def test_sigterm_drains_the_running_job(tiny_engine_dir: Path) -> None:
             process.wait()
     assert answer["r"].status_code == 200
     assert base64.b64decode(answer["r"].json()["images"][0]).startswith(b"\x89PNG")
+
+
+def test_sdxl_engines_serve_with_the_models_defaults(preset_build) -> None:
+    """An SDXL engine directory behind the same API: guidance defaults to SDXL's 5 and no
+    negative prompt means zero conditioning, as the pipeline (and diffusers) make them."""
+    _, engines = preset_build("tiny-sdxl")
+    with live_server(engines) as live, live.client() as client:
+        response = client.post("/v1/txt2img", json={"prompt": "a red fox", "steps": 3, "seed": 5})
+        a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a red fox", "steps": 3,
+                                                       "seed": 5, "cfg_scale": 5})  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert a1111.status_code == 200, a1111.text
+    image = decode_png(response.json()["images"][0])
+    assert "CFG scale: 5.0" in image.text["parameters"]
+    with Pipeline.load(engines) as pipe:
+        direct = pipe("a red fox", num_inference_steps=3, seed=5).images[0]
+    assert image.convert("RGB").tobytes() == direct.tobytes()  # type: ignore[union-attr]
+    from_a1111 = decode_png(a1111.json()["images"][0])
+    assert from_a1111.convert("RGB").tobytes() == direct.tobytes()  # type: ignore[union-attr]
