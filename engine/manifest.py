@@ -15,6 +15,9 @@ from sdtrt.errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# ModelInfo.family: SD 1.x/2.x (latent consistency models among them), and SDXL.
+STABLE_DIFFUSION = "stable-diffusion"
+STABLE_DIFFUSION_XL = "stable-diffusion-xl"
 
 
 class _Frozen(BaseModel):

@@ -21,6 +21,7 @@ from sdtrt.engine.lora import LORA_COMPONENTS, LoraSource
 from sdtrt.engine.lora_switch import WEIGHT_MAP
 from sdtrt.engine.manifest import (
     FORMAT_VERSION,
+    STABLE_DIFFUSION,
     ComponentRecord,
     Fp32Island,
     Manifest,
@@ -30,12 +31,7 @@ from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
-from sdtrt.export.family import (
-    COMPONENT_FOLDERS,
-    STABLE_DIFFUSION,
-    TOKENIZER_FOLDERS,
-    load_family,
-)
+from sdtrt.export.family import COMPONENT_FOLDERS, TOKENIZER_FOLDERS, load_family
 from sdtrt.export.fp16_guard import GuardOptions, calibration_feeds
 from sdtrt.export.lora_merge import loras_digest, merge_loras, record_lora_weights
 from sdtrt.export.memory import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdtrt.engine.manifest import ModelInfo
+from sdtrt.engine.manifest import STABLE_DIFFUSION, STABLE_DIFFUSION_XL, ModelInfo
 from sdtrt.errors import InputError, ModelSourceError
 from sdtrt.export.specs import (
     ComponentSpec,
@@ -28,8 +28,6 @@ from sdtrt.export.specs import (
 
 log = logging.getLogger(__name__)
 
-STABLE_DIFFUSION = "stable-diffusion"
-STABLE_DIFFUSION_XL = "stable-diffusion-xl"
 # Sub-folders whose contents decide what each network's export depends on.
 COMPONENT_FOLDERS = {
     "text_encoder": ("text_encoder",),

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from sdtrt.engine.base import Engine
-from sdtrt.engine.manifest import Manifest, ModelInfo
+from sdtrt.engine.manifest import STABLE_DIFFUSION, STABLE_DIFFUSION_XL, Manifest, ModelInfo
 from sdtrt.engine.ranges import check_image_size
 from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.image_input import (
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # diffusers' defaults: StableDiffusionImg2ImgPipeline 0.8, StableDiffusionInpaintPipeline 1.0;
 # StableDiffusionXLImg2ImgPipeline 0.3, StableDiffusionXLInpaintPipeline 0.9999.
 DEFAULT_STRENGTH = {
-    "stable-diffusion": {"img2img": 0.8, "inpaint": 1.0},
-    "stable-diffusion-xl": {"img2img": 0.3, "inpaint": 0.9999},
+    STABLE_DIFFUSION: {"img2img": 0.8, "inpaint": 1.0},
+    STABLE_DIFFUSION_XL: {"img2img": 0.3, "inpaint": 0.9999},
 }
 INPAINT_UNET_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 

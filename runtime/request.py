@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from sdtrt.engine.manifest import Manifest, ModelInfo
+from sdtrt.engine.manifest import STABLE_DIFFUSION_XL, Manifest, ModelInfo
 from sdtrt.engine.ranges import check_batch, check_image_size
 from sdtrt.errors import InputError
 from sdtrt.runtime.noise import NOISE_KINDS, NoiseKind
@@ -105,7 +105,7 @@ def make_request(
     prompts = _as_prompts(prompt, "prompt")
     negatives = _negatives(negative_prompt, len(prompts), "negative_prompt")
     model = manifest.model
-    xl = model.family == "stable-diffusion-xl"
+    xl = model.family == STABLE_DIFFUSION_XL
     if not xl and (prompt_2 is not None or negative_prompt_2 is not None or sizes is not None):
         raise InputError(
             "prompt_2, negative_prompt_2 and the size and aesthetic conditioning are for SDXL "
@@ -176,7 +176,7 @@ def default_guidance(model: ModelInfo, inpainting: bool = False) -> float:
     (StableDiffusionXLInpaintPipeline's is SD's, not SDXL's)."""
     if model.guidance_embedding_dim is not None:
         return 8.5  # LatentConsistencyModelPipeline
-    return 5.0 if model.family == "stable-diffusion-xl" and not inpainting else 7.5
+    return 5.0 if model.family == STABLE_DIFFUSION_XL and not inpainting else 7.5
 
 
 def default_steps(model: ModelInfo) -> int:
