@@ -75,7 +75,7 @@ def build(
         str,
         typer.Option(
             help="auto (what `sdtrt doctor` says it picks here), onnxruntime (CPU), openvino "
-            "(CPU), onnxruntime-cuda or tensorrt."
+            "(CPU), openvino-gpu (Intel GPU), onnxruntime-cuda or tensorrt."
         ),
     ] = "auto",
     precision: Annotated[

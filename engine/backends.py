@@ -13,7 +13,7 @@ from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import ComponentRecord, check_component_files
 from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
 from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend
-from sdtrt.engine.openvino_backend import OpenVinoBackend
+from sdtrt.engine.openvino_backend import OpenVinoBackend, OpenVinoGpuBackend
 from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.tensorrt_backend import TensorRtBackend
 from sdtrt.engine.tensors import ComponentIO
@@ -63,6 +63,7 @@ BACKENDS: dict[str, Backend] = {
         OnnxRuntimeCudaBackend(),
         TensorRtBackend(),
         OpenVinoBackend(),
+        OpenVinoGpuBackend(),
     )
 }
 

@@ -19,6 +19,10 @@ settings record all three; a load on a machine that lacks any of them asks for a
 Precisions: fp32 pins OpenVINO's inference precision to f32 (its CPU default is bf16 where the
 CPU has it); bf16 asks for bfloat16 compute; int8 compresses the weights to int8 with NNCF
 (activations stay fp32).
+
+`openvino-gpu` is the same on an Intel GPU (integrated or Arc) that OpenVINO sees: fp32, fp16
+(its GPU plugin's own default) or int8 weights, no bf16; the compiled model is tied to the GPU
+model and driver rather than to CPU instruction sets.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ log = logging.getLogger(__name__)
 ENGINE_NAME = "engine.blob"
 STATIC_NAME = "engine.static.blob"  # --static builds: every input at its optimum shape
 CPU = "CPU"
+GPU = "GPU"
 # OpenVINO's names for the inference precision hint.
-HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
+HINTS = {
+    Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16", Precision.INT8: "f32"
+}  # fmt: skip
 # CPU flags that decide which kernels OpenVINO compiles: vector widths, and the bf16 and int8
 # dot-product instructions. A compiled model may use any of those present where it was built.
 ISA_FLAGS = (
@@ -145,7 +152,11 @@ class OpenVinoBackend:
 
     def target(self) -> dict[str, str]:
         """What a compiled model is tied to: the device and the CPU's instruction sets."""
-        return {"device": self.device, "cpu_features": ",".join(isa_features(cpu_flags()))}
+        return {"device": self.device, "cpu_features": ",".join(self.features())}
+
+    def features(self) -> list[str]:
+        """The CPU instruction sets a model compiled here may use."""
+        return isa_features(cpu_flags())
 
     def build(
         self,
@@ -170,7 +181,7 @@ class OpenVinoBackend:
             "openvino_version": self.version(),
             "inference_precision": HINTS[options.precision],
             "weights": "int8" if options.precision is Precision.INT8 else "fp32",
-            "cpu_features": isa_features(cpu_flags()),
+            "cpu_features": self.features(),
         }
         config = compile_config(settings)
         _export(core.compile_model(model, self.device, config), ENGINE_NAME, out_dir)
@@ -186,6 +197,28 @@ class OpenVinoBackend:
     ) -> Engine:
         check_compatible(path, settings, self.version(), cpu_flags())
         return OpenVinoEngine(name, path, io, settings)
+
+
+class OpenVinoGpuBackend(OpenVinoBackend):
+    """OpenVINO on an Intel GPU. Not picked by `--backend auto`: an integrated GPU is not always
+    faster than the CPU beside it; name it to use it."""
+
+    name = "openvino-gpu"
+    device = GPU
+
+    def check_precision(self, precision: Precision) -> None:
+        if precision is Precision.BF16:
+            raise InputError(
+                "OpenVINO's GPU plugin computes in fp32 or fp16 (or with int8 weights), not "
+                "bf16; use --precision fp16"
+            )
+
+    def target(self) -> dict[str, str]:
+        """The GPU model (its driver is OpenVINO's plugin, part of the version)."""
+        return {"device": self.device, "gpu": str(_core().get_property(GPU, "FULL_DEVICE_NAME"))}
+
+    def features(self) -> list[str]:
+        return []  # kernels are compiled for the GPU, not for this CPU
 
 
 def _export(compiled: Any, name: str, folder: Path) -> None:

@@ -49,7 +49,7 @@ _OUTCOME = {
 }
 
 
-GPU_BACKENDS = frozenset({"tensorrt", "onnxruntime-cuda"})
+GPU_BACKENDS = frozenset({"tensorrt", "onnxruntime-cuda", "openvino-gpu"})
 
 
 def on_gpu(manifest: Manifest) -> bool:

@@ -15,7 +15,9 @@ needs_no_gpu = pytest.mark.skipif(
 
 
 def test_known_backends():
-    assert set(BACKENDS) == {"onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino"}
+    assert set(BACKENDS) == {
+        "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino", "openvino-gpu"
+    }
     with pytest.raises(InputError, match="unknown backend 'tflite'"):
         get_backend("tflite")
 

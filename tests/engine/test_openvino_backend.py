@@ -24,7 +24,7 @@ from sdtrt.engine.openvino_backend import (
     precision_problem,
 )
 from sdtrt.engine.options import BuildOptions, Precision
-from sdtrt.errors import ArtifactError, EngineIncompatible, InputError
+from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible, InputError
 from sdtrt.export.build import ExportOptions, build
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import SCHEDULERS
@@ -256,3 +256,37 @@ def test_static_builds_run_their_shape_on_a_static_compile(
     assert_same_image(diffusers_images["euler"], guided)
     with Pipeline.load(fp32_dir) as dynamic:
         assert_same_image(dynamic(**unguided, latents=LATENTS, output_type="np").images, alone)
+
+
+def _openvino_gpu() -> bool:
+    return "GPU" in openvino_backend._core().available_devices
+
+
+def test_openvino_gpu_refusals_are_one_line(tiny_model_dir, tmp_path, monkeypatch):
+    """Without a GPU OpenVINO sees, the build says so and writes nothing; bf16 is refused on
+    the GPU plugin whatever the machine."""
+    gpu = openvino_backend.OpenVinoGpuBackend()
+    with pytest.raises(InputError, match="not bf16; use --precision fp16"):
+        gpu.check_precision(Precision.BF16)
+    gpu.check_precision(Precision.FP16)
+    assert gpu.features() == []
+    if not _openvino_gpu():
+        options = BuildOptions(backend="openvino-gpu")
+        with pytest.raises(BackendUnavailable, match="OpenVINO sees no GPU device"):
+            build(str(tiny_model_dir), tmp_path / "gpu", NETWORKS, options)
+        assert not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.skipif(not _openvino_gpu(), reason="OpenVINO sees no GPU here")
+@pytest.mark.parametrize("precision", [Precision.FP32, Precision.FP16])
+def test_openvino_gpu_image_is_diffusers_image(
+    tiny_model_dir, diffusers_images, tmp_path, precision
+):
+    options = BuildOptions(backend="openvino-gpu", precision=precision)
+    manifest = build(str(tiny_model_dir), tmp_path / "gpu", NETWORKS, options)
+    assert manifest.components["unet"].settings["device"] == "GPU"
+    image = _image(tmp_path / "gpu", "euler")
+    if precision is Precision.FP32:
+        assert_same_image(diffusers_images["euler"], image)
+    else:
+        assert psnr(diffusers_images["euler"], image) >= REDUCED_PRECISION_PSNR_DB
