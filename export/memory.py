@@ -77,9 +77,8 @@ def check_build_memory(need: MemoryNeed, model: str, total: int | None = None) -
             f"building the {need.component} of {model} needs about {need.peak / GIB:.0f} GiB of "
             f"memory ({need.weights / GIB:.1f} GiB of fp32 weights, held about "
             f"{need.copies:.0f} times over while it is exported, built and checked against "
-            f"torch); this machine has {total / GIB:.0f} GiB. Build it on a machine with more "
-            "memory (the engine directory can be copied here), or build the other networks "
-            "here with --components"
+            f"torch); this machine has {total / GIB:.0f} GiB. Build on a machine with more "
+            "memory: the engine directory it writes runs here"
         )
 
 
