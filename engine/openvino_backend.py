@@ -27,7 +27,9 @@ model and driver rather than to CPU instruction sets.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import queue
 import threading
@@ -118,13 +120,22 @@ def _partial_shape(ov: ModuleType, bounds: list[tuple[int, int]]) -> Any:
 
 
 def _compress_weights(model: Any) -> Any:
+    """NNCF's int8 weight compression, without the statistics table and progress bar it
+    prints to stdout in the middle of sdtrt's own progress."""
     try:
         import nncf
     except ImportError:
         raise BackendUnavailable(
             "int8 weight compression needs NNCF; run `pip install nncf`"
         ) from None
-    return nncf.compress_weights(model)
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return nncf.compress_weights(model)
+    finally:
+        nncf_log.setLevel(level)
 
 
 class OpenVinoBackend:
