@@ -138,10 +138,11 @@ def build(
                     info.text_max_length,
                 )
             (writer.staging / SCHEDULER_FILE).parent.mkdir(exist_ok=True)
-            write_json(writer.staging / SCHEDULER_FILE, loaded.scheduler_config())
+            scheduler_config = loaded.scheduler_config()
+            write_json(writer.staging / SCHEDULER_FILE, scheduler_config)
             job = _Job(
                 writer, backend, backend_version, ranges, build_options, export_options, progress,
-                calibration_timesteps=_calibration_timesteps(loaded.scheduler_config()),
+                calibration_timesteps=_calibration_timesteps(scheduler_config),
                 memory=memory, model_name=info.name,
             )  # fmt: skip
             records = {}

@@ -112,8 +112,44 @@ def _check_components(folder: Path, asked: tuple[str, ...], present: tuple[str, 
         )
 
 
+class _DiffusersFolder:
+    """What the families share: the model facts the runtime needs, and the scheduler config.
+    Subclasses are dataclasses with the fields named here."""
+
+    folder: Path
+    name: str
+    family: str
+    unet: Any
+    vae: Any
+    scheduler_class: str
+    vae_scale_factor: int
+    text_max_length: int
+
+    def info(self) -> ModelInfo:
+        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        return ModelInfo(
+            family=self.family,
+            name=self.name,
+            native_size=(native, native),
+            vae_scale_factor=self.vae_scale_factor,
+            latent_channels=int(self.vae.config.latent_channels),
+            vae_scaling_factor=float(self.vae.config.scaling_factor),
+            vae_shift_factor=getattr(self.vae.config, "shift_factor", None),
+            text_max_length=self.text_max_length,
+            guidance_embedding_dim=_guidance_embedding_dim(self.unet),
+            **self.conditioning_info(),
+        )
+
+    def conditioning_info(self) -> dict[str, Any]:
+        """The family's own ModelInfo fields."""
+        return {}
+
+    def scheduler_config(self) -> dict[str, Any]:
+        return _scheduler_config(self.folder, self.scheduler_class)
+
+
 @dataclass
-class StableDiffusionModel:
+class StableDiffusionModel(_DiffusersFolder):
     """A Stable Diffusion 1.x/2.x diffusers folder, loaded into torch for export."""
 
     folder: Path
@@ -156,20 +192,6 @@ class StableDiffusionModel:
     def default_components(self) -> tuple[str, ...]:
         return DEFAULT_COMPONENTS
 
-    def info(self) -> ModelInfo:
-        native = int(self.unet.config.sample_size) * self.vae_scale_factor
-        return ModelInfo(
-            family=self.family,
-            name=self.name,
-            native_size=(native, native),
-            vae_scale_factor=self.vae_scale_factor,
-            latent_channels=int(self.vae.config.latent_channels),
-            vae_scaling_factor=float(self.vae.config.scaling_factor),
-            vae_shift_factor=getattr(self.vae.config, "shift_factor", None),
-            text_max_length=self.text_max_length,
-            guidance_embedding_dim=_guidance_embedding_dim(self.unet),
-        )
-
     def specs(self, components: tuple[str, ...]) -> list[ComponentSpec]:
         makers = {
             "text_encoder": lambda: TextEncoderSpec(self.text_encoder, self.text_max_length),
@@ -180,12 +202,9 @@ class StableDiffusionModel:
         _check_components(self.folder, components, tuple(makers))
         return [makers[c]() for c in components]
 
-    def scheduler_config(self) -> dict[str, Any]:
-        return _scheduler_config(self.folder, self.scheduler_class)
-
 
 @dataclass
-class StableDiffusionXLModel:
+class StableDiffusionXLModel(_DiffusersFolder):
     """An SDXL diffusers folder (base, refiner or inpainting), loaded into torch for export."""
 
     folder: Path
@@ -259,21 +278,11 @@ class StableDiffusionXLModel:
                 "requires_aesthetics_score in model_index.json (true for a refiner)"
             )
 
-    def info(self) -> ModelInfo:
-        native = int(self.unet.config.sample_size) * self.vae_scale_factor
-        return ModelInfo(
-            family=self.family,
-            name=self.name,
-            native_size=(native, native),
-            vae_scale_factor=self.vae_scale_factor,
-            latent_channels=int(self.vae.config.latent_channels),
-            vae_scaling_factor=float(self.vae.config.scaling_factor),
-            vae_shift_factor=getattr(self.vae.config, "shift_factor", None),
-            text_max_length=self.text_max_length,
-            guidance_embedding_dim=_guidance_embedding_dim(self.unet),
-            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
-            requires_aesthetics_score=self.requires_aesthetics_score,
-        )
+    def conditioning_info(self) -> dict[str, Any]:
+        return {
+            "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt,
+            "requires_aesthetics_score": self.requires_aesthetics_score,
+        }
 
     def specs(self, components: tuple[str, ...]) -> list[ComponentSpec]:
         f, length = self.vae_scale_factor, self.text_max_length
@@ -288,9 +297,6 @@ class StableDiffusionXLModel:
         }
         _check_components(self.folder, components, self.default_components)
         return [makers[c]() for c in components]
-
-    def scheduler_config(self) -> dict[str, Any]:
-        return _scheduler_config(self.folder, self.scheduler_class)
 
 
 Family = StableDiffusionModel | StableDiffusionXLModel

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from sdtrt.engine.base import Engine
-from sdtrt.engine.manifest import STABLE_DIFFUSION, STABLE_DIFFUSION_XL, Manifest, ModelInfo
+from sdtrt.engine.manifest import Manifest, ModelInfo
 from sdtrt.engine.ranges import check_image_size
 from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.image_input import (
@@ -34,17 +34,11 @@ from sdtrt.runtime.image_input import (
 )
 from sdtrt.runtime.noise import NoiseSource
 from sdtrt.runtime.numerics import is_finite
-from sdtrt.runtime.request import Request
+from sdtrt.runtime.request import Request, default_strength
 from sdtrt.runtime.tasks import ImageToImage, Inpaint, Task, check_strength, encode_image, repeat_to
 
 log = logging.getLogger(__name__)
 
-# diffusers' defaults: StableDiffusionImg2ImgPipeline 0.8, StableDiffusionInpaintPipeline 1.0;
-# StableDiffusionXLImg2ImgPipeline 0.3, StableDiffusionXLInpaintPipeline 0.9999.
-DEFAULT_STRENGTH = {
-    STABLE_DIFFUSION: {"img2img": 0.8, "inpaint": 1.0},
-    STABLE_DIFFUSION_XL: {"img2img": 0.3, "inpaint": 0.9999},
-}
 INPAINT_UNET_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 
 
@@ -241,7 +235,7 @@ def _strength(
 ) -> float:
     """The strength asked for, else diffusers' default for the model and task; denoising_start
     takes its place where given, as in diffusers."""
-    strength = DEFAULT_STRENGTH[model.family][inputs.kind] if strength is None else strength
+    strength = default_strength(model, inputs.kind) if strength is None else strength
     if denoising_start is None:
         check_strength(strength, request.steps)
     return strength

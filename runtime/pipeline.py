@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -29,10 +29,11 @@ from sdtrt.runtime.image_tasks import load_inputs, make_image_task, output_size
 from sdtrt.runtime.images import postprocess, to_pil
 from sdtrt.runtime.noise import NoiseSource, make_noise
 from sdtrt.runtime.numerics import check_image, check_step, is_finite
-from sdtrt.runtime.prompt_encoder import EncodeTimings, PromptEncoder
+from sdtrt.runtime.prompt_encoder import PromptEncoder
 from sdtrt.runtime.request import Request, SizeConditioning, make_request
 from sdtrt.runtime.schedulers import create_scheduler
 from sdtrt.runtime.tasks import Task, check_fraction, cutoff_timestep
+from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 DENOISING = ("unet", "vae_decoder")  # needed with the text encoders by every call
@@ -42,19 +43,6 @@ ENCODER = "vae_encoder"
 # Called after each UNet step with (step index, number of steps). What it raises ends the call
 # there and reaches the caller unchanged (the service cancels jobs this way).
 StepCallback = Callable[[int, int], None]
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage of one call."""
-
-    tokenize: float = 0.0
-    text_encoder: float = 0.0
-    unet: list[float] = field(default_factory=list)  # one entry per model call
-    scheduler: list[float] = field(default_factory=list)  # guidance + scheduler step, per call
-    vae_decoder: float = 0.0
-    image_encode: float = 0.0  # preparing and VAE-encoding the input image and mask
-    total: float = 0.0
 
 
 @dataclass
@@ -235,9 +223,7 @@ class Pipeline:
         self.prompt_encoder.check(request)
         timings = Timings()
         source = make_noise(request.noise, request.seed)
-        encoded = EncodeTimings()
-        conditioning = self.prompt_encoder(request, encoded)
-        timings.tokenize, timings.text_encoder = encoded.tokenize, encoded.text_encoder
+        conditioning = self.prompt_encoder(request, timings)
         if inputs is None:
             task = Task(self._initial_latents(request, latents, source))
         else:
@@ -325,6 +311,7 @@ class Pipeline:
             for half in np.split(model_input, rows):
                 np.copyto(half[:, channels:], extra)
         timestep = np.empty((model_input.shape[0],), dtype=np.float32)
+        feeds = {"sample": model_input, "timestep": timestep, **conditioning}  # filled in place
         for i in range(begins.begin, end):
             t = timesteps[i]
             mark = time.perf_counter()
@@ -333,9 +320,7 @@ class Pipeline:
                 np.copyto(half[:, :channels], scaled)
             timestep.fill(t)
             unet_started = time.perf_counter()
-            prediction = unet.infer(
-                {"sample": model_input, "timestep": timestep, **conditioning}
-            )["noise_pred"]
+            prediction = unet.infer(feeds)["noise_pred"]
             unet_done = time.perf_counter()
             if request.guided:
                 # unconditional + guidance * (conditional - unconditional), in one new array:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,13 +19,8 @@ from sdtrt.engine.manifest import ModelInfo
 from sdtrt.runtime.conditioning import TextConditioner, TokenChunk
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.request import Request
+from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
-
-
-@dataclass
-class EncodeTimings:
-    tokenize: float = 0.0
-    text_encoder: float = 0.0
 
 
 class PromptEncoder:
@@ -52,9 +46,9 @@ class PromptEncoder:
         for conditioner in self.conditioners.values():
             conditioner.check_clip_skip(request.clip_skip)
 
-    def __call__(self, request: Request, timings: EncodeTimings) -> dict[str, np.ndarray]:
+    def __call__(self, request: Request, timings: Timings) -> dict[str, np.ndarray]:
         """The UNet inputs that stay the same over the loop, read-only (GPU engines keep them
-        on the device)."""
+        on the device); the tokenizer's and text encoders' time goes into `timings`."""
         states, pooled = self._text(request, timings)
         inputs = {"encoder_hidden_states": states}
         if pooled is not None:
@@ -68,7 +62,7 @@ class PromptEncoder:
         return inputs
 
     def _text(
-        self, request: Request, timings: EncodeTimings
+        self, request: Request, timings: Timings
     ) -> tuple[np.ndarray, np.ndarray | None]:
         # diffusers pairs its prompt lists with the encoders present: a refiner's only encoder
         # (the second) reads `prompt`, not `prompt_2`.

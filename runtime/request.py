@@ -184,6 +184,15 @@ def default_steps(model: ModelInfo) -> int:
     return 4 if model.guidance_embedding_dim is not None else 50
 
 
+def default_strength(model: ModelInfo, kind: str) -> float:
+    """Likewise for the strength of image to image ("img2img") and inpainting ("inpaint"):
+    StableDiffusionImg2ImgPipeline 0.8, StableDiffusionInpaintPipeline 1.0;
+    StableDiffusionXLImg2ImgPipeline 0.3, StableDiffusionXLInpaintPipeline 0.9999."""
+    if model.family == STABLE_DIFFUSION_XL:
+        return 0.3 if kind == "img2img" else 0.9999
+    return 0.8 if kind == "img2img" else 1.0
+
+
 def _negatives(value: str | Sequence[str] | None, prompts: int, what: str) -> list[str]:
     if value is None:
         return [""] * prompts

@@ -113,3 +113,42 @@ def diffusers_image(model_dir: Path, loras: list[LoraSource]) -> np.ndarray:
         pipe.fuse_lora(adapter_names=names)
     latents = torch.from_numpy(prompt_latents())
     return pipe(**PROMPT, latents=latents, output_type="np").images
+
+
+def two_loras(files: dict[str, Path]) -> tuple[list[LoraSource], list[LoraSource]]:
+    """A and B for the switching tests: the diffusers-layout LoRA at 0.7, the kohya one at 1.3."""
+    return (
+        [LoraSource(path=files["diffusers"], scale=0.7)],
+        [LoraSource(path=files["kohya"], scale=1.3)],
+    )
+
+
+def check_switching(
+    plain: Path, merged: Path, a: list[LoraSource], b: list[LoraSource], bar: float
+) -> None:
+    """On the engines at `plain`: A -> B -> A gives A bit for bit, B and A differ, none gives
+    the built image back, and A's image is the image of `merged` (built with A) to `bar` dB."""
+    from helpers import psnr
+
+    from sdtrt.runtime.pipeline import Pipeline
+    from sdtrt.tolerances import END_TO_END_PSNR_DB
+
+    def image(pipe: Pipeline) -> np.ndarray:
+        return pipe(**PROMPT, latents=prompt_latents(), output_type="np").images
+
+    with Pipeline.load(merged) as merged_pipe:
+        merged_image = image(merged_pipe)
+    with Pipeline.load(plain) as pipe:
+        base = image(pipe)
+        pipe.set_loras(a)
+        first_a = image(pipe)
+        pipe.set_loras(b)
+        only_b = image(pipe)
+        pipe.set_loras(a)
+        second_a = image(pipe)
+        pipe.set_loras([])
+        back = image(pipe)
+    assert np.array_equal(first_a, second_a) and np.array_equal(base, back)
+    assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
+    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
+    assert psnr(merged_image, first_a) >= bar

@@ -159,32 +159,13 @@ def test_cuda_graph_replays_follow_changed_inputs(tiny_model_dir, tiny_engine_di
 def test_loras_switch_on_cuda_engines(cuda_engines, tiny_model_dir, lora_files, tmp_path):
     """A -> B -> A gives A bit for bit, none restores the build, and the switched engines make
     the image of a CUDA build merged with A (fp32; fp16 to the reduced-precision bar)."""
-    from lora_files import PROMPT, prompt_latents
+    from lora_files import check_switching, two_loras
 
-    from sdtrt.engine.lora import LoraSource
     from sdtrt.tolerances import END_TO_END_PSNR_DB, REDUCED_PRECISION_PSNR_DB
 
-    a = [LoraSource(path=lora_files["diffusers"], scale=0.7)]
-    b = [LoraSource(path=lora_files["kohya"], scale=1.3)]
+    a, b = two_loras(lora_files)
     precision = read_manifest(cuda_engines).components["unet"].precision
     options = BuildOptions(backend=BACKEND, precision=precision)
     build(str(tiny_model_dir), tmp_path / "merged", ExportOptions(loras=tuple(a)), options)
-
-    def image(pipe):
-        return pipe(**PROMPT, latents=prompt_latents(), output_type="np").images
-
-    with Pipeline.load(tmp_path / "merged") as merged:
-        merged_image = image(merged)
-    with Pipeline.load(cuda_engines) as pipe:
-        base = image(pipe)
-        pipe.set_loras(a)
-        first_a = image(pipe)
-        pipe.set_loras(b)
-        pipe.set_loras(a)
-        second_a = image(pipe)
-        pipe.set_loras([])
-        back = image(pipe)
-    assert np.array_equal(first_a, second_a) and np.array_equal(base, back)
-    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
     bar = END_TO_END_PSNR_DB if precision is Precision.FP32 else REDUCED_PRECISION_PSNR_DB
-    assert psnr(merged_image, first_a) >= bar
+    check_switching(cuda_engines, tmp_path / "merged", a, b, bar)

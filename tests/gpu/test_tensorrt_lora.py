@@ -5,7 +5,6 @@ Skipped without them, like tests/gpu/test_tensorrt.py; run with `make test-gpu`.
 
 import importlib.util
 
-import numpy as np
 import pytest
 
 if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec(
@@ -13,10 +12,8 @@ if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec(
 ).origin is None:  # the type stubs alone import as an empty package
     pytest.skip("TensorRT is not installed", allow_module_level=True)
 
-from helpers import assert_same_image, psnr  # noqa: E402
-from lora_files import PROMPT, prompt_latents  # noqa: E402
+from lora_files import check_switching, two_loras  # noqa: E402
 
-from sdtrt.engine.lora import LoraSource  # noqa: E402
 from sdtrt.engine.options import BuildOptions  # noqa: E402
 from sdtrt.export.build import ExportOptions, build  # noqa: E402
 from sdtrt.runtime.pipeline import Pipeline  # noqa: E402
@@ -26,30 +23,11 @@ pytestmark = pytest.mark.gpu
 TRT = BuildOptions(backend="tensorrt", refittable=True)
 
 
-def _image(pipe: Pipeline) -> np.ndarray:
-    return pipe(**PROMPT, latents=prompt_latents(), output_type="np").images
-
-
 def test_refit_switches_like_a_merged_build(tiny_model_dir, lora_files, tmp_path):
-    a = [LoraSource(path=lora_files["diffusers"], scale=0.7)]
-    b = [LoraSource(path=lora_files["kohya"], scale=1.3)]
+    a, b = two_loras(lora_files)
     build(str(tiny_model_dir), tmp_path / "plain", build_options=TRT)
     build(str(tiny_model_dir), tmp_path / "merged", ExportOptions(loras=tuple(a)), TRT)
-    with Pipeline.load(tmp_path / "merged") as merged:
-        expected = _image(merged)
-    with Pipeline.load(tmp_path / "plain") as pipe:
-        base = _image(pipe)
-        pipe.set_loras(a)
-        first = _image(pipe)
-        pipe.set_loras(b)
-        pipe.set_loras(a)
-        second = _image(pipe)
-        pipe.set_loras([])
-        restored = _image(pipe)
-    assert_same_image(expected, first)
-    assert np.array_equal(first, second)
-    assert np.array_equal(base, restored)
-    assert psnr(base, first) < END_TO_END_PSNR_DB - 20
+    check_switching(tmp_path / "plain", tmp_path / "merged", a, b, END_TO_END_PSNR_DB)
 
 
 def test_an_engine_built_without_refit_says_how_to_rebuild(tiny_model_dir, lora_files, tmp_path):

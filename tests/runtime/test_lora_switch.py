@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from helpers import assert_same_image, psnr
-from lora_files import PROMPT, diffusers_image, prompt_latents
+from lora_files import PROMPT, check_switching, diffusers_image, prompt_latents, two_loras
 
 from sdtrt.engine.lora import LoraSource
 from sdtrt.engine.options import BuildOptions
@@ -109,59 +109,17 @@ def test_missing_lora_file_is_one_line(pipe, tmp_path):
     shutil.rmtree(tmp_path)
 
 
-def test_openvino_engines_switch_too(tiny_model_dir, lora_files, tmp_path):
-    """The default backend on CPUs with OpenVINO: compiled again with the new weights, and
-    A -> B -> A, none -> A and merged-vs-switched behave as on ONNX Runtime."""
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_engines_switch_too(tiny_model_dir, lora_files, tmp_path, precision):
+    """The default backend on CPUs with OpenVINO: compiled again with the new weights (int8
+    engines: compressed again by NNCF, as the build did), and A -> B -> A, none -> A and
+    merged-vs-switched behave as on ONNX Runtime (int8: the same weights but for float
+    rounding before compression)."""
     pytest.importorskip("openvino")
-    a = [LoraSource(path=lora_files["diffusers"], scale=0.7)]
-    b = [LoraSource(path=lora_files["kohya"], scale=1.3)]
-    options = BuildOptions(backend="openvino")
+    if precision == "int8":
+        pytest.importorskip("nncf")
+    a, b = two_loras(lora_files)
+    options = BuildOptions(backend="openvino", precision=precision)
     build(str(tiny_model_dir), tmp_path / "plain", ExportOptions(), options)
     build(str(tiny_model_dir), tmp_path / "merged", ExportOptions(loras=tuple(a)), options)
-    with Pipeline.load(tmp_path / "merged") as merged:
-        merged_image = _image(merged)
-    with Pipeline.load(tmp_path / "plain") as pipeline:
-        base = _image(pipeline)
-        pipeline.set_loras(a)
-        first_a = _image(pipeline)
-        pipeline.set_loras(b)
-        only_b = _image(pipeline)
-        pipeline.set_loras(a)
-        second_a = _image(pipeline)
-        pipeline.set_loras([])
-        back = _image(pipeline)
-    assert np.array_equal(first_a, second_a) and np.array_equal(base, back)
-    assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
-    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
-    assert_same_image(merged_image, first_a)
-
-
-def test_int8_openvino_engines_switch_with_their_weights_compressed_again(
-    tiny_model_dir, lora_files, tmp_path
-):
-    """int8-weight engines: the new weights go through NNCF's compression as the build's did;
-    A -> B -> A gives A bit for bit, and the switched engines make the int8 build merged with
-    A's image (the same weights but for float rounding before compression)."""
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
-    a = [LoraSource(path=lora_files["diffusers"], scale=0.7)]
-    b = [LoraSource(path=lora_files["kohya"], scale=1.3)]
-    options = BuildOptions(backend="openvino", precision="int8")
-    build(str(tiny_model_dir), tmp_path / "plain", ExportOptions(), options)
-    build(str(tiny_model_dir), tmp_path / "merged", ExportOptions(loras=tuple(a)), options)
-    with Pipeline.load(tmp_path / "merged") as merged:
-        merged_image = _image(merged)
-    with Pipeline.load(tmp_path / "plain") as pipeline:
-        base = _image(pipeline)
-        pipeline.set_loras(a)
-        first_a = _image(pipeline)
-        pipeline.set_loras(b)
-        only_b = _image(pipeline)
-        pipeline.set_loras(a)
-        second_a = _image(pipeline)
-        pipeline.set_loras([])
-        back = _image(pipeline)
-    assert np.array_equal(first_a, second_a) and np.array_equal(base, back)
-    assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
-    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
-    assert_same_image(merged_image, first_a)
+    check_switching(tmp_path / "plain", tmp_path / "merged", a, b, END_TO_END_PSNR_DB)
