@@ -81,13 +81,16 @@ def build(
     precision: Annotated[
         Precision,
         typer.Option(
-            help="fp16 converts the graphs; bf16 and int8 (weights) are OpenVINO's. The VAE "
-            "decoder stays fp32."
+            help="fp16 converts the graphs; bf16, int8 (weights) and w8a8 (the UNet's weights "
+            "and activations, calibrated on real runs) are OpenVINO's. The VAE decoder stays fp32."
         ),
     ] = Precision.FP32,
     fp16_vae: Annotated[
         bool,
-        typer.Option(help="With fp16/bf16/int8: the VAE decoder too (for VAEs known to be safe)."),
+        typer.Option(
+            help="With fp16/bf16/int8/w8a8: the VAE decoder too, in the reduced float precision "
+            "(for VAEs known to be safe)."
+        ),
     ] = False,
     fp16_guard: Annotated[
         bool,

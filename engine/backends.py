@@ -16,7 +16,7 @@ from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend
 from sdtrt.engine.openvino_backend import OpenVinoBackend, OpenVinoGpuBackend
 from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.tensorrt_backend import TensorRtBackend
-from sdtrt.engine.tensors import ComponentIO
+from sdtrt.engine.tensors import ComponentIO, Feeds
 from sdtrt.errors import BackendUnavailable, InputError
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,12 @@ class Backend(Protocol):
         io: ComponentIO,
         options: BuildOptions,
         cache_dir: Path,
+        calibration: Feeds = (),
     ) -> tuple[str, dict[str, Any]]:
         """Build `onnx_path` into `out_dir`: the engine file's name and its load settings.
-        `cache_dir` holds what builds share (TensorRT's timing cache)."""
+        `cache_dir` holds what builds share (TensorRT's timing cache); `calibration`, the
+        inputs a w8a8 build calibrates on (only OpenVINO builds w8a8; the others refuse it
+        before a build starts)."""
         ...
 
     def load(

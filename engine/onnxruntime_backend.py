@@ -21,7 +21,7 @@ import numpy as np
 from sdtrt.engine.base import Engine
 from sdtrt.engine.onnx_initializers import with_initializers
 from sdtrt.engine.options import BuildOptions, GraphStyle
-from sdtrt.engine.tensors import ComponentIO
+from sdtrt.engine.tensors import ComponentIO, Feeds
 from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ class OnnxRuntimeBackend:
         io: ComponentIO,
         options: BuildOptions,
         cache_dir: Path,
+        calibration: Feeds = (),
     ) -> tuple[str, dict[str, Any]]:
         """Optimise `onnx_path` into `out_dir`; return the engine file name and load settings."""
         ort = _ort()

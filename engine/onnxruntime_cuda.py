@@ -36,7 +36,7 @@ from sdtrt.engine.onnxruntime_backend import (
     saving_options,
 )
 from sdtrt.engine.options import BuildOptions, GraphStyle
-from sdtrt.engine.tensors import ComponentIO
+from sdtrt.engine.tensors import ComponentIO, Feeds
 from sdtrt.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
         io: ComponentIO,
         options: BuildOptions,
         cache_dir: Path,
+        calibration: Feeds = (),
     ) -> tuple[str, dict[str, Any]]:
         """Save the export after the basic optimisations, from a CUDA session (see above)."""
         load_cuda_libraries()

@@ -18,7 +18,8 @@ settings record all three; a load on a machine that lacks any of them asks for a
 
 Precisions: fp32 pins OpenVINO's inference precision to f32 (its CPU default is bf16 where the
 CPU has it); bf16 asks for bfloat16 compute; int8 compresses the weights to int8 with NNCF
-(activations stay fp32).
+(activations stay fp32); w8a8 quantizes weights and activations, calibrated on the inputs the
+build passes (engine/openvino_quantize.py), and computes the rest in bf16 where the CPU has it.
 
 `openvino-gpu` is the same on an Intel GPU (integrated or Arc) that OpenVINO sees: fp32, fp16
 (its GPU plugin's own default) or int8 weights, no bf16; the compiled model is tied to the GPU
@@ -27,9 +28,7 @@ model and driver rather than to CPU instruction sets.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import logging
 import queue
 import threading
@@ -42,8 +41,9 @@ import numpy as np
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.onnxruntime_backend import cpu_flags
+from sdtrt.engine.openvino_quantize import compress_weights, quantize
 from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
-from sdtrt.engine.tensors import ComponentIO
+from sdtrt.engine.tensors import ComponentIO, Feeds
 from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible, InputError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ ENGINE_NAME = "engine.blob"
 STATIC_NAME = "engine.static.blob"  # --static builds: every input at its optimum shape
 CPU = "CPU"
 GPU = "GPU"
-# OpenVINO's names for the inference precision hint.
+# OpenVINO's names for the inference precision hint (w8a8's depends on the CPU: inference_hint).
 HINTS = {
     Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16", Precision.INT8: "f32"
 }  # fmt: skip
@@ -102,6 +102,19 @@ def precision_problem(precision: Precision, flags: set[str]) -> str | None:
     return None
 
 
+def float_precision(flags: set[str]) -> Precision:
+    """The fastest floating-point precision this CPU computes in: w8a8 builds compute what they
+    leave unquantized in it."""
+    return Precision.BF16 if flags & set(BF16_FLAGS) else Precision.FP32
+
+
+def inference_hint(precision: Precision, flags: set[str]) -> str:
+    """OpenVINO's inference precision for `precision` on a CPU with `flags`."""
+    if precision is Precision.W8A8:
+        return HINTS[float_precision(flags)]
+    return HINTS[precision]
+
+
 def missing_features(recorded: Iterable[str], flags: set[str]) -> list[str]:
     """The recorded features this CPU lacks."""
     return sorted(set(recorded) - flags)
@@ -117,25 +130,6 @@ def bounded_shapes(io: ComponentIO) -> dict[str, list[tuple[int, int]]]:
 
 def _partial_shape(ov: ModuleType, bounds: list[tuple[int, int]]) -> Any:
     return ov.PartialShape([lo if lo == hi else ov.Dimension(lo, hi) for lo, hi in bounds])
-
-
-def _compress_weights(model: Any) -> Any:
-    """NNCF's int8 weight compression, without the statistics table and progress bar it
-    prints to stdout in the middle of sdtrt's own progress."""
-    try:
-        import nncf
-    except ImportError:
-        raise BackendUnavailable(
-            "int8 weight compression needs NNCF; run `pip install nncf`"
-        ) from None
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return nncf.compress_weights(model)
-    finally:
-        nncf_log.setLevel(level)
 
 
 class OpenVinoBackend:
@@ -161,6 +155,9 @@ class OpenVinoBackend:
         if problem is not None:
             raise InputError(problem)
 
+    def inference_hint(self, precision: Precision) -> str:
+        return inference_hint(precision, cpu_flags())
+
     def target(self) -> dict[str, str]:
         """What a compiled model is tied to: the device and the CPU's instruction sets."""
         return {"device": self.device, "cpu_features": ",".join(self.features())}
@@ -176,24 +173,32 @@ class OpenVinoBackend:
         io: ComponentIO,
         options: BuildOptions,
         cache_dir: Path,
+        calibration: Feeds = (),
     ) -> tuple[str, dict[str, Any]]:
-        """Compile `onnx_path` for the profile in `io` and export the compiled model."""
+        """Compile `onnx_path` for the profile in `io` and export the compiled model; w8a8
+        calibrates its activations on `calibration`."""
         ov = _ov()
-        self.check_precision(options.precision)
+        precision = options.precision
+        self.check_precision(precision)
         core = _core()
         model = core.read_model(str(onnx_path))
         model.reshape(
             {name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()}
         )
-        if options.precision is Precision.INT8:
-            model = _compress_weights(model)  # NNCF's default: int8 asymmetric, per channel
+        if precision is Precision.INT8:
+            model = compress_weights(model)
+        if precision is Precision.W8A8:
+            model = quantize(model, calibration)
+        quantized = precision in (Precision.INT8, Precision.W8A8)
         settings: dict[str, Any] = {
             "device": self.device,
             "openvino_version": self.version(),
-            "inference_precision": HINTS[options.precision],
-            "weights": "int8" if options.precision is Precision.INT8 else "fp32",
+            "inference_precision": self.inference_hint(precision),
+            "weights": "int8" if quantized else "fp32",
             "cpu_features": self.features(),
         }
+        if precision is Precision.W8A8:
+            settings["activations"] = "int8"
         config = compile_config(settings)
         _export(core.compile_model(model, self.device, config), ENGINE_NAME, out_dir)
         if options.static:
@@ -218,11 +223,14 @@ class OpenVinoGpuBackend(OpenVinoBackend):
     device = GPU
 
     def check_precision(self, precision: Precision) -> None:
-        if precision is Precision.BF16:
+        if precision in (Precision.BF16, Precision.W8A8):
             raise InputError(
-                "OpenVINO's GPU plugin computes in fp32 or fp16 (or with int8 weights), not "
-                "bf16; use --precision fp16"
+                "OpenVINO's GPU plugin computes in fp32 or fp16 (or with int8 weights) here, "
+                f"not {precision.value}; use --precision fp16"
             )
+
+    def inference_hint(self, precision: Precision) -> str:
+        return HINTS[precision]
 
     def target(self) -> dict[str, str]:
         """The GPU model (its driver is OpenVINO's plugin, part of the version)."""
@@ -271,7 +279,13 @@ def compile_with_weights(
 ) -> Any:
     """The exported graph compiled as the build compiled it, with `weights` in place of the
     initializers of those names (LoRA switching): int8 engines have the new weights compressed
-    again. Compiling (and compressing) again is the switch's cost."""
+    again. Compiling (and compressing) again is the switch's cost. w8a8 engines are refused:
+    their activation scales were calibrated for the built weights."""
+    if settings.get("activations") == "int8":
+        raise InputError(
+            f"{onnx_path.parent.name} has int8 activations calibrated for its built weights; "
+            "merge LoRAs into a w8a8 build with `sdtrt build --lora` instead"
+        )
     ov = _ov()
     model = _core().read_model(str(onnx_path))
     constants = {op.get_friendly_name(): op for op in model.get_ops()
@@ -285,7 +299,7 @@ def compile_with_weights(
         constants[name].output(0).replace(replacement.output(0))
     model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
     if settings.get("weights") == "int8":
-        model = _compress_weights(model)
+        model = compress_weights(model)
     return _core().compile_model(model, str(settings.get("device", CPU)), compile_config(settings))
 
 

@@ -8,14 +8,17 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Precision(str, Enum):
-    """What a network computes in. FP16 converts the ONNX graph itself; BF16 and INT8 keep the
-    fp32 graph and are the backend's own: OpenVINO computes in bfloat16 on CPUs that have it, or
-    stores weights as int8 (weight compression) and computes in fp32."""
+    """What a network computes in. FP16 converts the ONNX graph itself; BF16, INT8 and W8A8 keep
+    the fp32 graph and are the backend's own: OpenVINO computes in bfloat16 on CPUs that have it,
+    stores weights as int8 (weight compression) and computes in fp32, or (W8A8) quantizes the
+    UNet's weights and activations to int8, calibrated on its inputs in real denoising runs,
+    computing the rest in bfloat16 where the CPU has it."""
 
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
     INT8 = "int8"
+    W8A8 = "w8a8"
 
 
 class GraphStyle(BaseModel):

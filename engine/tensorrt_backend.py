@@ -16,7 +16,7 @@ from typing import Any
 from sdtrt.engine import cuda
 from sdtrt.engine.base import Engine
 from sdtrt.engine.options import BuildOptions, GraphStyle
-from sdtrt.engine.tensors import ComponentIO
+from sdtrt.engine.tensors import ComponentIO, Feeds
 from sdtrt.errors import BackendUnavailable
 
 
@@ -66,6 +66,7 @@ class TensorRtBackend:
         io: ComponentIO,
         options: BuildOptions,
         cache_dir: Path,
+        calibration: Feeds = (),
     ) -> tuple[str, dict[str, Any]]:
         from sdtrt.engine.trt_build import build_engine
 

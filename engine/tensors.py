@@ -8,7 +8,7 @@ what is outside the profile so that behaviour does not depend on the backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -17,6 +17,8 @@ from sdtrt.errors import InputError
 
 Dim = int | str
 Shape = tuple[int, ...]
+# Inputs a network meets in real runs, by input name: what w8a8 builds calibrate on.
+Feeds = Sequence[Mapping[str, np.ndarray]]
 
 
 class TensorSpec(BaseModel):

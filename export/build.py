@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,11 +28,19 @@ from sdtrt.engine.manifest import (
     Manifest,
     SourceInfo,
 )
+from sdtrt.engine.onnxruntime_backend import cpu_flags
+from sdtrt.engine.openvino_backend import float_precision
 from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
-from sdtrt.export.family import COMPONENT_FOLDERS, TOKENIZER_FOLDERS, load_family
+from sdtrt.export.calibration import (
+    CalibrationSet,
+    calibration_key,
+    calibration_set,
+    check_calibratable,
+)
+from sdtrt.export.family import COMPONENT_FOLDERS, TOKENIZER_FOLDERS, Family, load_family
 from sdtrt.export.fp16_guard import GuardOptions, calibration_feeds
 from sdtrt.export.lora_merge import loras_digest, merge_loras, record_lora_weights
 from sdtrt.export.memory import (
@@ -55,7 +64,8 @@ SCHEDULER_FILE = "scheduler/scheduler_config.json"
 ONNX_NAME = "model.onnx"
 REFERENCE_NAME = "reference_fp32.onnx"  # beside a guarded fp16 graph
 
-# Called as progress(component, stage) with stage one of: export, optimize, validate, done, reused.
+# Called as progress(component, stage) with stage one of: export, calibrate (w8a8's UNet),
+# optimize, validate, done, reused.
 Progress = Callable[[str, str], None]
 
 
@@ -121,8 +131,14 @@ def build(
             digests.update(
                 {c: build_key({"files": digests[c], "loras": lora_digest}) for c in LORA_COMPONENTS}
             )
+        # w8a8 calibrates the UNet on runs of the whole model: its text encoders stay loaded
+        # until the UNet is built.
+        calibrated = build_options.precision is Precision.W8A8 and "unet" in components
+        if calibrated:
+            check_calibratable(loaded.text_to_image_pipeline())
+        calibration_users = (*loaded.text_encoders, "unet", "vae_decoder") if calibrated else ()
         # Only what the asked networks are exported from stays loaded from here on.
-        release_modules(loaded, components)
+        release_modules(loaded, (*components, *calibration_users))
         guarded = build_options.fp16_guard and build_options.precision is Precision.FP16
         memory = build_memory_needed(loaded, components, guarded)
         with ArtifactWriter(output) as writer:
@@ -144,6 +160,8 @@ def build(
                 writer, backend, backend_version, ranges, build_options, export_options, progress,
                 calibration_timesteps=_calibration_timesteps(scheduler_config),
                 memory=memory, model_name=info.name,
+                float_precision=float_precision(cpu_flags()),
+                calibrate=functools.partial(_calibrate, loaded, ranges) if calibrated else None,
             )  # fmt: skip
             records = {}
             for index, name in enumerate(components):
@@ -152,7 +170,8 @@ def build(
                 del spec
                 # The torch modules no network left needs: the UNet's export then has the
                 # text encoders' memory (SDXL's second one is 2.8 GB) to itself.
-                release_modules(loaded, components[index + 1 :])
+                left = components[index + 1 :]
+                release_modules(loaded, (*left, *(calibration_users if "unet" in left else ())))
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 sdtrt_version=__version__,
@@ -171,6 +190,11 @@ def build(
             )
             writer.commit(manifest)
     return manifest
+
+
+def _calibrate(loaded: Family, ranges: BuildRanges) -> CalibrationSet:
+    """The UNet's inputs in diffusers' runs of the model (export/calibration.py)."""
+    return calibration_set(loaded.text_to_image_pipeline(), loaded.unet, ranges)
 
 
 def _calibration_timesteps(scheduler_config: dict[str, object]) -> tuple[float, ...]:
@@ -194,6 +218,8 @@ class _Job:
     calibration_timesteps: tuple[float, ...] = ()  # noise levels the fp16 guard compares at
     memory: Mapping[str, MemoryNeed] = field(default_factory=dict)  # checked before a build
     model_name: str = ""
+    float_precision: Precision = Precision.FP32  # w8a8's networks other than the UNet
+    calibrate: Callable[[], CalibrationSet] | None = None  # w8a8: the UNet's real inputs
 
     @property
     def guarded(self) -> bool:
@@ -204,7 +230,7 @@ class _Job:
         options = self.build_options
         # With the guard the VAE decoder is searched for fp32 islands instead of kept fp32 whole.
         precision = component_precision(
-            spec.name, options.precision, options.fp16_vae or self.guarded
+            spec.name, options.precision, options.fp16_vae or self.guarded, self.float_precision
         )
         io = spec.io(self.ranges)
         style = self.backend.graph_style
@@ -225,6 +251,7 @@ class _Job:
                 "io": io.model_dump(mode="json"),
                 # Only when on, so that the keys of unguarded builds stay as they were.
                 **({"fp16_guard": FP16_GUARD_RELATIVE} if self.guarded else {}),
+                **({"calibration": calibration_key()} if precision is Precision.W8A8 else {}),
                 # Only when not plain ONNX, likewise.
                 **({"graph": style.model_dump()} if style != GraphStyle() else {}),
             }
@@ -264,16 +291,27 @@ class _Job:
         )
         if spec.name in LORA_COMPONENTS:
             record_lora_weights(spec.module(), onnx_path, folder / WEIGHT_MAP)
+        inputs = spec.sample_inputs(spec.opt_point(self.ranges), rng)
+        calibration: CalibrationSet | None = None
+        if precision is Precision.W8A8 and self.calibrate is not None:
+            self.progress(spec.name, "calibrate")
+            calibration = self.calibrate()
+            # Random inputs fall outside the calibrated ranges: validate on a real one instead.
+            inputs = calibration.held_out[len(calibration.held_out) // 2]
         self.progress(spec.name, "optimize")
         # The backend sees this network's precision (a VAE may stay fp32 in a bf16 build).
         options = self.build_options.model_copy(update={"precision": precision})
         engine_name, settings = self.backend.build(
-            onnx_path, folder, io, options, self.writer.output.parent
+            onnx_path,
+            folder,
+            io,
+            options,
+            self.writer.output.parent,
+            calibration.feeds if calibration is not None else (),
         )
         self.progress(spec.name, "validate")
         tolerance = EXPORT_TOLERANCE[precision]
         with self.backend.load(spec.name, folder / engine_name, onnx_path, io, settings) as engine:
-            inputs = spec.sample_inputs(spec.opt_point(self.ranges), rng)
             report = validate(spec, engine, inputs, tolerance)
         for item in report:
             log.info(

@@ -147,6 +147,26 @@ class _DiffusersFolder:
     def scheduler_config(self) -> dict[str, Any]:
         return _scheduler_config(self.folder, self.scheduler_class)
 
+    def text_to_image_pipeline(self) -> Any | None:
+        """diffusers' text-to-image pipeline over the loaded modules (w8a8 calibrates on its
+        runs), or None for a model that cannot make images from text alone."""
+        if int(self.unet.config.in_channels) != int(self.vae.config.latent_channels):
+            return None  # an inpainting UNet also takes a masked image
+        return self._pipeline()
+
+    def _pipeline(self) -> Any | None:
+        raise NotImplementedError
+
+    def _scheduler(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.scheduler_class).from_config(self.scheduler_config())
+
+    def _tokenizer(self, subfolder: str) -> Any:
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(self.folder, subfolder=subfolder)
+
 
 @dataclass
 class StableDiffusionModel(_DiffusersFolder):
@@ -191,6 +211,20 @@ class StableDiffusionModel(_DiffusersFolder):
     @property
     def default_components(self) -> tuple[str, ...]:
         return DEFAULT_COMPONENTS
+
+    def _pipeline(self) -> Any:
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self._tokenizer("tokenizer"),
+            unet=self.unet,
+            scheduler=self._scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
 
     def specs(self, components: tuple[str, ...]) -> list[ComponentSpec]:
         makers = {
@@ -258,6 +292,23 @@ class StableDiffusionXLModel(_DiffusersFolder):
     @property
     def default_components(self) -> tuple[str, ...]:
         return (*self.text_encoders, "unet", "vae_decoder", "vae_encoder")
+
+    def _pipeline(self) -> Any | None:
+        from diffusers import StableDiffusionXLPipeline
+
+        if self.text_encoder is None:
+            return None  # a refiner refines images
+        return StableDiffusionXLPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self._tokenizer("tokenizer"),
+            tokenizer_2=self._tokenizer("tokenizer_2"),
+            unet=self.unet,
+            scheduler=self._scheduler(),
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
 
     @property
     def time_ids(self) -> int:

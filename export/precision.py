@@ -25,11 +25,22 @@ FP32_OPS = (*NORM_OPS, "Softmax")
 # The timestep embedding is found by its sin and cos; everything feeding them stays fp32.
 EMBEDDING_OPS = ("Sin", "Cos")
 FP32_BY_DEFAULT = ("vae_decoder", "vae_encoder")
+# w8a8 quantizes the UNet, calibrated on its inputs in real runs, where nearly all of an image's
+# compute is; the text encoders and VAE compute in the build's float precision.
+W8A8_COMPONENTS = ("unet",)
 
 
-def component_precision(component: str, asked: Precision, fp16_vae: bool = False) -> Precision:
+def component_precision(
+    component: str,
+    asked: Precision,
+    fp16_vae: bool = False,
+    float_precision: Precision = Precision.FP32,
+) -> Precision:
     """The precision `component` is built in when the build asks for `asked`; `fp16_vae` lets
-    the VAE follow any reduced precision (fp16, bf16, int8 weights)."""
+    the VAE follow any reduced precision (fp16, bf16, int8 weights); `float_precision` is what
+    w8a8 builds compute their other networks in (bf16 where the CPU has it)."""
+    if asked is Precision.W8A8 and component not in W8A8_COMPONENTS:
+        asked = float_precision
     if asked is not Precision.FP32 and component in FP32_BY_DEFAULT and not fp16_vae:
         return Precision.FP32
     return asked

@@ -1,0 +1,128 @@
+"""The UNet's inputs in real denoising runs, to calibrate int8 activations (w8a8) on.
+
+Activation scales are only as good as the inputs they were measured on: random tensors have
+neither the statistics of text encoder states nor those of latents on their way from noise to an
+image. So diffusers' own pipeline for the model runs a few prompts at the build's optimum size,
+and a hook on the UNet records every call's inputs under the exported UNet's input names.
+The last prompt's calls are held out: the build validates the quantized UNet on one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdtrt.engine.ranges import BuildRanges
+from sdtrt.errors import InputError
+
+# Varied subjects, media and lighting, so that the text states span more than one kind of prompt.
+PROMPTS = (
+    "a photograph of an astronaut riding a horse on the moon",
+    "a watercolor painting of a lighthouse on a cliff at dusk",
+    "portrait of an old fisherman, oil on canvas, dramatic light",
+    "a bowl of fruit on a wooden table, studio photograph",
+    "a futuristic city street at night, neon signs, rain",
+)
+NEGATIVE_PROMPT = "blurry, low quality"
+STEPS = 8  # per prompt: early, middle and late noise levels alike
+
+
+def calibration_key() -> dict[str, object]:
+    """What a w8a8 UNet depends on beyond its weights: the runs it was calibrated on, and the
+    quantizer's release (part of the build key, so that a change quantizes afresh)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        nncf = version("nncf")
+    except PackageNotFoundError:
+        nncf = None
+    return {"prompts": PROMPTS, "negative": NEGATIVE_PROMPT, "steps": STEPS, "nncf": nncf}
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Recorded UNet inputs: `feeds` to calibrate on, `held_out` from a prompt they lack."""
+
+    feeds: tuple[dict[str, np.ndarray], ...]
+    held_out: tuple[dict[str, np.ndarray], ...]
+
+
+def _array(value: Any) -> np.ndarray:
+    return value.detach().float().numpy().copy()
+
+
+def unet_feeds(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One UNet2DConditionModel call's inputs as the exported UNet takes them."""
+    names = ("sample", "timestep", "encoder_hidden_states")
+    given = {**dict(zip(names, args, strict=False)), **kwargs}
+    sample = _array(given["sample"])
+    timestep = np.broadcast_to(_array(torch.as_tensor(given["timestep"])), sample.shape[:1])
+    feeds = {
+        "sample": sample,
+        "timestep": np.ascontiguousarray(timestep, dtype=np.float32),
+        "encoder_hidden_states": _array(given["encoder_hidden_states"]),
+    }
+    added = given.get("added_cond_kwargs") or {}
+    for name in ("text_embeds", "time_ids"):
+        if name in added:
+            feeds[name] = _array(added[name])
+    if given.get("timestep_cond") is not None:
+        feeds["timestep_cond"] = _array(given["timestep_cond"])
+    return feeds
+
+
+def record_unet_calls(
+    unet: torch.nn.Module, pipeline: Any, ranges: BuildRanges, prompts: tuple[str, ...], steps: int
+) -> list[list[dict[str, np.ndarray]]]:
+    """Per prompt, the inputs of every UNet call `pipeline` makes for it at the build's optimum
+    size (one image, diffusers' default guidance, a fixed seed per prompt)."""
+    calls: list[dict[str, np.ndarray]] = []
+
+    def record(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        calls.append(unet_feeds(args, kwargs))
+
+    height, width = ranges.size.opt
+    pipeline.set_progress_bar_config(disable=True)
+    runs = []
+    handle = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for seed, prompt in enumerate(prompts):
+                pipeline(
+                    prompt,
+                    negative_prompt=NEGATIVE_PROMPT,
+                    height=height,
+                    width=width,
+                    num_inference_steps=steps,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    output_type="latent",
+                )
+                runs.append(list(calls))
+                calls.clear()
+    finally:
+        handle.remove()
+    return runs
+
+
+def check_calibratable(pipeline: Any | None) -> None:
+    """InputError, in one line, for a model without a text-to-image pipeline."""
+    if pipeline is None:
+        raise InputError(
+            "--precision w8a8 calibrates on text-to-image runs, which this model cannot make "
+            "(an SDXL refiner or an inpainting UNet); build it with --precision bf16 or int8"
+        )
+
+
+def calibration_set(
+    pipeline: Any | None, unet: torch.nn.Module, ranges: BuildRanges, steps: int = STEPS
+) -> CalibrationSet:
+    """Every call of the first prompts to calibrate on, the last prompt's calls held out."""
+    check_calibratable(pipeline)
+    runs = record_unet_calls(unet, pipeline, ranges, PROMPTS, steps)
+    return CalibrationSet(
+        feeds=tuple(feed for run in runs[:-1] for feed in run), held_out=tuple(runs[-1])
+    )
