@@ -75,7 +75,8 @@ def build(
         str,
         typer.Option(
             help="auto (what `sdtrt doctor` says it picks here), onnxruntime (CPU), openvino "
-            "(CPU), openvino-gpu (Intel GPU), onnxruntime-cuda or tensorrt."
+            "(CPU), openvino-gpu (Intel GPU), openvino-npu (Intel NPU, --static), "
+            "onnxruntime-cuda or tensorrt."
         ),
     ] = "auto",
     precision: Annotated[

@@ -13,7 +13,8 @@ from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import ComponentRecord, check_component_files
 from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
 from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend
-from sdtrt.engine.openvino_backend import OpenVinoBackend, OpenVinoGpuBackend
+from sdtrt.engine.openvino_backend import OpenVinoBackend
+from sdtrt.engine.openvino_devices import OpenVinoGpuBackend, OpenVinoNpuBackend
 from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.tensorrt_backend import TensorRtBackend
 from sdtrt.engine.tensors import ComponentIO, Feeds
@@ -67,6 +68,7 @@ BACKENDS: dict[str, Backend] = {
         TensorRtBackend(),
         OpenVinoBackend(),
         OpenVinoGpuBackend(),
+        OpenVinoNpuBackend(),
     )
 }
 
@@ -107,7 +109,7 @@ def choose_backend(options: BuildOptions) -> Backend:
     else:
         backend = get_backend(options.backend)
     if isinstance(backend, OpenVinoBackend):
-        backend.check_precision(options.precision)
+        backend.check_build(options)
     elif options.precision not in (Precision.FP32, Precision.FP16):
         raise InputError(
             f"--precision {options.precision.value} is for --backend openvino; {backend.name} "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sdtrt import __version__
 from sdtrt.engine.backends import BACKENDS, auto_choice
 from sdtrt.engine.onnxruntime_backend import cpu_flags
-from sdtrt.engine.openvino_backend import isa_features, precision_problem
+from sdtrt.engine.openvino_backend import INT8_DOT_FLAGS, isa_features, precision_problem
 from sdtrt.engine.options import Precision
 from sdtrt.errors import SdtrtError
 
@@ -97,9 +97,14 @@ def diagnose() -> list[Finding]:
 
 
 def _cpu_finding() -> Finding:
-    """The CPU's instruction sets that decide OpenVINO's kernels, and whether bf16 is there."""
+    """The CPU's instruction sets that decide OpenVINO's kernels, and whether bf16 and int8 dot
+    products (what w8a8 runs on) are there."""
     features = isa_features(cpu_flags())
     bf16 = precision_problem(Precision.BF16, set(features)) is None
+    int8 = bool(set(features) & set(INT8_DOT_FLAGS))
     listed = ", ".join(features) or "unknown"
-    answer = "yes" if bf16 else "no"
-    return Finding("CPU", f"{platform.machine()}: {listed}; bf16 compute: {answer}")
+    return Finding(
+        "CPU",
+        f"{platform.machine()}: {listed}; bf16 compute: {'yes' if bf16 else 'no'}; "
+        f"int8 dot products: {'yes' if int8 else 'no'}",
+    )

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 WEIGHT_MAP = "lora_weights.json"
 ORT_BACKENDS = ("onnxruntime", "onnxruntime-cuda")
 TRT_BACKENDS = ("tensorrt",)
-OPENVINO_BACKENDS = ("openvino", "openvino-gpu")
+OPENVINO_BACKENDS = ("openvino", "openvino-gpu", "openvino-npu")
 
 
 class MappedWeight(BaseModel):

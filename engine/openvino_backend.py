@@ -21,9 +21,7 @@ CPU has it); bf16 asks for bfloat16 compute; int8 compresses the weights to int8
 (activations stay fp32); w8a8 quantizes weights and activations, calibrated on the inputs the
 build passes (engine/openvino_quantize.py), and computes the rest in bf16 where the CPU has it.
 
-`openvino-gpu` is the same on an Intel GPU (integrated or Arc) that OpenVINO sees: fp32, fp16
-(its GPU plugin's own default) or int8 weights, no bf16; the compiled model is tied to the GPU
-model and driver rather than to CPU instruction sets.
+The same on Intel GPUs and NPUs: engine/openvino_devices.py.
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ ENGINE_NAME = "engine.blob"
 STATIC_NAME = "engine.static.blob"  # --static builds: every input at its optimum shape
 CPU = "CPU"
 GPU = "GPU"
+NPU = "NPU"
 # OpenVINO's names for the inference precision hint (w8a8's depends on the CPU: inference_hint).
 HINTS = {
     Precision.FP32: "f32", Precision.FP16: "f16", Precision.BF16: "bf16", Precision.INT8: "f32"
@@ -64,6 +63,8 @@ ISA_FLAGS = (
     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
 )  # fmt: skip
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Without these, OpenVINO's int8 kernels emulate the dot products (w8a8 still runs, slower).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def _ov() -> ModuleType:
@@ -77,7 +78,7 @@ def _ov() -> ModuleType:
 
 
 @functools.cache
-def _core() -> Any:
+def shared_core() -> Any:
     """One OpenVINO Core per process: it loads the device plugins once, and is thread-safe."""
     return _ov().Core()
 
@@ -138,16 +139,21 @@ class OpenVinoBackend:
     name = "openvino"
     graph_style = GraphStyle()  # no ONNX Runtime contrib ops in OpenVINO
     device = CPU
+    fixed_shapes = False  # the device compiles one shape per input only
 
     def version(self) -> str:
         """OpenVINO's version; BackendUnavailable where it is not installed or sees no CPU."""
         ov = _ov()
-        devices = _core().available_devices
+        devices = shared_core().available_devices
         if self.device not in devices:
             raise BackendUnavailable(
                 f"OpenVINO sees no {self.device} device (it sees {', '.join(devices) or 'none'})"
             )
         return str(ov.get_version()).split("-")[0]
+
+    def check_build(self, options: BuildOptions) -> None:
+        """InputError, in one line, for a build this backend cannot make here."""
+        self.check_precision(options.precision)
 
     def check_precision(self, precision: Precision) -> None:
         """InputError, in one line, where this machine cannot compute in `precision`."""
@@ -179,12 +185,14 @@ class OpenVinoBackend:
         calibrates its activations on `calibration`."""
         ov = _ov()
         precision = options.precision
-        self.check_precision(precision)
-        core = _core()
+        self.check_build(options)
+        core = shared_core()
         model = core.read_model(str(onnx_path))
-        model.reshape(
-            {name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()}
-        )
+        optimum = {name: list(shape.opt) for name, shape in io.profile.items()}
+        if self.fixed_shapes:
+            model.reshape({name: ov.PartialShape(shape) for name, shape in optimum.items()})
+        else:
+            model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
         if precision is Precision.INT8:
             model = compress_weights(model)
         if precision is Precision.W8A8:
@@ -201,8 +209,9 @@ class OpenVinoBackend:
             settings["activations"] = "int8"
         config = compile_config(settings)
         _export(core.compile_model(model, self.device, config), ENGINE_NAME, out_dir)
-        if options.static:
-            optimum = {name: list(shape.opt) for name, shape in io.profile.items()}
+        if self.fixed_shapes:
+            settings["fixed_shapes"] = optimum
+        elif options.static:
             model.reshape({name: ov.PartialShape(shape) for name, shape in optimum.items()})
             _export(core.compile_model(model, self.device, config), STATIC_NAME, out_dir)
             settings.update(static_engine=STATIC_NAME, static_shapes=optimum)
@@ -213,31 +222,6 @@ class OpenVinoBackend:
     ) -> Engine:
         check_compatible(path, settings, self.version(), cpu_flags())
         return OpenVinoEngine(name, path, io, settings)
-
-
-class OpenVinoGpuBackend(OpenVinoBackend):
-    """OpenVINO on an Intel GPU. Not picked by `--backend auto`: an integrated GPU is not always
-    faster than the CPU beside it; name it to use it."""
-
-    name = "openvino-gpu"
-    device = GPU
-
-    def check_precision(self, precision: Precision) -> None:
-        if precision in (Precision.BF16, Precision.W8A8):
-            raise InputError(
-                "OpenVINO's GPU plugin computes in fp32 or fp16 (or with int8 weights) here, "
-                f"not {precision.value}; use --precision fp16"
-            )
-
-    def inference_hint(self, precision: Precision) -> str:
-        return HINTS[precision]
-
-    def target(self) -> dict[str, str]:
-        """The GPU model (its driver is OpenVINO's plugin, part of the version)."""
-        return {"device": self.device, "gpu": str(_core().get_property(GPU, "FULL_DEVICE_NAME"))}
-
-    def features(self) -> list[str]:
-        return []  # kernels are compiled for the GPU, not for this CPU
 
 
 def _export(compiled: Any, name: str, folder: Path) -> None:
@@ -287,7 +271,7 @@ def compile_with_weights(
             "merge LoRAs into a w8a8 build with `sdtrt build --lora` instead"
         )
     ov = _ov()
-    model = _core().read_model(str(onnx_path))
+    model = shared_core().read_model(str(onnx_path))
     constants = {op.get_friendly_name(): op for op in model.get_ops()
                  if op.get_type_name() == "Constant"}  # fmt: skip
     missing = sorted(set(weights) - set(constants))
@@ -297,10 +281,15 @@ def compile_with_weights(
         replacement = ov.opset13.constant(np.ascontiguousarray(value))
         replacement.set_friendly_name(name)
         constants[name].output(0).replace(replacement.output(0))
-    model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
+    if settings.get("fixed_shapes"):
+        model.reshape({name: ov.PartialShape(s) for name, s in settings["fixed_shapes"].items()})
+    else:
+        model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
     if settings.get("weights") == "int8":
         model = compress_weights(model)
-    return _core().compile_model(model, str(settings.get("device", CPU)), compile_config(settings))
+    return shared_core().compile_model(
+        model, str(settings.get("device", CPU)), compile_config(settings)
+    )
 
 
 class _Imported:
@@ -319,7 +308,7 @@ class _Imported:
             # copying them, so the map must outlive the compiled model (see close). Copy-on-
             # write because OpenVINO asks for writable memory; nothing is written back.
             blob = np.memmap(path, dtype=np.uint8, mode="c")
-            compiled = _core().import_model(
+            compiled = shared_core().import_model(
                 _ov().Tensor(blob, shared_memory=True),
                 str(settings.get("device", CPU)),
                 compile_config(settings),
@@ -363,6 +352,8 @@ class OpenVinoEngine(Engine):
         self._main: _Imported | None = None
         self._static: _Imported | None = None
         self._static_shapes: dict[str, tuple[int, ...]] = {}
+        # An NPU engine runs only the shapes it was compiled for.
+        self._fixed = {k: tuple(v) for k, v in settings.get("fixed_shapes", {}).items()}
         self._importing = threading.Lock()
         if compiled is not None:
             self._main = _Imported(compiled)
@@ -375,6 +366,13 @@ class OpenVinoEngine(Engine):
             self._main = _Imported.load(path, settings)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, shape in self._fixed.items():
+            if feeds[name].shape != shape:
+                raise InputError(
+                    f"the {self.name} engine takes {name} of shape {list(shape)} only (compiled "
+                    f"for fixed shapes), not {list(feeds[name].shape)}; generate at the built "
+                    "size and number of images, with guidance"
+                )
         static = self._static is not None and all(
             feeds[name].shape == shape for name, shape in self._static_shapes.items()
         )

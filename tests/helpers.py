@@ -34,3 +34,38 @@ def assert_one_line_error(result, message: str) -> None:  # type: ignore[no-unty
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message in lines[0], lines[0]
+
+
+# One prompt and starting noise for the OpenVINO tests' images (the tiny model, 64x64).
+PROMPT = dict(prompt="a photo of an astronaut", negative_prompt="blurry", num_inference_steps=8)
+LATENTS = np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32)
+
+
+def diffusers_images(pipeline, schedulers: tuple[str, ...]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """diffusers' fp32 image of PROMPT from LATENTS with each of sdtrt's `schedulers`."""
+    import diffusers
+    import torch
+
+    from sdtrt.runtime.schedulers import SCHEDULERS
+
+    images = {}
+    original = pipeline.scheduler
+    for scheduler in schedulers:
+        choice = SCHEDULERS[scheduler]
+        cls = getattr(diffusers, choice.cls.diffusers_name)
+        pipeline.scheduler = cls.from_config({**original.config, **choice.overrides})
+        try:
+            images[scheduler] = pipeline(
+                **PROMPT, latents=torch.from_numpy(LATENTS), output_type="np"
+            ).images
+        finally:
+            pipeline.scheduler = original
+    return images
+
+
+def sdtrt_image(directory, scheduler: str | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """sdtrt's image of PROMPT from LATENTS with the engines in `directory`."""
+    from sdtrt.runtime.pipeline import Pipeline
+
+    with Pipeline.load(directory) as pipe:
+        return pipe(**PROMPT, latents=LATENTS, scheduler=scheduler, output_type="np").images

@@ -7,6 +7,7 @@ import pytest
 from sdtrt.engine import backends
 from sdtrt.engine.auto import Availability, pick, probe
 from sdtrt.engine.doctor import diagnose
+from sdtrt.engine.onnxruntime_backend import cpu_flags
 from sdtrt.engine.options import BuildOptions
 from sdtrt.errors import BackendUnavailable, SdtrtError
 
@@ -82,3 +83,5 @@ def test_doctor_says_what_auto_picks_here():
     auto = findings["backend auto"]
     assert auto.ok and auto.value.startswith(f"picks {backends.auto_choice().backend}: ")
     assert "bf16 compute:" in findings["CPU"].value
+    int8 = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    assert f"int8 dot products: {'yes' if int8 else 'no'}" in findings["CPU"].value

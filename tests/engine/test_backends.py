@@ -16,8 +16,8 @@ needs_no_gpu = pytest.mark.skipif(
 
 def test_known_backends():
     assert set(BACKENDS) == {
-        "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino", "openvino-gpu"
-    }
+        "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino", "openvino-gpu", "openvino-npu"
+    }  # fmt: skip
     with pytest.raises(InputError, match="unknown backend 'tflite'"):
         get_backend("tflite")
 

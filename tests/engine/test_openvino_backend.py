@@ -7,11 +7,10 @@ import importlib.util
 import shutil
 import threading
 
-import diffusers
 import numpy as np
 import pytest
-import torch
-from helpers import assert_same_image, psnr
+from helpers import LATENTS, PROMPT, assert_same_image, psnr, sdtrt_image
+from helpers import diffusers_images as reference_images
 
 from sdtrt.engine import openvino_backend
 from sdtrt.engine.backends import choose_backend
@@ -24,10 +23,9 @@ from sdtrt.engine.openvino_backend import (
     precision_problem,
 )
 from sdtrt.engine.options import BuildOptions, Precision
-from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible, InputError
+from sdtrt.errors import ArtifactError, EngineIncompatible, InputError
 from sdtrt.export.build import ExportOptions, build
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.runtime.schedulers import SCHEDULERS
 from sdtrt.tolerances import EXPORT_TOLERANCE, REDUCED_PRECISION_PSNR_DB
 
 pytest.importorskip("openvino")
@@ -58,32 +56,13 @@ def bf16_dir(tiny_model_dir, tmp_path_factory):
     return output
 
 
-PROMPT = dict(prompt="a photo of an astronaut", negative_prompt="blurry", num_inference_steps=8)
-LATENTS = np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32)
 SCHEDULERS_CHECKED = ("pndm", "euler", "dpmpp_2m")
 
 
 @pytest.fixture(scope="module")
 def diffusers_images(diffusers_pipeline):
     """diffusers' fp32 image per scheduler, from LATENTS."""
-    images = {}
-    original = diffusers_pipeline.scheduler
-    for scheduler in SCHEDULERS_CHECKED:
-        choice = SCHEDULERS[scheduler]
-        cls = getattr(diffusers, choice.cls.diffusers_name)
-        diffusers_pipeline.scheduler = cls.from_config({**original.config, **choice.overrides})
-        try:
-            images[scheduler] = diffusers_pipeline(
-                **PROMPT, latents=torch.from_numpy(LATENTS), output_type="np"
-            ).images
-        finally:
-            diffusers_pipeline.scheduler = original
-    return images
-
-
-def _image(directory, scheduler):
-    with Pipeline.load(directory) as pipe:
-        return pipe(**PROMPT, latents=LATENTS, scheduler=scheduler, output_type="np").images
+    return reference_images(diffusers_pipeline, SCHEDULERS_CHECKED)
 
 
 def test_manifest_records_what_the_compiled_model_needs(fp32_dir):
@@ -102,7 +81,7 @@ def test_manifest_records_what_the_compiled_model_needs(fp32_dir):
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS_CHECKED)
 def test_fp32_image_is_diffusers_image(fp32_dir, diffusers_images, scheduler):
-    assert_same_image(diffusers_images[scheduler], _image(fp32_dir, scheduler))
+    assert_same_image(diffusers_images[scheduler], sdtrt_image(fp32_dir, scheduler))
 
 
 @needs_bf16
@@ -123,7 +102,7 @@ def test_bf16_build_keeps_the_vae_in_fp32(bf16_dir):
 @pytest.mark.parametrize("scheduler", SCHEDULERS_CHECKED)
 def test_bf16_image_is_still_diffusers_image(bf16_dir, fp32_dir, diffusers_images, scheduler):
     expected = diffusers_images[scheduler]
-    reduced, full = _image(bf16_dir, scheduler), _image(fp32_dir, scheduler)
+    reduced, full = sdtrt_image(bf16_dir, scheduler), sdtrt_image(fp32_dir, scheduler)
     assert psnr(expected, reduced) >= REDUCED_PRECISION_PSNR_DB
     assert psnr(full, reduced) < psnr(expected, full)  # bf16 did change the image
 
@@ -137,7 +116,8 @@ def test_int8_weights_hold_their_tolerance(tiny_model_dir, tmp_path, diffusers_i
     assert unet.precision is Precision.INT8 and unet.settings["weights"] == "int8"
     assert manifest.components["vae_decoder"].precision is Precision.FP32
     assert 0 < unet.validation[0].relative_error <= EXPORT_TOLERANCE[Precision.INT8]
-    assert psnr(diffusers_images["euler"], _image(output, "euler")) >= REDUCED_PRECISION_PSNR_DB
+    image = sdtrt_image(output, "euler")
+    assert psnr(diffusers_images["euler"], image) >= REDUCED_PRECISION_PSNR_DB
 
 
 def test_calls_from_several_threads_agree(fp32_dir):
@@ -227,7 +207,6 @@ def test_a_refused_precision_writes_nothing(tiny_model_dir, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-
 def test_static_builds_run_their_shape_on_a_static_compile(
     tiny_model_dir, fp32_dir, diffusers_images, tmp_path, monkeypatch
 ):
@@ -256,37 +235,3 @@ def test_static_builds_run_their_shape_on_a_static_compile(
     assert_same_image(diffusers_images["euler"], guided)
     with Pipeline.load(fp32_dir) as dynamic:
         assert_same_image(dynamic(**unguided, latents=LATENTS, output_type="np").images, alone)
-
-
-def _openvino_gpu() -> bool:
-    return "GPU" in openvino_backend._core().available_devices
-
-
-def test_openvino_gpu_refusals_are_one_line(tiny_model_dir, tmp_path, monkeypatch):
-    """Without a GPU OpenVINO sees, the build says so and writes nothing; bf16 is refused on
-    the GPU plugin whatever the machine."""
-    gpu = openvino_backend.OpenVinoGpuBackend()
-    with pytest.raises(InputError, match="not bf16; use --precision fp16"):
-        gpu.check_precision(Precision.BF16)
-    gpu.check_precision(Precision.FP16)
-    assert gpu.features() == []
-    if not _openvino_gpu():
-        options = BuildOptions(backend="openvino-gpu")
-        with pytest.raises(BackendUnavailable, match="OpenVINO sees no GPU device"):
-            build(str(tiny_model_dir), tmp_path / "gpu", NETWORKS, options)
-        assert not (tmp_path / "gpu").exists()
-
-
-@pytest.mark.skipif(not _openvino_gpu(), reason="OpenVINO sees no GPU here")
-@pytest.mark.parametrize("precision", [Precision.FP32, Precision.FP16])
-def test_openvino_gpu_image_is_diffusers_image(
-    tiny_model_dir, diffusers_images, tmp_path, precision
-):
-    options = BuildOptions(backend="openvino-gpu", precision=precision)
-    manifest = build(str(tiny_model_dir), tmp_path / "gpu", NETWORKS, options)
-    assert manifest.components["unet"].settings["device"] == "GPU"
-    image = _image(tmp_path / "gpu", "euler")
-    if precision is Precision.FP32:
-        assert_same_image(diffusers_images["euler"], image)
-    else:
-        assert psnr(diffusers_images["euler"], image) >= REDUCED_PRECISION_PSNR_DB

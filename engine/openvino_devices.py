@@ -1,0 +1,77 @@
+"""OpenVINO on Intel GPUs and NPUs: the CPU backend's build and engine, on another device.
+
+`openvino-gpu` runs on an Intel GPU (integrated or Arc) that OpenVINO sees: fp32, fp16 (its GPU
+plugin's own default) or int8 weights, no bf16; the compiled model is tied to the GPU model and
+driver rather than to CPU instruction sets. `openvino-npu` runs on an Intel NPU (Core Ultra),
+whose plugin compiles fixed shapes only: `--static` builds, compiled for the optimum shapes
+alone, in fp16 or with int8 weights. Neither is picked by `--backend auto`.
+"""
+
+from __future__ import annotations
+
+from sdtrt.engine.openvino_backend import GPU, HINTS, NPU, OpenVinoBackend, shared_core
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.errors import InputError
+
+
+class OpenVinoGpuBackend(OpenVinoBackend):
+    """OpenVINO on an Intel GPU. Not picked by `--backend auto`: an integrated GPU is not always
+    faster than the CPU beside it; name it to use it."""
+
+    name = "openvino-gpu"
+    device = GPU
+
+    def check_precision(self, precision: Precision) -> None:
+        if precision in (Precision.BF16, Precision.W8A8):
+            raise InputError(
+                "OpenVINO's GPU plugin computes in fp32 or fp16 (or with int8 weights) here, "
+                f"not {precision.value}; use --precision fp16"
+            )
+
+    def inference_hint(self, precision: Precision) -> str:
+        return HINTS[precision]
+
+    def target(self) -> dict[str, str]:
+        """The GPU model (its driver is OpenVINO's plugin, part of the version)."""
+        return {
+            "device": self.device,
+            "gpu": str(shared_core().get_property(GPU, "FULL_DEVICE_NAME")),
+        }
+
+    def features(self) -> list[str]:
+        return []  # kernels are compiled for the GPU, not for this CPU
+
+
+class OpenVinoNpuBackend(OpenVinoGpuBackend):
+    """OpenVINO on an Intel NPU. Its plugin compiles fixed shapes only: a `--static` build,
+    compiled for the optimum shapes (the guided batch of `--max-batch` images at `--opt-size`)
+    and nothing else. Not picked by `--backend auto`; name it to use it."""
+
+    name = "openvino-npu"
+    device = NPU
+    fixed_shapes = True
+
+    def check_build(self, options: BuildOptions) -> None:
+        super().check_build(options)
+        if not options.static:
+            raise InputError(
+                "OpenVINO's NPU plugin compiles fixed shapes only; build with --static "
+                "--opt-size HxW --max-batch N (N images per call, with guidance)"
+            )
+
+    def check_precision(self, precision: Precision) -> None:
+        if precision not in (Precision.FP16, Precision.INT8):
+            raise InputError(
+                "OpenVINO's NPU plugin computes in fp16 (or with int8 weights), not "
+                f"{precision.value}; use --precision fp16"
+            )
+
+    def inference_hint(self, precision: Precision) -> str:
+        return HINTS[Precision.FP16]  # int8 weights too: the NPU computes in fp16
+
+    def target(self) -> dict[str, str]:
+        """The NPU model (its driver is OpenVINO's plugin, part of the version)."""
+        return {
+            "device": self.device,
+            "npu": str(shared_core().get_property(NPU, "FULL_DEVICE_NAME")),
+        }
