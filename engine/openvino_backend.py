@@ -27,6 +27,7 @@ The same on Intel GPUs and NPUs: engine/openvino_devices.py.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import queue
 import threading
@@ -139,7 +140,7 @@ class OpenVinoBackend:
     name = "openvino"
     graph_style = GraphStyle()  # no ONNX Runtime contrib ops in OpenVINO
     device = CPU
-    fixed_shapes = False  # the device compiles one shape per input only
+    fixed_shapes = False  # True where the device compiles one shape per input only (NPU)
 
     def version(self) -> str:
         """OpenVINO's version; BackendUnavailable where it is not installed or sees no CPU."""
@@ -152,8 +153,14 @@ class OpenVinoBackend:
         return str(ov.get_version()).split("-")[0]
 
     def check_build(self, options: BuildOptions) -> None:
-        """InputError, in one line, for a build this backend cannot make here."""
+        """InputError (or BackendUnavailable), in one line, for a build this backend cannot
+        make here: before any work, not after minutes of it."""
         self.check_precision(options.precision)
+        quantized = options.precision in (Precision.INT8, Precision.W8A8)
+        if quantized and importlib.util.find_spec("nncf") is None:
+            raise BackendUnavailable(
+                f"--precision {options.precision.value} needs NNCF; run `pip install nncf`"
+            )
 
     def check_precision(self, precision: Precision) -> None:
         """InputError, in one line, where this machine cannot compute in `precision`."""

@@ -36,6 +36,7 @@ from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import InputError
 from sdtrt.export.calibration import (
     CalibrationSet,
+    at_batch,
     calibration_key,
     calibration_set,
     check_calibratable,
@@ -131,8 +132,8 @@ def build(
             digests.update(
                 {c: build_key({"files": digests[c], "loras": lora_digest}) for c in LORA_COMPONENTS}
             )
-        # w8a8 calibrates the UNet on runs of the whole model: its text encoders stay loaded
-        # until the UNet is built.
+        # w8a8 calibrates the UNet on runs of the whole model: its text encoders and VAE stay
+        # loaded until then, and its build depends on every part of the model.
         calibrated = build_options.precision is Precision.W8A8 and "unet" in components
         if calibrated:
             check_calibratable(loaded.text_to_image_pipeline())
@@ -161,12 +162,17 @@ def build(
                 calibration_timesteps=_calibration_timesteps(scheduler_config),
                 memory=memory, model_name=info.name,
                 float_precision=float_precision(cpu_flags()),
-                calibrate=functools.partial(_calibrate, loaded, ranges) if calibrated else None,
+                calibrate=functools.partial(
+                    _calibrate, loaded, ranges, components[components.index("unet") :]
+                ) if calibrated else None,
             )  # fmt: skip
             records = {}
             for index, name in enumerate(components):
                 (spec,) = loaded.specs((name,))
-                records[name] = job.component(spec, [digests[f] for f in COMPONENT_FOLDERS[name]])
+                sources = [digests[f] for f in COMPONENT_FOLDERS[name]]
+                if calibrated and name == "unet":
+                    sources = [build_key(digests)]  # calibrated on runs of the whole model
+                records[name] = job.component(spec, sources)
                 del spec
                 # The torch modules no network left needs: the UNet's export then has the
                 # text encoders' memory (SDXL's second one is 2.8 GB) to itself.
@@ -192,9 +198,12 @@ def build(
     return manifest
 
 
-def _calibrate(loaded: Family, ranges: BuildRanges) -> CalibrationSet:
-    """The UNet's inputs in diffusers' runs of the model (export/calibration.py)."""
-    return calibration_set(loaded.text_to_image_pipeline(), loaded.unet, ranges)
+def _calibrate(loaded: Family, ranges: BuildRanges, remaining: tuple[str, ...]) -> CalibrationSet:
+    """The UNet's inputs in diffusers' runs of the model (export/calibration.py); then the
+    modules only the runs needed are released, before the UNet's export and quantization."""
+    calibration = calibration_set(loaded.text_to_image_pipeline(), loaded.unet, ranges)
+    release_modules(loaded, remaining)
+    return calibration
 
 
 def _calibration_timesteps(scheduler_config: dict[str, object]) -> tuple[float, ...]:
@@ -274,6 +283,10 @@ class _Job:
         folder = self.writer.component_dir(spec.name)
         onnx_path = folder / ONNX_NAME
         rng = np.random.default_rng(0)
+        calibration: CalibrationSet | None = None
+        if precision is Precision.W8A8 and self.calibrate is not None:
+            self.progress(spec.name, "calibrate")
+            calibration = self.calibrate()
         self.progress(spec.name, "export")
         trace_inputs = spec.sample_inputs(spec.trace_point(self.ranges), rng)
         guard = None
@@ -291,13 +304,13 @@ class _Job:
         )
         if spec.name in LORA_COMPONENTS:
             record_lora_weights(spec.module(), onnx_path, folder / WEIGHT_MAP)
-        inputs = spec.sample_inputs(spec.opt_point(self.ranges), rng)
-        calibration: CalibrationSet | None = None
-        if precision is Precision.W8A8 and self.calibrate is not None:
-            self.progress(spec.name, "calibrate")
-            calibration = self.calibrate()
-            # Random inputs fall outside the calibrated ranges: validate on a real one instead.
-            inputs = calibration.held_out[len(calibration.held_out) // 2]
+        opt_point = spec.opt_point(self.ranges)
+        inputs = spec.sample_inputs(opt_point, rng)
+        if calibration is not None:
+            # Random inputs fall outside the calibrated ranges: validate on a real one instead,
+            # at the optimum batch (a --static build's own compile serves that shape).
+            inputs = at_batch(calibration.held_out[len(calibration.held_out) // 2],
+                              opt_point["batch"])  # fmt: skip
         self.progress(spec.name, "optimize")
         # The backend sees this network's precision (a VAE may stay fp32 in a bf16 build).
         options = self.build_options.model_copy(update={"precision": precision})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -29,18 +30,35 @@ PROMPTS = (
 )
 NEGATIVE_PROMPT = "blurry, low quality"
 STEPS = 8  # per prompt: early, middle and late noise levels alike
+RUNS_ON = ("nncf", "diffusers", "transformers", "torch")  # their releases are in the build key
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def calibration_key() -> dict[str, object]:
-    """What a w8a8 UNet depends on beyond its weights: the runs it was calibrated on, and the
-    quantizer's release (part of the build key, so that a change quantizes afresh)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """What a w8a8 UNet depends on beyond the model: the runs it was calibrated on, and the
+    releases of what ran them and of the quantizer (part of the build key, so that a change
+    quantizes afresh)."""
+    return {
+        "prompts": PROMPTS,
+        "negative": NEGATIVE_PROMPT,
+        "steps": STEPS,
+        "versions": {name: _version(name) for name in RUNS_ON},
+    }
 
-    try:
-        nncf = version("nncf")
-    except PackageNotFoundError:
-        nncf = None
-    return {"prompts": PROMPTS, "negative": NEGATIVE_PROMPT, "steps": STEPS, "nncf": nncf}
+
+def at_batch(feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """`feeds` repeated along the batch axis to `batch` rows, where that is a whole number of
+    repeats; unchanged otherwise."""
+    rows = next(iter(feeds.values())).shape[0]
+    if batch % rows:
+        return dict(feeds)
+    return {name: np.concatenate([value] * (batch // rows)) for name, value in feeds.items()}
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,18 @@ device (skipped elsewhere)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from helpers import assert_same_image, diffusers_images, psnr, sdtrt_image
+from helpers import LATENTS, PROMPT, assert_same_image, diffusers_images, psnr, sdtrt_image
 
+from sdtrt.engine import backends
 from sdtrt.engine.backends import choose_backend
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.openvino_backend import OpenVinoEngine, shared_core
+from sdtrt.engine.openvino_backend import shared_core
 from sdtrt.engine.openvino_devices import OpenVinoGpuBackend, OpenVinoNpuBackend
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.errors import BackendUnavailable, InputError
 from sdtrt.export.build import ExportOptions, build
+from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.tolerances import REDUCED_PRECISION_PSNR_DB
 
 pytest.importorskip("openvino")
@@ -70,44 +71,55 @@ def test_openvino_npu_refusals_are_one_line(tiny_model_dir, tmp_path):
             npu.check_precision(precision)
     with pytest.raises(InputError, match="fixed shapes only; build with --static"):
         choose_backend(BuildOptions(backend="openvino-npu", precision=Precision.FP16))
+    unsafe_vae = NPU_OPTIONS.model_copy(update={"fp16_vae": False})
+    with pytest.raises(InputError, match="computes in fp16 only.*add --fp16-vae"):
+        choose_backend(unsafe_vae)
     assert npu.inference_hint(Precision.INT8) == "f16" and npu.features() == []
     if not _sees("NPU"):
-        options = BuildOptions(
-            backend="openvino-npu", precision=Precision.FP16, static=True, max_batch=1
-        )
         with pytest.raises(BackendUnavailable, match="OpenVINO sees no NPU device"):
-            build(str(tiny_model_dir), tmp_path / "npu", NETWORKS, options)
+            build(str(tiny_model_dir), tmp_path / "npu", NETWORKS, NPU_OPTIONS)
         assert not (tmp_path / "npu").exists()
 
 
-def test_a_fixed_shape_engine_refuses_other_shapes_in_one_line(tiny_model_dir, tmp_path):
-    """What an NPU engine does with a call of another shape, shown on the CPU: a CPU build
-    whose settings fix the UNet's shapes, as an NPU build's do."""
-    options = BuildOptions(backend="openvino", static=True, max_batch=1)
-    manifest = build(str(tiny_model_dir), tmp_path / "cpu", NETWORKS, options)
-    record = manifest.components["unet"]
-    settings = {**record.settings, "fixed_shapes": record.settings["static_shapes"]}
-    engine = OpenVinoEngine("unet", tmp_path / "cpu" / record.engine, record.io, settings)
-    feeds = {
-        "sample": np.zeros((1, 4, 32, 32), np.float32),
-        "timestep": np.zeros((1,), np.float32),
-        "encoder_hidden_states": np.zeros((1, 77, 32), np.float32),
-    }
-    with pytest.raises(InputError, match=r"takes sample of shape \[2, 4, 32, 32\] only") as error:
-        engine.infer(feeds)
+class _NpuOnTheCpu(OpenVinoNpuBackend):
+    """The NPU backend's build and engine, compiled for the CPU: what an NPU build does, short
+    of the device (the CPU runs the fp16 graph in fp32)."""
+
+    device = "CPU"
+
+    def inference_hint(self, precision: Precision) -> str:
+        return "f32"
+
+    def target(self) -> dict[str, str]:
+        return {"device": self.device}
+
+
+NPU_OPTIONS = BuildOptions(
+    backend="openvino-npu", precision=Precision.FP16, fp16_vae=True, static=True, max_batch=1
+)
+
+
+def test_an_npu_build_fixes_every_shape_and_refuses_others(
+    tiny_model_dir, euler_reference, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(backends.BACKENDS, "openvino-npu", _NpuOnTheCpu())
+    manifest = build(str(tiny_model_dir), tmp_path / "npu", NETWORKS, NPU_OPTIONS)
+    for record in manifest.components.values():
+        assert record.precision is Precision.FP16  # the VAE too: the NPU has no fp32
+        assert record.settings["fixed_shapes"] and "static_engine" not in record.settings
+    assert manifest.components["unet"].settings["fixed_shapes"]["sample"] == [2, 4, 32, 32]
+    assert psnr(euler_reference, sdtrt_image(tmp_path / "npu", "euler")) >= (
+        REDUCED_PRECISION_PSNR_DB
+    )
+    with Pipeline.load(tmp_path / "npu") as pipe:
+        with pytest.raises(InputError, match=r"takes .* of shape \[2, .*\] only") as error:
+            pipe(**PROMPT, latents=LATENTS, guidance_scale=1.0)  # unguided: batch 1
     assert "\n" not in str(error.value)
-    guided = {name: np.concatenate([value, value]) for name, value in feeds.items()}
-    assert engine.infer(guided)["noise_pred"].shape == (2, 4, 32, 32)
-    engine.close()
 
 
 @pytest.mark.skipif(not _sees("NPU"), reason="OpenVINO sees no NPU here")
 def test_openvino_npu_image_is_diffusers_image(tiny_model_dir, euler_reference, tmp_path):
-    options = BuildOptions(
-        backend="openvino-npu", precision=Precision.FP16, static=True, max_batch=1,
-        min_size=(64, 64), opt_size=(64, 64), max_size=(64, 64),
-    )  # fmt: skip
-    build(str(tiny_model_dir), tmp_path / "npu", NETWORKS, options)
+    build(str(tiny_model_dir), tmp_path / "npu", NETWORKS, NPU_OPTIONS)
     assert read_manifest(tmp_path / "npu").components["unet"].settings["device"] == "NPU"
     image = sdtrt_image(tmp_path / "npu", "euler")
     assert psnr(euler_reference, image) >= REDUCED_PRECISION_PSNR_DB

@@ -7,7 +7,7 @@ import torch
 from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.ranges import resolve_ranges
 from sdtrt.errors import InputError
-from sdtrt.export.calibration import calibration_set, record_unet_calls, unet_feeds
+from sdtrt.export.calibration import at_batch, calibration_set, record_unet_calls, unet_feeds
 from sdtrt.export.family import load_family
 from sdtrt.export.presets import write_preset
 
@@ -51,11 +51,24 @@ def _sizes(loaded):
     return info.native_size, info.vae_scale_factor
 
 
-def test_models_that_cannot_make_images_from_text_are_refused(tmp_path):
-    folder = tmp_path / "inpaint"
-    write_preset("tiny-inpaint", folder)
-    loaded = load_family(folder, "tiny-inpaint")
-    assert loaded.text_to_image_pipeline() is None
-    with pytest.raises(InputError, match="w8a8 calibrates on text-to-image runs") as error:
-        calibration_set(None, loaded.unet, resolve_ranges(BuildOptions(), *_sizes(loaded)))
-    assert "\n" not in str(error.value)
+def test_models_that_cannot_make_images_from_text_are_refused(tiny_inpaint_model_dir, tmp_path):
+    refiner = tmp_path / "refiner"
+    write_preset("tiny-sdxl-refiner", refiner)
+    for folder in (tiny_inpaint_model_dir, refiner):
+        loaded = load_family(folder, folder.name)
+        assert loaded.text_to_image_pipeline() is None
+        with pytest.raises(InputError, match="w8a8 calibrates on text-to-image runs") as error:
+            calibration_set(
+                loaded.text_to_image_pipeline(),
+                loaded.unet,
+                resolve_ranges(BuildOptions(), *_sizes(loaded)),
+            )
+        assert "\n" not in str(error.value)
+
+
+def test_a_held_out_call_is_repeated_to_the_optimum_batch():
+    feeds = {"sample": np.arange(4.0).reshape(2, 2), "timestep": np.array([7.0, 7.0])}
+    four = at_batch(feeds, 4)
+    assert four["sample"].tolist() == [[0, 1], [2, 3], [0, 1], [2, 3]]
+    assert four["timestep"].tolist() == [7.0] * 4
+    assert at_batch(feeds, 3)["sample"].shape == (2, 2)  # not a whole number of repeats
