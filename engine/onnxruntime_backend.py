@@ -9,6 +9,7 @@ the portable exported graph instead (slower to load, same results) and says so.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping
@@ -129,16 +130,22 @@ def require_started(wanted: list[str], started: list[str]) -> None:
         )
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags, from /proc/cpuinfo; empty where that cannot be read."""
+@functools.cache
+def _read_cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, from /proc/cpuinfo (read once per process: every build and
+    load of a CPU engine asks); empty where that cannot be read."""
+    return set(_read_cpu_flags())
 
 
 def nchwc_block(flags: set[str]) -> int | None:

@@ -136,7 +136,7 @@ def build(
         # loaded until then, and its build depends on every part of the model.
         calibrated = build_options.precision is Precision.W8A8 and "unet" in components
         if calibrated:
-            check_calibratable(loaded.text_to_image_pipeline())
+            check_calibratable(loaded.makes_images_from_text)
         calibration_users = (*loaded.text_encoders, "unet", "vae_decoder") if calibrated else ()
         # Only what the asked networks are exported from stays loaded from here on.
         release_modules(loaded, (*components, *calibration_users))
@@ -163,7 +163,8 @@ def build(
                 memory=memory, model_name=info.name,
                 float_precision=float_precision(cpu_flags()),
                 calibrate=functools.partial(
-                    _calibrate, loaded, ranges, components[components.index("unet") :]
+                    _calibrate, loaded, ranges, scheduler_config,
+                    components[components.index("unet") :],
                 ) if calibrated else None,
             )  # fmt: skip
             records = {}
@@ -198,10 +199,17 @@ def build(
     return manifest
 
 
-def _calibrate(loaded: Family, ranges: BuildRanges, remaining: tuple[str, ...]) -> CalibrationSet:
+def _calibrate(
+    loaded: Family,
+    ranges: BuildRanges,
+    scheduler_config: dict[str, object],
+    remaining: tuple[str, ...],
+) -> CalibrationSet:
     """The UNet's inputs in diffusers' runs of the model (export/calibration.py); then the
     modules only the runs needed are released, before the UNet's export and quantization."""
-    calibration = calibration_set(loaded.text_to_image_pipeline(), loaded.unet, ranges)
+    pipeline = loaded.text_to_image_pipeline(scheduler_config)
+    calibration = calibration_set(pipeline, loaded.unet, ranges)
+    del pipeline  # it holds the modules released next
     release_modules(loaded, remaining)
     return calibration
 

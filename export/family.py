@@ -147,25 +147,43 @@ class _DiffusersFolder:
     def scheduler_config(self) -> dict[str, Any]:
         return _scheduler_config(self.folder, self.scheduler_class)
 
-    def text_to_image_pipeline(self) -> Any | None:
-        """diffusers' text-to-image pipeline over the loaded modules (w8a8 calibrates on its
-        runs), or None for a model that cannot make images from text alone."""
-        if int(self.unet.config.in_channels) != int(self.vae.config.latent_channels):
-            return None  # an inpainting UNet also takes a masked image
-        return self._pipeline()
+    @property
+    def makes_images_from_text(self) -> bool:
+        """Whether diffusers' text-to-image pipeline can run this model (w8a8 calibrates on its
+        runs): not an inpainting UNet, which also takes a masked image."""
+        return int(self.unet.config.in_channels) == int(self.vae.config.latent_channels)
 
-    def _pipeline(self) -> Any | None:
+    def text_to_image_pipeline(self, scheduler_config: dict[str, Any]) -> Any:
+        """diffusers' text-to-image pipeline over the loaded modules, with the model's own
+        scheduler (`scheduler_config`, as `scheduler_config()` read it)."""
         raise NotImplementedError
 
-    def _scheduler(self) -> Any:
+    def _scheduler(self, config: dict[str, Any]) -> Any:
         import diffusers
 
-        return getattr(diffusers, self.scheduler_class).from_config(self.scheduler_config())
+        return getattr(diffusers, self.scheduler_class).from_config(config)
 
     def _tokenizer(self, subfolder: str) -> Any:
         from transformers import CLIPTokenizer
 
         return CLIPTokenizer.from_pretrained(self.folder, subfolder=subfolder)
+
+
+def _shared_parts(
+    folder: Path, name: str, index: dict[str, Any], vae: Any, text_encoder: Any
+) -> dict[str, Any]:
+    """The fields every family loads alike; `text_encoder` sets the prompt length."""
+    from diffusers import UNet2DConditionModel
+
+    return {
+        "folder": folder,
+        "name": name,
+        "unet": _load_part(folder, UNet2DConditionModel, "unet"),
+        "vae": vae,
+        "scheduler_class": str(index["scheduler"][1]),
+        "vae_scale_factor": _vae_scale_factor(vae),
+        "text_max_length": int(text_encoder.config.max_position_embeddings),
+    }
 
 
 @dataclass
@@ -186,7 +204,7 @@ class StableDiffusionModel(_DiffusersFolder):
 
     @classmethod
     def load(cls, folder: Path, name: str) -> StableDiffusionModel:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL
         from transformers import CLIPTextModel
 
         index = read_model_index(folder)
@@ -194,14 +212,7 @@ class StableDiffusionModel(_DiffusersFolder):
         text_encoder = _load_part(folder, CLIPTextModel, "text_encoder")
         vae = _load_part(folder, AutoencoderKL, "vae")
         return cls(
-            folder=folder,
-            name=name,
-            text_encoder=text_encoder,
-            unet=_load_part(folder, UNet2DConditionModel, "unet"),
-            vae=vae,
-            scheduler_class=str(index["scheduler"][1]),
-            vae_scale_factor=_vae_scale_factor(vae),
-            text_max_length=int(text_encoder.config.max_position_embeddings),
+            text_encoder=text_encoder, **_shared_parts(folder, name, index, vae, text_encoder)
         )
 
     @property
@@ -212,7 +223,7 @@ class StableDiffusionModel(_DiffusersFolder):
     def default_components(self) -> tuple[str, ...]:
         return DEFAULT_COMPONENTS
 
-    def _pipeline(self) -> Any:
+    def text_to_image_pipeline(self, scheduler_config: dict[str, Any]) -> Any:
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline(
@@ -220,7 +231,7 @@ class StableDiffusionModel(_DiffusersFolder):
             text_encoder=self.text_encoder,
             tokenizer=self._tokenizer("tokenizer"),
             unet=self.unet,
-            scheduler=self._scheduler(),
+            scheduler=self._scheduler(scheduler_config),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -260,7 +271,7 @@ class StableDiffusionXLModel(_DiffusersFolder):
 
     @classmethod
     def load(cls, folder: Path, name: str) -> StableDiffusionXLModel:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         index = read_model_index(folder)
@@ -271,15 +282,9 @@ class StableDiffusionXLModel(_DiffusersFolder):
         text_encoder_2 = _load_part(folder, CLIPTextModelWithProjection, "text_encoder_2")
         vae = _load_part(folder, AutoencoderKL, "vae")
         model = cls(
-            folder=folder,
-            name=name,
+            **_shared_parts(folder, name, index, vae, text_encoder_2),
             text_encoder=_load_part(folder, CLIPTextModel, "text_encoder") if first else None,
             text_encoder_2=text_encoder_2,
-            unet=_load_part(folder, UNet2DConditionModel, "unet"),
-            vae=vae,
-            scheduler_class=str(index["scheduler"][1]),
-            vae_scale_factor=_vae_scale_factor(vae),
-            text_max_length=int(text_encoder_2.config.max_position_embeddings),
             pooled_dim=int(text_encoder_2.config.projection_dim),
             text_encoders=XL_TEXT_ENCODERS if first else ("text_encoder_2",),
             # diffusers' defaults for these pipeline arguments when the index leaves them out.
@@ -293,11 +298,13 @@ class StableDiffusionXLModel(_DiffusersFolder):
     def default_components(self) -> tuple[str, ...]:
         return (*self.text_encoders, "unet", "vae_decoder", "vae_encoder")
 
-    def _pipeline(self) -> Any | None:
+    @property
+    def makes_images_from_text(self) -> bool:
+        return self.text_encoder is not None and super().makes_images_from_text  # not a refiner
+
+    def text_to_image_pipeline(self, scheduler_config: dict[str, Any]) -> Any:
         from diffusers import StableDiffusionXLPipeline
 
-        if self.text_encoder is None:
-            return None  # a refiner refines images
         return StableDiffusionXLPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
@@ -305,7 +312,7 @@ class StableDiffusionXLModel(_DiffusersFolder):
             tokenizer=self._tokenizer("tokenizer"),
             tokenizer_2=self._tokenizer("tokenizer_2"),
             unet=self.unet,
-            scheduler=self._scheduler(),
+            scheduler=self._scheduler(scheduler_config),
             force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
             add_watermarker=False,
         )

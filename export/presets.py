@@ -131,13 +131,24 @@ SD15 = Preset(
     merges=real_clip_merges,
 )
 
-# An inpainting model's UNet also sees the mask and the masked image's latents: 4 + 1 + 4 inputs.
-TINY_INPAINT = replace(
+
+def _inpainting(base: Preset, name: str, description: str, pipeline_class: str) -> Preset:
+    """`base` as an inpainting model: its UNet also sees the mask and the masked image's
+    latents, 4 + 1 + 4 input channels."""
+    return replace(
+        base,
+        name=name,
+        description=description,
+        unet={**base.unet, "in_channels": 9},
+        pipeline_class=pipeline_class,
+    )
+
+
+TINY_INPAINT = _inpainting(
     TINY,
-    name="tiny-inpaint",
-    description="the tiny model as a 9-channel inpainting model (StableDiffusionInpaintPipeline)",
-    unet={**TINY.unet, "in_channels": 9},
-    pipeline_class="StableDiffusionInpaintPipeline",
+    "tiny-inpaint",
+    "the tiny model as a 9-channel inpainting model (StableDiffusionInpaintPipeline)",
+    "StableDiffusionInpaintPipeline",
 )
 
 # SD 2.x 768-v: OpenCLIP's "!" padding and a v-prediction DDIM schedule, as stable-diffusion-2-1.
@@ -242,12 +253,11 @@ TINY_SDXL_REFINER = replace(
     pipeline_class="StableDiffusionXLImg2ImgPipeline",
     pipeline_config={"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
 )
-TINY_SDXL_INPAINT = replace(
+TINY_SDXL_INPAINT = _inpainting(
     TINY_SDXL,
-    name="tiny-sdxl-inpaint",
-    description="the tiny SDXL model as a 9-channel inpainting model",
-    unet={**TINY_SDXL.unet, "in_channels": 9},
-    pipeline_class="StableDiffusionXLInpaintPipeline",
+    "tiny-sdxl-inpaint",
+    "the tiny SDXL model as a 9-channel inpainting model",
+    "StableDiffusionXLInpaintPipeline",
 )
 TINY_SDXL_TURBO = replace(
     TINY_SDXL,

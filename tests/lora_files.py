@@ -123,32 +123,45 @@ def two_loras(files: dict[str, Path]) -> tuple[list[LoraSource], list[LoraSource
     )
 
 
+def lora_image(pipe) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """`pipe`'s image of PROMPT from the prompt latents."""
+    return pipe(**PROMPT, latents=prompt_latents(), output_type="np").images
+
+
+def check_switches(pipe, a, b) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """On `pipe`: A -> B -> A gives A bit for bit, B and A differ, A differs from the built
+    image and none gives it back (the LoRAs are taken off whatever happens); A's image."""
+    from helpers import psnr
+
+    from sdtrt.tolerances import END_TO_END_PSNR_DB
+
+    base = lora_image(pipe)
+    try:
+        pipe.set_loras(a)
+        first_a = lora_image(pipe)
+        pipe.set_loras(b)
+        only_b = lora_image(pipe)
+        pipe.set_loras(a)
+        second_a = lora_image(pipe)
+    finally:
+        pipe.set_loras([])
+    assert np.array_equal(first_a, second_a) and np.array_equal(base, lora_image(pipe))
+    assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
+    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
+    return first_a
+
+
 def check_switching(
     plain: Path, merged: Path, a: list[LoraSource], b: list[LoraSource], bar: float
 ) -> None:
-    """On the engines at `plain`: A -> B -> A gives A bit for bit, B and A differ, none gives
-    the built image back, and A's image is the image of `merged` (built with A) to `bar` dB."""
+    """check_switches on the engines at `plain`, and A's image is the image of `merged`
+    (built with A) to `bar` dB."""
     from helpers import psnr
 
     from sdtrt.runtime.pipeline import Pipeline
-    from sdtrt.tolerances import END_TO_END_PSNR_DB
-
-    def image(pipe: Pipeline) -> np.ndarray:
-        return pipe(**PROMPT, latents=prompt_latents(), output_type="np").images
 
     with Pipeline.load(merged) as merged_pipe:
-        merged_image = image(merged_pipe)
+        merged_image = lora_image(merged_pipe)
     with Pipeline.load(plain) as pipe:
-        base = image(pipe)
-        pipe.set_loras(a)
-        first_a = image(pipe)
-        pipe.set_loras(b)
-        only_b = image(pipe)
-        pipe.set_loras(a)
-        second_a = image(pipe)
-        pipe.set_loras([])
-        back = image(pipe)
-    assert np.array_equal(first_a, second_a) and np.array_equal(base, back)
-    assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
-    assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
+        first_a = check_switches(pipe, a, b)
     assert psnr(merged_image, first_a) >= bar

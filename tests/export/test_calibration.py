@@ -7,7 +7,12 @@ import torch
 from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.ranges import resolve_ranges
 from sdtrt.errors import InputError
-from sdtrt.export.calibration import at_batch, calibration_set, record_unet_calls, unet_feeds
+from sdtrt.export.calibration import (
+    at_batch,
+    check_calibratable,
+    record_unet_calls,
+    unet_feeds,
+)
 from sdtrt.export.family import load_family
 from sdtrt.export.presets import write_preset
 
@@ -34,7 +39,11 @@ def test_the_runs_cover_every_step_at_the_optimum_size(tiny_model_dir):
     loaded = load_family(tiny_model_dir, "tiny")
     ranges = resolve_ranges(BuildOptions(opt_size=(48, 40)), *_sizes(loaded))
     runs = record_unet_calls(
-        loaded.unet, loaded.text_to_image_pipeline(), ranges, ("a cat", "a dog"), steps=3
+        loaded.unet,
+        loaded.text_to_image_pipeline(loaded.scheduler_config()),
+        ranges,
+        ("a cat", "a dog"),
+        steps=3,
     )
     assert len(runs) == 2 and len(runs[0]) == len(runs[1]) >= 3  # PNDM calls twice at first
     first = runs[0][0]
@@ -51,18 +60,17 @@ def _sizes(loaded):
     return info.native_size, info.vae_scale_factor
 
 
-def test_models_that_cannot_make_images_from_text_are_refused(tiny_inpaint_model_dir, tmp_path):
+def test_models_that_cannot_make_images_from_text_are_refused(
+    tiny_model_dir, tiny_inpaint_model_dir, tmp_path
+):
     refiner = tmp_path / "refiner"
     write_preset("tiny-sdxl-refiner", refiner)
+    assert load_family(tiny_model_dir, "tiny").makes_images_from_text
     for folder in (tiny_inpaint_model_dir, refiner):
         loaded = load_family(folder, folder.name)
-        assert loaded.text_to_image_pipeline() is None
+        assert not loaded.makes_images_from_text
         with pytest.raises(InputError, match="w8a8 calibrates on text-to-image runs") as error:
-            calibration_set(
-                loaded.text_to_image_pipeline(),
-                loaded.unet,
-                resolve_ranges(BuildOptions(), *_sizes(loaded)),
-            )
+            check_calibratable(loaded.makes_images_from_text)
         assert "\n" not in str(error.value)
 
 
