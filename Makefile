@@ -30,18 +30,20 @@ demo: install
 test: typecheck test-onnxruntime-versions chromium
 	$(BIN)/python -m pytest
 
-# What depends on the installed onnxruntime (the fp16 graphs, the fused attention node, the saved
-# engines) also runs against
+# What depends on the installed onnxruntime (the fp16 graphs, the fused attention node, the CUDA
+# fusions, the saved engines) also runs against
 # the oldest onnxruntime sdtrt supports and the newest onnxruntime-gpu release, each unpacked
-# beside the venv and put first on the path.
+# beside the venv and put first on the path, with the one dependency of older releases that the
+# venv lacks (coloredlogs, which their fusion tools import).
 ORT_VERSIONS ?= 1.20.1 1.31.1
 ORT_TESTS := tests/export/test_fp16.py tests/export/test_precision.py tests/export/test_attention.py \
-	tests/engine/test_onnxruntime_backend.py tests/engine/test_onnxruntime_cuda.py
+	tests/engine/test_onnxruntime_backend.py tests/engine/test_onnxruntime_cuda.py \
+	tests/export/test_cuda_fusions.py
 test-onnxruntime-versions: install
 	@for version in $(ORT_VERSIONS); do \
 		target=$(VENV)/onnxruntime-$$version; \
 		test -d $$target || $(BIN)/pip install --quiet --no-deps --target $$target \
-			"onnxruntime==$$version" || exit 1; \
+			"onnxruntime==$$version" coloredlogs humanfriendly || exit 1; \
 		echo "onnxruntime $$version:"; \
 		PYTHONPATH=$$target EXPECT_ONNXRUNTIME_VERSION=$$version \
 			$(BIN)/python -m pytest -q $(ORT_TESTS) || exit 1; \

@@ -28,6 +28,7 @@ from sdtrt.bench.references import (
 from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
 from sdtrt.engine.manifest import Manifest
+from sdtrt.engine.onnxruntime_cuda import cuda_only
 from sdtrt.errors import InputError
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
@@ -147,11 +148,17 @@ def compare(
             if compiled is not None:
                 unets["torch.compile fp32"] = compiled
         graph = directory / pipe.manifest.components["unet"].onnx
-        progress("loading OpenVINO")
-        unets.update(openvino_unets(graph, feeds))
-        if pipe.manifest.components["unet"].backend != "onnxruntime":
-            progress("loading ONNX Runtime")
-            unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
+        import onnx  # with torch and diffusers, in the export extra the references need
+
+        # The CPU runtimes' rows run the same graph, unless it holds CUDA-only kernels.
+        if not cuda_only(onnx.load(str(graph), load_external_data=False).graph):
+            progress("loading OpenVINO")
+            unets.update(openvino_unets(graph, feeds))
+            if pipe.manifest.components["unet"].backend != "onnxruntime":
+                progress("loading ONNX Runtime")
+                unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
+        else:
+            progress("no CPU rows: the UNet's graph holds CUDA-only kernels")
         progress("timing UNet steps")
         unet_step = _interleave(unets, options.runs)
         del unets  # the references' sessions are large; free them before the whole images

@@ -8,7 +8,7 @@ would compute fp16 chains in fp32), and tensors are compared by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,16 +62,19 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
         raise _missing(error) from None
     from onnx import numpy_helper
 
-    graph, tensors = weights_as_inputs(model)
+    from sdtrt.engine.onnxruntime_cuda import cuda_only, fold_weight_layouts, kernel_constants
+
+    cuda = cuda_only(model.graph)
+    graph, tensors = weights_as_inputs(model, kernel_constants(model.graph) if cuda else ())
+    if cuda:
+        fold_weight_layouts(graph)
     weights = {t.name: numpy_helper.to_array(t) for t in tensors}
     del tensors
     marked = modify_outputs(graph, outputs=constants.MARK_ALL)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        marked.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(marked.SerializeToString(), options, providers=_providers(model))
     del marked, graph
     names = [o.name for o in session.get_outputs()]
     for feed in feeds:
@@ -80,10 +83,30 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
         yield {k: v for k, v in run.items() if v.dtype in (np.float32, np.float16)}
 
 
-def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
-    """A copy of `model` whose weights (float tensors of WEIGHT_BYTES or more) are graph inputs
-    of the same names and shapes, and those weights: the copy is small whatever the graph's
-    size, and nothing computed from a weight is folded or rewritten in it."""
+def _providers(model: onnx.ModelProto) -> list[str | tuple[str, dict[str, str]]]:
+    """The CPU, unless the graph holds nodes that only ONNX Runtime's CUDA provider runs
+    (engines built for onnxruntime-cuda); then that provider, in fp32 (TF32 off)."""
+    from sdtrt.engine.onnxruntime_backend import CPU, CUDA, _ort
+    from sdtrt.engine.onnxruntime_cuda import cuda_only, cuda_provider_options, load_cuda_libraries
+
+    if not cuda_only(model.graph):
+        return [CPU]
+    if CUDA not in _ort().get_available_providers():
+        raise BackendUnavailable(
+            "this graph holds ONNX Runtime's CUDA-only kernels; comparing its tensors needs "
+            "onnxruntime-gpu and an NVIDIA GPU"
+        )
+    load_cuda_libraries()
+    return [(CUDA, cuda_provider_options({})), CPU]
+
+
+def weights_as_inputs(
+    model: onnx.ModelProto, keep: Collection[str] = ()
+) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of `model` whose weights (float tensors of WEIGHT_BYTES or more, except those named
+    in `keep`) are graph inputs of the same names and shapes, and those weights: the copy is
+    small whatever the graph's size, and nothing computed from a weight is folded or rewritten
+    in it."""
     import onnx
 
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
@@ -96,7 +119,11 @@ def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onn
         getattr(graph, field).extend(getattr(model.graph, field))
     weights = []
     for tensor in model.graph.initializer:
-        if tensor.data_type in floats and len(tensor.raw_data) >= WEIGHT_BYTES:
+        if (
+            tensor.data_type in floats
+            and len(tensor.raw_data) >= WEIGHT_BYTES
+            and tensor.name not in keep
+        ):
             weights.append(tensor)
             graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)

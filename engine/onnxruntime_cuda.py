@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,9 +39,65 @@ from sdtrt.engine.options import BuildOptions, GraphStyle
 from sdtrt.engine.tensors import ComponentIO, Feeds
 from sdtrt.errors import ArtifactError
 
+if TYPE_CHECKING:
+    import onnx
+
 log = logging.getLogger(__name__)
+# ONNX Runtime's operator domain for its contrib nodes.
+CONTRIB_DOMAIN = "com.microsoft"
 # Provider-independent optimisations only (constant folding, redundant nodes): see above.
 BASIC = "ORT_ENABLE_BASIC"
+# ONNX Runtime contrib nodes that only its CUDA provider runs (export/cuda_fusions.py).
+CUDA_ONLY_OPS = frozenset({"GroupNorm", "SkipGroupNorm", "NhwcConv", "BiasSplitGelu", "BiasAdd"})
+
+
+def cuda_only(graph: onnx.GraphProto) -> bool:
+    """Whether `graph` holds nodes that run on ONNX Runtime's CUDA provider alone."""
+    return any(node.op_type in CUDA_ONLY_OPS and node.domain == CONTRIB_DOMAIN
+               for node in graph.node)  # fmt: skip
+
+
+def kernel_constants(graph: onnx.GraphProto) -> set[str]:
+    """The weights that ONNX Runtime's CUDA-only kernels must get as constants: they lay them out
+    when the session starts (NhwcConv takes its weight as channels-last only then; GroupNorm
+    sizes its blocks from its scale), so such a weight fed as an input is misread. A weight
+    reaching NhwcConv through a Transpose counts too (see fold_weight_layouts)."""
+    producers = {output: node for node in graph.node for output in node.output}
+    names = set()
+    for node in graph.node:
+        if node.op_type not in CUDA_ONLY_OPS or node.domain != CONTRIB_DOMAIN:
+            continue
+        for name in node.input[1:]:
+            source = producers.get(name)
+            if source is not None and source.op_type == "Transpose":
+                names.update(source.input)
+            else:
+                names.add(name)
+    return names
+
+
+def fold_weight_layouts(model: onnx.ModelProto) -> None:
+    """Replace each Transpose of a constant with the transposed constant, as ONNX Runtime does
+    when it optimises a graph: in a session that does not (every tensor compared, in `sdtrt
+    debug compare`), NhwcConv would read a computed weight, which it takes as not channels-last."""
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in constants:
+            kept.append(node)
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        array = numpy_helper.to_array(constants[node.input[0]])
+        folded = np.ascontiguousarray(np.transpose(array, perm))
+        model.graph.initializer.append(numpy_helper.from_array(folded, node.output[0]))
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    read = {name for node in kept for name in node.input}
+    used = [t for t in model.graph.initializer if t.name in read]  # the untransposed ones go
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(used)
 
 
 def cuda_provider_options(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -87,11 +143,12 @@ QUIET_CUDNN_FALLBACKS = QuietDefaultLogger(QuietDefaultLogger.FATAL)
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
     name = "onnxruntime-cuda"
     providers = [CUDA, CPU]
-    # Flash or memory-efficient attention for the fused node, and fp16 normalisations: the CUDA
-    # kernels of LayerNormalization and InstanceNormalization accumulate in fp32 themselves. On
-    # an H200 (SD 1.5, 512x512, batch 2) the UNet call took 25.9 ms with plain attention,
-    # 15.8 ms fused, 14.4 ms fused with fp16 normalisations, for the same error against torch.
-    graph_style = GraphStyle(fused_attention=True, fp32_norms=False)
+    # Flash or memory-efficient attention for the fused node, fp16 normalisations (the CUDA
+    # kernels of the normalisations accumulate in fp32 themselves), and ONNX Runtime's fused
+    # diffusion kernels. On an H200 (SD 1.5, 512x512, batch 2) the UNet call took 25.9 ms with
+    # plain attention, 15.8 ms fused, 14.4 ms fused with fp16 normalisations, for the same
+    # error against torch.
+    graph_style = GraphStyle(fused_attention=True, fp32_norms=False, cuda_fusions=True)
 
     def build(
         self,

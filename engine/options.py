@@ -32,6 +32,8 @@ class GraphStyle(BaseModel):
     # In fp16 graphs, normalisations computed in fp32 islands (export/precision.py); not for a
     # runtime whose fp16 normalisation kernels keep their statistics in fp32 anyway.
     fp32_norms: bool = True
+    # ONNX Runtime's CUDA-only fused kernels (GroupNorm, NhwcConv, ...: export/cuda_fusions.py).
+    cuda_fusions: bool = False
 
 
 class BuildOptions(BaseModel):

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-CONTRIB_DOMAIN = "com.microsoft"
+from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
+
 OP = "MultiHeadAttention"
 
 

@@ -29,10 +29,21 @@ FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
 # Inputs that the ONNX operator defines as float32 whatever type the data has.
-FP32_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2), "Upsample": (1,)}
+FP32_INPUTS: dict[str, tuple[int, ...]] = {
+    "Resize": (1, 2),
+    "Upsample": (1,),
+    # ONNX Runtime's fused normalisations (export/cuda_fusions.py): scale and bias, whatever
+    # type the activations have (its CUDA kernels take no other).
+    "GroupNorm": (1, 2),
+    "SkipGroupNorm": (1, 2),
+}
+# A weight's layout change (ONNX Runtime folds it when it loads the graph) computes in the
+# type its readers want, though it reads no graph input.
+WEIGHT_LAYOUT_OPS = frozenset({"Transpose"})
 # Their outputs' types come from the data, never from a float input: they break the chain of
 # "depends on a graph input".
 SHAPE_OPS = frozenset({"Shape", "Size"})
+STANDARD_DOMAINS = ("", "ai.onnx")
 
 
 def convert(
@@ -93,18 +104,47 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 types[node.output[0]] = value.data_type
+    _types_past_contrib_nodes(model, types)
     return types
+
+
+def _types_past_contrib_nodes(model: onnx.ModelProto, types: dict[str, int]) -> None:
+    """Fill in `types` where ONNX's inference stopped: it knows no ONNX Runtime contrib node
+    (export/cuda_fusions.py), so it types nothing after the first one. Such nodes (all of them
+    normalisations, activations or convolutions) give their outputs their first input's type;
+    ONNX's own node inference types the standard nodes after them, in one walk in graph order."""
+    opset = next(o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS)
+    for node in model.graph.node:
+        if all(not name or name in types for name in node.output):
+            continue
+        if node.domain not in STANDARD_DOMAINS:
+            first = types.get(node.input[0]) if node.input else None
+            for name in node.output:
+                if name and first is not None:
+                    types[name] = first
+            continue
+        known = {n: helper.make_tensor_type_proto(types[n], None) for n in node.input if n in types}
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+            inferred = onnx.shape_inference.infer_node_outputs(schema, node, known)
+        except Exception:  # noqa: BLE001 -- a node ONNX cannot type stays untyped, as before
+            continue
+        for name, proto in inferred.items():
+            if proto.tensor_type.elem_type:
+                types[name] = proto.tensor_type.elem_type
 
 
 def _fp32_nodes(graph: onnx.GraphProto, keep_ops: set[str], keep_nodes: set[str]) -> set[str]:
     """Names of the nodes that compute in fp32."""
     active = {t.name for t in graph.input}  # tensors that depend on what the caller feeds
+    weights = {t.name for t in graph.initializer}
     result = set()
     for node in graph.node:
         depends = any(name in active for name in node.input)
         if depends and node.op_type not in SHAPE_OPS:
             active.update(node.output)
-        if not depends or node.op_type in keep_ops or node.name in keep_nodes:
+        relaid = node.op_type in WEIGHT_LAYOUT_OPS and all(n in weights for n in node.input)
+        if (not depends and not relaid) or node.op_type in keep_ops or node.name in keep_nodes:
             result.add(node.name)
     return result
 

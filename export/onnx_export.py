@@ -28,10 +28,12 @@ from sdtrt.engine.layers import weights_as_inputs
 from sdtrt.engine.manifest import GraphCleanup
 from sdtrt.engine.onnx_initializers import INLINE_LIMIT, weight_bytes
 from sdtrt.engine.onnxruntime_backend import QuietDefaultLogger
+from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
 from sdtrt.engine.options import GraphStyle, Precision
 from sdtrt.errors import BuildError
 from sdtrt.export import fp16
-from sdtrt.export.attention import CONTRIB_DOMAIN, fused_attention
+from sdtrt.export.attention import fused_attention
+from sdtrt.export.cuda_fusions import fuse_for_cuda, fused_counts
 from sdtrt.export.fp16_guard import GuardOptions, Island, guard_fp16
 from sdtrt.export.precision import to_fp16
 from sdtrt.export.specs import ComponentSpec
@@ -86,6 +88,10 @@ def export_onnx(
         # a UNet is several GB per copy.
         model, cleanup = _clean(onnx.load(str(raw)))
     islands: tuple[Island, ...] = ()
+    if style.cuda_fusions and guard is None:
+        # The guard runs the graph layer by layer on the CPU, which has no fused kernels.
+        model = fuse_for_cuda(model)
+        log.info("%s: fused %s", path.parent.name, fused_counts(model))
     if precision is Precision.FP16 and guard is not None:
         fp16.name_nodes(model.graph)  # the same node names in the reference and the engine
         result = guard_fp16(model, guard.feeds, guard.tolerance)  # leaves `model` as it was

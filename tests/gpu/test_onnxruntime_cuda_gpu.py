@@ -17,12 +17,14 @@ from onnx import numpy_helper
 
 from sdtrt.engine.backends import load_component
 from sdtrt.engine.manifest import read_manifest
+from sdtrt.engine.onnxruntime_cuda import cuda_only
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import ExportOptions, build
 from sdtrt.export.family import load_family
 from sdtrt.export.validate import compare, torch_reference
+from sdtrt.runtime.debug_compare import compare as debug_compare
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.tolerances import EXPORT_TOLERANCE
+from sdtrt.tolerances import END_TO_END_PSNR_DB, EXPORT_TOLERANCE
 
 
 def _has_cuda_provider() -> bool:
@@ -39,6 +41,9 @@ pytestmark = [
 ]
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 BACKEND = "onnxruntime-cuda"
+# ONNX Runtime's CUDA GroupNorm sums with atomics, so two runs of the same engine differ in the
+# last bits: repeated images are held to the "same computation" bar, not bit for bit.
+NONDETERMINISTIC_DB = END_TO_END_PSNR_DB
 
 
 @pytest.fixture(scope="module", params=[Precision.FP32, Precision.FP16])
@@ -63,6 +68,22 @@ def test_engines_match_torch_across_the_range(cuda_engines, tiny_model_dir):
                 for item in compare(torch_reference(spec, inputs), engine.infer(inputs), 1.0):
                     allowed = EXPORT_TOLERANCE[record.precision]
                     assert item.relative_error <= allowed, (name, which, item)
+
+
+def test_engines_run_the_fused_diffusion_kernels(cuda_engines):
+    """What the parity test above ran: GroupNorm, NhwcConv and the rest (cuda_fusions.py)."""
+    manifest = read_manifest(cuda_engines)
+    for name in ("unet", "vae_decoder", "vae_encoder"):
+        graph = onnx.load(str(cuda_engines / manifest.components[name].onnx)).graph
+        assert cuda_only(graph), name
+
+
+def test_debug_compare_runs_the_fused_graphs_on_the_gpu(cuda_engines):
+    """Its fp32 reference is the export itself, which only the CUDA provider can run."""
+    results = debug_compare(cuda_engines, "a red car")
+    for result in results:
+        if read_manifest(cuda_engines).components[result.component].precision is Precision.FP32:
+            assert not result.skipped and result.outputs and not result.diverges, result
 
 
 def _image(directory, latents):
@@ -100,7 +121,7 @@ def test_saved_engines_load_in_a_fresh_process(cuda_engines, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert np.array_equal(np.load(out), _image(cuda_engines, latents))
+    assert psnr(np.load(out), _image(cuda_engines, latents)) >= NONDETERMINISTIC_DB
 
 
 def _fp32_weight_bytes(path):
@@ -157,7 +178,7 @@ def test_cuda_graph_replays_follow_changed_inputs(tiny_model_dir, tiny_engine_di
 
 
 def test_loras_switch_on_cuda_engines(cuda_engines, tiny_model_dir, lora_files, tmp_path):
-    """A -> B -> A gives A bit for bit, none restores the build, and the switched engines make
+    """A -> B -> A gives A again, none restores the build, and the switched engines make
     the image of a CUDA build merged with A (fp32; fp16 to the reduced-precision bar)."""
     from lora_files import check_switching, two_loras
 
@@ -168,4 +189,4 @@ def test_loras_switch_on_cuda_engines(cuda_engines, tiny_model_dir, lora_files, 
     options = BuildOptions(backend=BACKEND, precision=precision)
     build(str(tiny_model_dir), tmp_path / "merged", ExportOptions(loras=tuple(a)), options)
     bar = END_TO_END_PSNR_DB if precision is Precision.FP32 else REDUCED_PRECISION_PSNR_DB
-    check_switching(cuda_engines, tmp_path / "merged", a, b, bar)
+    check_switching(cuda_engines, tmp_path / "merged", a, b, bar, repeat_db=NONDETERMINISTIC_DB)
