@@ -13,6 +13,7 @@ The provider's options are chosen, not left to its defaults (see `cuda_provider_
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -138,6 +139,10 @@ def load_cuda_libraries() -> None:
 # right. Those first runs are quiet; failures that matter come back as exceptions, and session
 # start-up, where a missing CUDA library is reported, and later runs keep the usual level.
 QUIET_CUDNN_FALLBACKS = QuietDefaultLogger(QuietDefaultLogger.FATAL)
+# A session that records CUDA graphs warns, as it starts, that the graph's shape computations
+# run on the CPU and are not recorded: harmless here, since each set of input shapes has its
+# own graph and those computations depend on the input shapes alone. Errors still show.
+QUIET_GRAPH_NOTICE = QuietDefaultLogger(QuietDefaultLogger.ERROR)
 
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
@@ -201,9 +206,11 @@ class OrtCudaEngine(OrtEngine):
         initializers: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         load_cuda_libraries()
-        super().__init__(name, path, io, settings, initializers=initializers)
+        graphed = bool(settings.get("cuda_graph"))
+        with QUIET_GRAPH_NOTICE if graphed else contextlib.nullcontext():
+            super().__init__(name, path, io, settings, initializers=initializers)
         self._resident: dict[str, tuple[np.ndarray, Any]] = {}
-        self._graphed = bool(settings.get("cuda_graph"))
+        self._graphed = graphed
         self._graphs: dict[tuple[tuple[int, ...], ...], _Recorded] = {}
         self._searched: set[tuple[tuple[int, ...], ...]] = set()  # input shapes run before
         self._lock = threading.Lock()

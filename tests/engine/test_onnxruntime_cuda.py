@@ -140,3 +140,18 @@ def test_lora_switching_opens_a_cuda_session_on_the_export(tiny_engine_dir, monk
     lora_switch.load_with_initializers(tiny_engine_dir, cuda_record, weights)
     assert made["path"] == tiny_engine_dir / record.onnx
     assert made["initializers"] is weights and made["settings"] == {"providers": [CUDA, CPU]}
+
+
+@pytest.mark.parametrize("graphed", [True, False])
+def test_graph_recording_sessions_start_without_their_shape_notice(monkeypatch, graphed):
+    """A session that records CUDA graphs starts with ONNX Runtime's default logger at errors
+    (its warning about shape computations on the CPU is expected); others at the usual level."""
+    from sdtrt.engine import onnxruntime_cuda
+    from sdtrt.engine.onnxruntime_backend import OrtEngine
+
+    levels = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
+    monkeypatch.setattr(onnxruntime_cuda, "load_cuda_libraries", lambda: None)
+    monkeypatch.setattr(OrtEngine, "__init__", lambda self, *args, **kwargs: levels.append("made"))
+    onnxruntime_cuda.OrtCudaEngine("unet", None, None, {"cuda_graph": graphed})
+    assert levels == ([3, "made", 2] if graphed else ["made"])
