@@ -7,7 +7,7 @@ import torch
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Validation
-from sdtrt.errors import BuildError
+from sdtrt.errors import BuildError, SdtrtError
 from sdtrt.export.specs import ComponentSpec
 
 
@@ -46,8 +46,19 @@ def compare(
 def validate(
     spec: ComponentSpec, engine: Engine, inputs: dict[str, np.ndarray], tolerance: float
 ) -> list[Validation]:
-    """Run both on `inputs`; raise BuildError when any output misses the tolerance."""
-    report = compare(torch_reference(spec, inputs), engine.infer(inputs), tolerance)
+    """Run both on `inputs`; raise BuildError when any output misses the tolerance, or when
+    the engine does not run at all (the runtime's own error, in one line)."""
+    expected = torch_reference(spec, inputs)
+    try:
+        produced = engine.infer(inputs)
+    except SdtrtError:
+        raise
+    except Exception as error:  # the runtime's errors have no common type
+        # ONNX Runtime's message ends with the kernel's own reason, after the node's name.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        reason = reason if len(reason) <= 300 else "..." + reason[-300:]
+        raise BuildError(f"the built {spec.name} engine failed to run: {reason}") from error
+    report = compare(expected, produced, tolerance)
     for item in report:
         if not item.relative_error <= tolerance:
             raise BuildError(

@@ -59,3 +59,23 @@ def test_build_recorded_its_validation(tiny_engine_dir):
                 0 < item.max_abs_error
                 and item.relative_error <= item.tolerance == EXPORT_FP32_RELATIVE
             )
+
+
+def test_an_engine_that_does_not_run_fails_the_build_in_one_line(specs):
+    """Seen on a GPU: ONNX Runtime refused a kernel at the validation run, and the build ended
+    in a traceback instead of a build error."""
+    from sdtrt.errors import BuildError
+    from sdtrt.export.validate import validate
+
+    class Refusing:
+        def infer(self, inputs):
+            raise RuntimeError(
+                "Error in execution: Non-zero status code returned while running GroupNorm node. "
+                "Name:'GroupNorm_0' Status Message: GroupNorm only supports gamma and beta in "
+                "float type"
+            )
+
+    spec = specs["vae_decoder"]
+    inputs = {"latent": np.zeros((1, 4, 8, 8), np.float32)}
+    with pytest.raises(BuildError, match="vae_decoder engine failed to run: .*float type$"):
+        validate(spec, Refusing(), inputs, EXPORT_FP32_RELATIVE)
