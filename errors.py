@@ -1,6 +1,18 @@
 """The errors sdtrt raises: each message is one line a user can act on; the CLI prints them."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """What a library's exception says, for one of our one-line messages: its first non-empty
+    line (its type's name when it says nothing); past `limit` characters the middle is cut, so
+    that both what failed (at the start) and why (often at the end) stay."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    line = lines[0].strip() if lines else type(error).__name__
+    if len(line) <= limit:
+        return line
+    half = (limit - 5) // 2
+    return f"{line[:half]} ... {line[-half:]}"
+
+
 class SdtrtError(Exception):
     """Base class: something the user can fix, described in one line."""
 

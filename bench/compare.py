@@ -27,6 +27,7 @@ from sdtrt.bench.references import (
 )
 from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
+from sdtrt.engine.backends import BACKENDS
 from sdtrt.engine.manifest import Manifest
 from sdtrt.engine.onnxruntime_cuda import cuda_only
 from sdtrt.errors import InputError
@@ -120,6 +121,16 @@ def engine_label(manifest: Manifest, component: str = "unet") -> str:
     return f"sdtrt {record.backend} {record.precision.value}"
 
 
+def _cpu_can_run(graph: Path, backend: str) -> bool:
+    """Whether the CPU runtimes can run `graph`: only a backend that fuses CUDA-only kernels
+    into its export can have written one they cannot (read only then: it is the UNet's size)."""
+    if not BACKENDS[backend].graph_style.cuda_fusions:
+        return True
+    import onnx  # with torch and diffusers, in the export extra the references need
+
+    return not cuda_only(onnx.load(str(graph), load_external_data=False).graph)
+
+
 def compare(
     directory: Path, options: BenchOptions, model: Path | None = None,
     progress: Callable[[str], None] = lambda _: None, torch_compile: bool = True,
@@ -147,14 +158,13 @@ def compare(
             compiled = compiled_torch_unet(torch_reference, feeds)
             if compiled is not None:
                 unets["torch.compile fp32"] = compiled
-        graph = directory / pipe.manifest.components["unet"].onnx
-        import onnx  # with torch and diffusers, in the export extra the references need
-
+        record = pipe.manifest.components["unet"]
+        graph = directory / record.onnx
         # The CPU runtimes' rows run the same graph, unless it holds CUDA-only kernels.
-        if not cuda_only(onnx.load(str(graph), load_external_data=False).graph):
+        if _cpu_can_run(graph, record.backend):
             progress("loading OpenVINO")
             unets.update(openvino_unets(graph, feeds))
-            if pipe.manifest.components["unet"].backend != "onnxruntime":
+            if record.backend != "onnxruntime":
                 progress("loading ONNX Runtime")
                 unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
         else:

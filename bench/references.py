@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sdtrt.bench.runner import BenchOptions
+from sdtrt.errors import first_line
 from sdtrt.runtime.schedulers import SCHEDULERS
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def compiled_torch_unet(reference: TorchReference, feeds: dict[str, np.ndarray])
     try:
         call()
     except Exception as error:  # inductor fails in many ways: no compiler, unsupported op, ...
-        log.warning("torch.compile left out: %s", str(error).strip().splitlines()[0][:200])
+        log.warning("torch.compile left out: %s", first_line(error))
         return None
     return call
 

@@ -28,6 +28,9 @@ class Backend(Protocol):
     # How the export is written for this backend (the default: plain ONNX, which the backend
     # fuses by itself or runs as is).
     graph_style: GraphStyle
+    # Whether the device compiles one shape per input: the build then pins every shape to its
+    # optimum (engine/ranges.py), so that the manifest and the request checks say so.
+    fixed_shapes: bool
 
     def version(self) -> str:
         """The library's version; raises BackendUnavailable where this backend cannot run."""

@@ -23,7 +23,8 @@ class Finding:
     ok: bool = True
 
 
-def _version_of(distribution: str) -> str | None:
+def installed_version(distribution: str) -> str | None:
+    """The installed release of a distribution (pip package), None where it is not installed."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -57,13 +58,14 @@ def _cuda_findings() -> list[Finding]:
 
 
 def diagnose() -> list[Finding]:
+    numpy = installed_version("numpy")
     findings = [
         Finding("sdtrt", __version__),
         Finding("Python", f"{sys.version.split()[0]} ({platform.platform()})"),
-        Finding("numpy", _version_of("numpy") or "not installed", _version_of("numpy") is not None),
+        Finding("numpy", numpy or "not installed", numpy is not None),
         _cpu_finding(),
     ]
-    ort = _version_of("onnxruntime") or _version_of("onnxruntime-gpu")
+    ort = installed_version("onnxruntime") or installed_version("onnxruntime-gpu")
     if ort and importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
@@ -71,7 +73,7 @@ def diagnose() -> list[Finding]:
         findings.append(Finding("onnxruntime", f"{ort} (providers: {providers})"))
     else:
         findings.append(Finding("onnxruntime", "not installed", False))
-    if _version_of("onnxruntime") and _version_of("onnxruntime-gpu"):
+    if installed_version("onnxruntime") and installed_version("onnxruntime-gpu"):
         findings.append(Finding(
             "onnxruntime packages",
             "onnxruntime and onnxruntime-gpu are both installed and overwrite one module; keep "
@@ -80,7 +82,9 @@ def diagnose() -> list[Finding]:
         ))  # fmt: skip
     findings += _cuda_findings()
     tensorrt = (
-        _version_of("tensorrt") or _version_of("tensorrt-cu12") or _version_of("tensorrt-cu13")
+        installed_version("tensorrt")
+        or installed_version("tensorrt-cu12")
+        or installed_version("tensorrt-cu13")
     )
     findings.append(Finding("TensorRT", tensorrt or "not installed", tensorrt is not None))
     for name, backend in BACKENDS.items():

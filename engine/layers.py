@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdtrt.engine.tensors import Feed
 from sdtrt.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     import onnx
 
-Feed = Mapping[str, np.ndarray]
 Tensors = dict[str, np.ndarray]
 # Float tensors from this size on are weights (see weights_as_inputs); smaller ones are the
 # constants of the graph's arithmetic.
@@ -74,7 +74,7 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(marked.SerializeToString(), options, providers=_providers(model))
+    session = ort.InferenceSession(marked.SerializeToString(), options, providers=_providers(cuda))
     del marked, graph
     names = [o.name for o in session.get_outputs()]
     for feed in feeds:
@@ -83,13 +83,13 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
         yield {k: v for k, v in run.items() if v.dtype in (np.float32, np.float16)}
 
 
-def _providers(model: onnx.ModelProto) -> list[str | tuple[str, dict[str, str]]]:
+def _providers(cuda_only: bool) -> list[str | tuple[str, dict[str, str]]]:
     """The CPU, unless the graph holds nodes that only ONNX Runtime's CUDA provider runs
     (engines built for onnxruntime-cuda); then that provider, in fp32 (TF32 off)."""
     from sdtrt.engine.onnxruntime_backend import CPU, CUDA, _ort
-    from sdtrt.engine.onnxruntime_cuda import cuda_only, cuda_provider_options, load_cuda_libraries
+    from sdtrt.engine.onnxruntime_cuda import cuda_provider_options, load_cuda_libraries
 
-    if not cuda_only(model.graph):
+    if not cuda_only:
         return [CPU]
     if CUDA not in _ort().get_available_providers():
         raise BackendUnavailable(

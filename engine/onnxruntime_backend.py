@@ -23,7 +23,7 @@ from sdtrt.engine.base import Engine
 from sdtrt.engine.onnx_initializers import with_initializers
 from sdtrt.engine.options import BuildOptions, GraphStyle
 from sdtrt.engine.tensors import ComponentIO, Feeds
-from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible
+from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible, first_line
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class OnnxRuntimeBackend:
     # One attention node (export/attention.py): ~1.6x faster than the plain ops for SD 1.5's
     # 4096-token self-attention on two AVX-512 cores, and no score tensor in memory.
     graph_style = GraphStyle(fused_attention=True)
+    fixed_shapes = False
 
     def version(self) -> str:
         """onnxruntime's version; BackendUnavailable where it lacks this backend's providers."""
@@ -258,9 +259,9 @@ class OrtEngine(Engine):
                 model, options, providers=self.provider_options(providers, settings)
             )
         except Exception as error:  # ORT raises its own untyped errors for bad files
-            reason = str(error).strip().splitlines()[0][:200]
             raise ArtifactError(
-                f"{path} could not be loaded ({reason}); rebuild the engines with `sdtrt build`"
+                f"{path} could not be loaded ({first_line(error)}); rebuild the engines with "
+                "`sdtrt build`"
             ) from None
         require_started(providers, self._session.get_providers())
         self._output_names = [t.name for t in io.outputs]

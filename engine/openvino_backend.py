@@ -9,7 +9,8 @@ Shapes stay dynamic within the build's range: one blob serves every size. A mode
 one static shape runs faster (SD 1.5's UNet at 256x256, batch 2, bf16: 437 ms against 474 ms;
 its VAE decoder 2 %): `--static` builds (one size) add a blob compiled for the optimum batch
 (`engine.static.blob`), which calls of that shape run on; other batches take the main blob,
-imported on first use.
+imported on first use. A network whose every shape the build fixes (an NPU's, or the VAE
+decoder of one image) has the main blob alone: it is already the static one.
 
 A compiled model is specific to the OpenVINO release, the device and, on the CPU, the
 instruction sets it was compiled for (bfloat16 kernels need avx512_bf16 or amx_bf16). The
@@ -43,7 +44,13 @@ from sdtrt.engine.onnxruntime_backend import cpu_flags
 from sdtrt.engine.openvino_quantize import compress_weights, quantize
 from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
 from sdtrt.engine.tensors import ComponentIO, Feeds
-from sdtrt.errors import ArtifactError, BackendUnavailable, EngineIncompatible, InputError
+from sdtrt.errors import (
+    ArtifactError,
+    BackendUnavailable,
+    EngineIncompatible,
+    InputError,
+    first_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +147,7 @@ class OpenVinoBackend:
     name = "openvino"
     graph_style = GraphStyle()  # no ONNX Runtime contrib ops in OpenVINO
     device = CPU
-    fixed_shapes = False  # True where the device compiles one shape per input only (NPU)
+    fixed_shapes = False
 
     def version(self) -> str:
         """OpenVINO's version; BackendUnavailable where it is not installed or sees no CPU."""
@@ -195,11 +202,8 @@ class OpenVinoBackend:
         self.check_build(options)
         core = shared_core()
         model = core.read_model(str(onnx_path))
-        optimum = {name: list(shape.opt) for name, shape in io.profile.items()}
-        if self.fixed_shapes:
-            model.reshape({name: ov.PartialShape(shape) for name, shape in optimum.items()})
-        else:
-            model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
+        bounds = bounded_shapes(io)
+        model.reshape({name: _partial_shape(ov, b) for name, b in bounds.items()})
         if precision is Precision.INT8:
             model = compress_weights(model)
         if precision is Precision.W8A8:
@@ -216,9 +220,9 @@ class OpenVinoBackend:
             settings["activations"] = "int8"
         config = compile_config(settings)
         _export(core.compile_model(model, self.device, config), ENGINE_NAME, out_dir)
-        if self.fixed_shapes:
-            settings["fixed_shapes"] = optimum
-        elif options.static:
+        fixed = all(lo == hi for axes in bounds.values() for lo, hi in axes)
+        if options.static and not fixed:  # fixed already: the model above is the static one
+            optimum = {name: list(shape.opt) for name, shape in io.profile.items()}
             model.reshape({name: ov.PartialShape(shape) for name, shape in optimum.items()})
             _export(core.compile_model(model, self.device, config), STATIC_NAME, out_dir)
             settings.update(static_engine=STATIC_NAME, static_shapes=optimum)
@@ -288,10 +292,7 @@ def compile_with_weights(
         replacement = ov.opset13.constant(np.ascontiguousarray(value))
         replacement.set_friendly_name(name)
         constants[name].output(0).replace(replacement.output(0))
-    if settings.get("fixed_shapes"):
-        model.reshape({name: ov.PartialShape(s) for name, s in settings["fixed_shapes"].items()})
-    else:
-        model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
+    model.reshape({name: _partial_shape(ov, b) for name, b in bounded_shapes(io).items()})
     if settings.get("weights") == "int8":
         model = compress_weights(model)
     return shared_core().compile_model(
@@ -321,9 +322,9 @@ class _Imported:
                 compile_config(settings),
             )
         except (OSError, RuntimeError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else "unknown"
             raise ArtifactError(
-                f"{path} could not be loaded ({reason}); rebuild the engines with `sdtrt build`"
+                f"{path} could not be loaded ({first_line(error)}); rebuild the engines with "
+                "`sdtrt build`"
             ) from None
         return cls(compiled, blob)
 
@@ -359,8 +360,6 @@ class OpenVinoEngine(Engine):
         self._main: _Imported | None = None
         self._static: _Imported | None = None
         self._static_shapes: dict[str, tuple[int, ...]] = {}
-        # An NPU engine runs only the shapes it was compiled for.
-        self._fixed = {k: tuple(v) for k, v in settings.get("fixed_shapes", {}).items()}
         self._importing = threading.Lock()
         if compiled is not None:
             self._main = _Imported(compiled)
@@ -373,13 +372,6 @@ class OpenVinoEngine(Engine):
             self._main = _Imported.load(path, settings)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, shape in self._fixed.items():
-            if feeds[name].shape != shape:
-                raise InputError(
-                    f"the {self.name} engine takes {name} of shape {list(shape)} only (compiled "
-                    f"for fixed shapes), not {list(feeds[name].shape)}; generate at the built "
-                    "size and number of images, with guidance"
-                )
         static = self._static is not None and all(
             feeds[name].shape == shape for name, shape in self._static_shapes.items()
         )

@@ -28,14 +28,11 @@ class OpenVinoGpuBackend(OpenVinoBackend):
                 f"not {precision.value}; use --precision fp16"
             )
 
-    def inference_hint(self, precision: Precision) -> str:
-        return HINTS[precision]
-
     def target(self) -> dict[str, str]:
-        """The GPU model (its driver is OpenVINO's plugin, part of the version)."""
+        """The device's model (its driver is OpenVINO's plugin, part of the version)."""
         return {
             "device": self.device,
-            "gpu": str(shared_core().get_property(GPU, "FULL_DEVICE_NAME")),
+            self.device.lower(): str(shared_core().get_property(self.device, "FULL_DEVICE_NAME")),
         }
 
     def features(self) -> list[str]:
@@ -44,8 +41,9 @@ class OpenVinoGpuBackend(OpenVinoBackend):
 
 class OpenVinoNpuBackend(OpenVinoGpuBackend):
     """OpenVINO on an Intel NPU. Its plugin compiles fixed shapes only: a `--static` build,
-    compiled for the optimum shapes (the guided batch of `--max-batch` images at `--opt-size`)
-    and nothing else. Not picked by `--backend auto`; name it to use it."""
+    whose every shape is pinned to its optimum (the guided batch of `--max-batch` images at
+    `--opt-size`, one prompt chunk) and nothing else. Not picked by `--backend auto`; name it
+    to use it."""
 
     name = "openvino-npu"
     device = NPU
@@ -58,7 +56,7 @@ class OpenVinoNpuBackend(OpenVinoGpuBackend):
                 "OpenVINO's NPU plugin compiles fixed shapes only; build with --static "
                 "--opt-size HxW --max-batch N (N images per call, with guidance)"
             )
-        if not (options.fp16_vae or options.fp16_guard):
+        if not (options.fp16_vae or options.guarded):
             raise InputError(
                 "OpenVINO's NPU plugin computes in fp16 only, and the VAE stays fp32 unless "
                 "asked; add --fp16-vae for a VAE that is safe in fp16 (or --fp16-guard)"
@@ -73,10 +71,3 @@ class OpenVinoNpuBackend(OpenVinoGpuBackend):
 
     def inference_hint(self, precision: Precision) -> str:
         return HINTS[Precision.FP16]  # int8 weights too: the NPU computes in fp16
-
-    def target(self) -> dict[str, str]:
-        """The NPU model (its driver is OpenVINO's plugin, part of the version)."""
-        return {
-            "device": self.device,
-            "npu": str(shared_core().get_property(NPU, "FULL_DEVICE_NAME")),
-        }

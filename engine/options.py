@@ -67,3 +67,8 @@ class BuildOptions(BaseModel):
     # TensorRT engines whose weights can be replaced after the build (LoRA switching); ONNX
     # Runtime engines always can be.
     refittable: bool = False
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the fp16 guard runs: asked for, on an fp16 build."""
+        return self.fp16_guard and self.precision is Precision.FP16

@@ -35,6 +35,9 @@ class BuildRanges(BaseModel):
     size_step: int
     max_batch: int
     static: bool = False  # exactly size.opt; 1 to max_batch images, guided or not
+    # Exactly size.opt, max_batch images with guidance and one prompt chunk: for devices that
+    # compile one shape per input (an NPU).
+    fixed_shapes: bool = False
     # Text-encoder-lengths the UNet attends to at most (one for manifests from before chunks).
     max_prompt_chunks: int = 1
 
@@ -47,8 +50,12 @@ def _round_up(value: float, step: int) -> int:
     return -(-int(value) // step) * step
 
 
-def resolve_ranges(options: BuildOptions, native: Size, size_step: int) -> BuildRanges:
-    """Fill in the defaults (0.5x-2x the native size, optimised for native) and check the result."""
+def resolve_ranges(
+    options: BuildOptions, native: Size, size_step: int, fixed_shapes: bool = False
+) -> BuildRanges:
+    """Fill in the defaults (0.5x-2x the native size, optimised for native) and check the
+    result; `fixed_shapes` (a backend that compiles one shape per input) pins every shape to
+    the optimum, as `--static` pins the size."""
     default_min = (_round_down(native[0] / 2, size_step), _round_down(native[1] / 2, size_step))
     default_max = (_round_up(native[0] * 2, size_step), _round_up(native[1] * 2, size_step))
     lo = options.min_size or default_min
@@ -86,7 +93,8 @@ def resolve_ranges(options: BuildOptions, native: Size, size_step: int) -> Build
         size_step=size_step,
         max_batch=options.max_batch,
         static=options.static,
-        max_prompt_chunks=options.max_prompt_chunks,
+        fixed_shapes=fixed_shapes,
+        max_prompt_chunks=1 if fixed_shapes else options.max_prompt_chunks,
     )
 
 
@@ -104,9 +112,14 @@ def check_image_size(ranges: BuildRanges, height: int, width: int) -> None:
         )
 
 
-def check_batch(ranges: BuildRanges, images: int) -> None:
+def check_batch(ranges: BuildRanges, images: int, guided: bool = True) -> None:
     if images < 1:
         raise InputError(f"the batch must hold at least one image, got {images}")
+    if ranges.fixed_shapes and (images != ranges.max_batch or not guided):
+        raise InputError(
+            f"these engines were compiled for fixed shapes: {ranges.max_batch} image(s) per "
+            f"call, with guidance; got {images}{'' if guided else ' without guidance'}"
+        )
     if images > ranges.max_batch:
         raise InputError(
             f"{images} images per call exceeds the built maximum of {ranges.max_batch}; "

@@ -39,6 +39,7 @@ class TensorRtBackend:
     # TensorRT fuses the plain MatMul-Softmax-MatMul pattern itself, and its strongly typed
     # networks compute normalisations in the type the graph gives them.
     graph_style = GraphStyle()
+    fixed_shapes = False
 
     def version(self) -> str:
         """TensorRT's version; raises BackendUnavailable without TensorRT or a GPU."""

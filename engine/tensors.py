@@ -17,8 +17,9 @@ from sdtrt.errors import InputError
 
 Dim = int | str
 Shape = tuple[int, ...]
-# Inputs a network meets in real runs, by input name: what w8a8 builds calibrate on.
-Feeds = Sequence[Mapping[str, np.ndarray]]
+# A network's inputs by name; several of them (w8a8 builds calibrate on those met in real runs).
+Feed = Mapping[str, np.ndarray]
+Feeds = Sequence[Feed]
 
 
 class TensorSpec(BaseModel):

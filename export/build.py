@@ -116,7 +116,9 @@ def build(
         components = export_options.components or loaded.default_components
         export_options = export_options.model_copy(update={"components": components})
         info = loaded.info()
-        ranges = resolve_ranges(build_options, info.native_size, info.vae_scale_factor)
+        ranges = resolve_ranges(
+            build_options, info.native_size, info.vae_scale_factor, backend.fixed_shapes
+        )
         folders = (
             "model_index.json", "scheduler", "unet", "vae",
             *loaded.text_encoders, *(TOKENIZER_FOLDERS[e] for e in loaded.text_encoders),
@@ -140,8 +142,7 @@ def build(
         calibration_users = (*loaded.text_encoders, "unet", "vae_decoder") if calibrated else ()
         # Only what the asked networks are exported from stays loaded from here on.
         release_modules(loaded, (*components, *calibration_users))
-        guarded = build_options.fp16_guard and build_options.precision is Precision.FP16
-        memory = build_memory_needed(loaded, components, guarded)
+        memory = build_memory_needed(loaded, components, build_options.guarded)
         with ArtifactWriter(output) as writer:
             # The cheap parts first, so that a bad tokenizer fails the build in seconds.
             tokenizers = {
@@ -161,7 +162,8 @@ def build(
                 writer, backend, backend_version, ranges, build_options, export_options, progress,
                 calibration_timesteps=_calibration_timesteps(scheduler_config),
                 memory=memory, model_name=info.name,
-                float_precision=float_precision(cpu_flags()),
+                float_precision=float_precision(cpu_flags())
+                if build_options.precision is Precision.W8A8 else Precision.FP32,
                 calibrate=functools.partial(
                     _calibrate, loaded, ranges, scheduler_config,
                     components[components.index("unet") :],
@@ -238,16 +240,12 @@ class _Job:
     float_precision: Precision = Precision.FP32  # w8a8's networks other than the UNet
     calibrate: Callable[[], CalibrationSet] | None = None  # w8a8: the UNet's real inputs
 
-    @property
-    def guarded(self) -> bool:
-        return self.build_options.fp16_guard and self.build_options.precision is Precision.FP16
-
     def component(self, spec: ComponentSpec, sources: list[str]) -> ComponentRecord:
         """The built component: reused when nothing it depends on changed, else built."""
         options = self.build_options
         # With the guard the VAE decoder is searched for fp32 islands instead of kept fp32 whole.
         precision = component_precision(
-            spec.name, options.precision, options.fp16_vae or self.guarded, self.float_precision
+            spec.name, options.precision, options.fp16_vae or options.guarded, self.float_precision
         )
         io = spec.io(self.ranges)
         style = self.backend.graph_style
@@ -267,7 +265,7 @@ class _Job:
                 ),
                 "io": io.model_dump(mode="json"),
                 # Only when on, so that the keys of unguarded builds stay as they were.
-                **({"fp16_guard": FP16_GUARD_RELATIVE} if self.guarded else {}),
+                **({"fp16_guard": FP16_GUARD_RELATIVE} if self.build_options.guarded else {}),
                 **({"calibration": calibration_key()} if precision is Precision.W8A8 else {}),
                 # Only when not plain ONNX, likewise.
                 **({"graph": style.model_dump()} if style != GraphStyle() else {}),
@@ -298,7 +296,7 @@ class _Job:
         self.progress(spec.name, "export")
         trace_inputs = spec.sample_inputs(spec.trace_point(self.ranges), rng)
         guard = None
-        if self.guarded and precision is Precision.FP16:
+        if self.build_options.guarded and precision is Precision.FP16:
             feeds = calibration_feeds(spec, self.ranges, self.calibration_timesteps)
             guard = GuardOptions(feeds, FP16_GUARD_RELATIVE, folder / REFERENCE_NAME)
         exported = export_onnx(
@@ -313,8 +311,9 @@ class _Job:
         if spec.name in LORA_COMPONENTS:
             record_lora_weights(spec.module(), onnx_path, folder / WEIGHT_MAP)
         opt_point = spec.opt_point(self.ranges)
-        inputs = spec.sample_inputs(opt_point, rng)
-        if calibration is not None:
+        if calibration is None:
+            inputs = spec.sample_inputs(opt_point, rng)
+        else:
             # Random inputs fall outside the calibrated ranges: validate on a real one instead,
             # at the optimum batch (a --static build's own compile serves that shape).
             inputs = at_batch(calibration.held_out[len(calibration.held_out) // 2],

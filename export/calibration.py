@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import torch
 
+from sdtrt.engine.doctor import installed_version
 from sdtrt.engine.ranges import BuildRanges
 from sdtrt.errors import InputError
 
@@ -33,13 +33,6 @@ STEPS = 8  # per prompt: early, middle and late noise levels alike
 RUNS_ON = ("nncf", "diffusers", "transformers", "torch")  # their releases are in the build key
 
 
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def calibration_key() -> dict[str, object]:
     """What a w8a8 UNet depends on beyond the model: the runs it was calibrated on, and the
     releases of what ran them and of the quantizer (part of the build key, so that a change
@@ -48,7 +41,7 @@ def calibration_key() -> dict[str, object]:
         "prompts": PROMPTS,
         "negative": NEGATIVE_PROMPT,
         "steps": STEPS,
-        "versions": {name: _version(name) for name in RUNS_ON},
+        "versions": {name: installed_version(name) for name in RUNS_ON},
     }
 
 
@@ -135,11 +128,9 @@ def check_calibratable(makes_images_from_text: bool) -> None:
         )
 
 
-def calibration_set(
-    pipeline: Any, unet: torch.nn.Module, ranges: BuildRanges, steps: int = STEPS
-) -> CalibrationSet:
+def calibration_set(pipeline: Any, unet: torch.nn.Module, ranges: BuildRanges) -> CalibrationSet:
     """Every call of the first prompts to calibrate on, the last prompt's calls held out."""
-    runs = record_unet_calls(unet, pipeline, ranges, PROMPTS, steps)
+    runs = record_unet_calls(unet, pipeline, ranges, PROMPTS, STEPS)
     return CalibrationSet(
         feeds=tuple(feed for run in runs[:-1] for feed in run), held_out=tuple(runs[-1])
     )

@@ -23,11 +23,7 @@ import onnx
 
 from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
 from sdtrt.errors import BuildError
-
-# The fused node types, as the build log counts them.
-FUSED_OPS = ("GroupNorm", "SkipGroupNorm", "NhwcConv", "SkipLayerNormalization", "Gelu",
-             "BiasSplitGelu", "BiasAdd")  # fmt: skip
-
+from sdtrt.export.attention import OP as ATTENTION_OP
 
 # Weights from this size on are set aside while the optimizer searches for patterns: its shape
 # inference copies the model, which is several GB for a UNet in fp32. The constants the patterns
@@ -89,7 +85,6 @@ def _hide_unsupported_group_norms(model: onnx.ModelProto) -> dict[str, onnx.Tens
     even number of channels per group), so that they stay as exported: their
     InstanceNormalization reads its scale from a stand-in graph input instead of a constant.
     Returns each stand-in's scale, for `_show`."""
-    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     constants = {t.name: t for t in model.graph.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -97,12 +92,13 @@ def _hide_unsupported_group_norms(model: onnx.ModelProto) -> dict[str, onnx.Tens
             readers.setdefault(name, []).append(node)
     stand_ins: dict[str, onnx.TensorProto] = {}
     for node in model.graph.node:
-        if node.op_type != "InstanceNormalization" or node.input[1] not in shapes:
+        if node.op_type != "InstanceNormalization" or node.input[1] not in constants:
             continue
-        groups = shapes[node.input[1]][0]
+        groups = constants[node.input[1]].dims[0]
         reshapes = [r for r in readers.get(node.output[0], []) if r.op_type == "Reshape"]
         scales = [m for r in reshapes for m in readers.get(r.output[0], []) if m.op_type == "Mul"]
-        channels = {shapes[i][0] for m in scales for i in m.input if len(shapes.get(i, ())) == 3}
+        channels = {constants[i].dims[0] for m in scales for i in m.input
+                    if i in constants and len(constants[i].dims) == 3}  # fmt: skip
         if any(c % groups or (c // groups) % 2 for c in channels):
             stand_in = f"{node.name}/scale_kept_as_exported"
             stand_ins[stand_in] = onnx.TensorProto()
@@ -159,6 +155,8 @@ def _quiet() -> Iterator[None]:
 
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many of each fused node the graph holds."""
-    counts = Counter(node.op_type for node in model.graph.node if node.domain == CONTRIB_DOMAIN)
-    return {op: counts[op] for op in FUSED_OPS if counts[op]}
+    """How many of each fused node the graph holds (attention, fused at export, aside)."""
+    return dict(Counter(
+        node.op_type for node in model.graph.node
+        if node.domain == CONTRIB_DOMAIN and node.op_type != ATTENTION_OP
+    ))  # fmt: skip

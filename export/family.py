@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtrt.engine.manifest import STABLE_DIFFUSION, STABLE_DIFFUSION_XL, ModelInfo
-from sdtrt.errors import InputError, ModelSourceError
+from sdtrt.errors import InputError, ModelSourceError, first_line
 from sdtrt.export.specs import (
     ComponentSpec,
     TextEncoderSpec,
@@ -71,9 +71,7 @@ def _load_part(folder: Path, loader: Any, subfolder: str) -> Any:
     try:
         return loader.from_pretrained(folder, subfolder=subfolder).eval()
     except Exception as error:  # diffusers/transformers raise many types for bad folders
-        text = str(error).strip()
-        reason = text.splitlines()[0][:200] if text else type(error).__name__
-        raise ModelSourceError(f"cannot load {folder / subfolder}: {reason}") from None
+        raise ModelSourceError(f"cannot load {folder / subfolder}: {first_line(error)}") from None
 
 
 def _check_index(folder: Path, index: dict[str, Any], needed: tuple[str, ...]) -> None:

@@ -36,6 +36,7 @@ import onnx
 
 from sdtrt.engine.layers import each_tensors, scales_of, tensor_errors
 from sdtrt.engine.ranges import BuildRanges
+from sdtrt.engine.tensors import Feed
 from sdtrt.errors import BuildError
 from sdtrt.export import fp16
 from sdtrt.export.precision import FP32_OPS, embedding_nodes
@@ -43,7 +44,6 @@ from sdtrt.export.specs import ComponentSpec
 
 log = logging.getLogger(__name__)
 
-Feed = dict[str, np.ndarray]
 # Each round converts and runs the graph once per calibration input.
 MAX_ROUNDS = 24
 # Pruning tries each searched island once; beyond this many it is skipped (too costly).

@@ -30,7 +30,7 @@ from sdtrt.engine.onnx_initializers import INLINE_LIMIT, weight_bytes
 from sdtrt.engine.onnxruntime_backend import QuietDefaultLogger
 from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
 from sdtrt.engine.options import GraphStyle, Precision
-from sdtrt.errors import BuildError
+from sdtrt.errors import BuildError, first_line
 from sdtrt.export import fp16
 from sdtrt.export.attention import fused_attention
 from sdtrt.export.cuda_fusions import fuse_for_cuda, fused_counts
@@ -175,5 +175,6 @@ def _save_checked(model: onnx.ModelProto, path: Path) -> None:
         onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=True)
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise BuildError(f"the exported {path.parent.name} graph is invalid: {first}") from None
+        raise BuildError(
+            f"the exported {path.parent.name} graph is invalid: {first_line(error, 1000)}"
+        ) from None

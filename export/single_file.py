@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtrt.engine.safetensors_file import SafetensorsFile
-from sdtrt.errors import ModelSourceError
+from sdtrt.errors import ModelSourceError, first_line
 from sdtrt.export.clip_vocab import (
     END,
     START,
@@ -202,10 +202,8 @@ def convert_single_file(path: Path, output: Path, allow_pickle: bool = False) ->
             str(path), config=str(configs), local_files_only=True
         )
     except Exception as error:  # diffusers raises many types for files it cannot map
-        text = str(error).strip()
-        reason = text.splitlines()[0][:200] if text else type(error).__name__
         raise ModelSourceError(
-            f"cannot read {path.name} as a {preset.name} checkpoint: {reason}"
+            f"cannot read {path.name} as a {preset.name} checkpoint: {first_line(error)}"
         ) from None
     pipe.save_pretrained(output, safe_serialization=True)
     # save_pretrained writes the tokenizers in its own layout; keep the classic CLIP files.

@@ -26,6 +26,8 @@ def _batch_dims(ranges: BuildRanges, rows_per_image: int) -> tuple[int, int, int
     stays dynamic under --static (which fixes the image size): unguided calls and fewer images
     need fewer rows; the static build is tuned for its full batch."""
     most = rows_per_image * ranges.max_batch
+    if ranges.fixed_shapes:
+        return (most, most, most)
     return (1, most if ranges.static else rows_per_image, most)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdtrt.errors import BuildError, ModelSourceError
+from sdtrt.errors import BuildError, ModelSourceError, first_line
 
 # Prompts chosen to reach every stage of CLIP's tokenizer: normalisation, the pre-tokenizer's
 # splits, byte fallback for non-Latin text, truncation and padding.
@@ -44,10 +44,9 @@ def export_tokenizer(source: Path, target: Path, max_positions: int) -> int:
             else transformers.CLIPTokenizerFast.from_pretrained(source)  # type: ignore[attr-defined]
         )
     except Exception as error:  # transformers raises many types for unreadable tokenizer files
-        reason = (
-            str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        )
-        raise ModelSourceError(f"the tokenizer in {source} cannot be loaded: {reason}") from None
+        raise ModelSourceError(
+            f"the tokenizer in {source} cannot be loaded: {first_line(error)}"
+        ) from None
     length = int(reference.model_max_length)
     if not 2 <= length <= max_positions:
         raise ModelSourceError(

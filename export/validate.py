@@ -7,7 +7,7 @@ import torch
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Validation
-from sdtrt.errors import BuildError, SdtrtError
+from sdtrt.errors import BuildError, SdtrtError, first_line
 from sdtrt.export.specs import ComponentSpec
 
 
@@ -54,10 +54,9 @@ def validate(
     except SdtrtError:
         raise
     except Exception as error:  # the runtime's errors have no common type
-        # ONNX Runtime's message ends with the kernel's own reason, after the node's name.
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-        reason = reason if len(reason) <= 300 else "..." + reason[-300:]
-        raise BuildError(f"the built {spec.name} engine failed to run: {reason}") from error
+        raise BuildError(
+            f"the built {spec.name} engine failed to run: {first_line(error, 300)}"
+        ) from error
     report = compare(expected, produced, tolerance)
     for item in report:
         if not item.relative_error <= tolerance:

@@ -137,7 +137,6 @@ def make_request(
         raise InputError(f"guidance must be a finite number, got {guidance_scale}")
     if num_images_per_prompt < 1:
         raise InputError(f"images per prompt must be at least 1, got {num_images_per_prompt}")
-    check_batch(manifest.ranges, len(prompts) * num_images_per_prompt)
     if noise not in NOISE_KINDS:
         raise InputError(f"unknown noise source '{noise}'; choose one of: {', '.join(NOISE_KINDS)}")
     if seed is not None and not 0 <= seed < 2**64:
@@ -150,7 +149,7 @@ def make_request(
         isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0
     ):
         raise InputError(f"clip skip must be a whole number of at least 0, got {clip_skip}")
-    return Request(
+    request = Request(
         prompts=prompts,
         negative_prompts=negatives,
         height=height,
@@ -169,6 +168,8 @@ def make_request(
         sizes=_check_sizes(sizes or SizeConditioning()),
         guidance_embedded=model.guidance_embedding_dim is not None,
     )
+    check_batch(manifest.ranges, request.batch, request.guided)
+    return request
 
 
 def default_guidance(model: ModelInfo, inpainting: bool = False) -> float:

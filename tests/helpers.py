@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 from sdtrt.tolerances import END_TO_END_PSNR_DB
@@ -41,25 +44,35 @@ PROMPT = dict(prompt="a photo of an astronaut", negative_prompt="blurry", num_in
 LATENTS = np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32)
 
 
-def diffusers_images(pipeline, schedulers: tuple[str, ...]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    """diffusers' fp32 image of PROMPT from LATENTS with each of sdtrt's `schedulers`."""
+@contextlib.contextmanager
+def using_scheduler(pipeline, scheduler: str | None) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """diffusers' `pipeline` with the scheduler sdtrt calls `scheduler` (its own for None),
+    its own again afterwards."""
     import diffusers
-    import torch
 
     from sdtrt.runtime.schedulers import SCHEDULERS
 
-    images = {}
     original = pipeline.scheduler
-    for scheduler in schedulers:
+    if scheduler is not None:
         choice = SCHEDULERS[scheduler]
         cls = getattr(diffusers, choice.cls.diffusers_name)
         pipeline.scheduler = cls.from_config({**original.config, **choice.overrides})
-        try:
+    try:
+        yield
+    finally:
+        pipeline.scheduler = original
+
+
+def diffusers_images(pipeline, schedulers: tuple[str, ...]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """diffusers' fp32 image of PROMPT from LATENTS with each of sdtrt's `schedulers`."""
+    import torch
+
+    images = {}
+    for scheduler in schedulers:
+        with using_scheduler(pipeline, scheduler):
             images[scheduler] = pipeline(
                 **PROMPT, latents=torch.from_numpy(LATENTS), output_type="np"
             ).images
-        finally:
-            pipeline.scheduler = original
     return images
 
 

@@ -52,7 +52,7 @@ def test_doctor_lists_every_backend():
 def test_doctor_flags_both_onnxruntime_packages(monkeypatch):
     from sdtrt.engine import doctor
 
-    monkeypatch.setattr(doctor, "_version_of", lambda name: "1.31.1")
+    monkeypatch.setattr(doctor, "installed_version", lambda name: "1.31.1")
     found = {f.topic: f for f in doctor.diagnose()}
     assert not found["onnxruntime packages"].ok
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in found["onnxruntime packages"].value

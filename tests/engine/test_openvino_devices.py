@@ -3,11 +3,12 @@ device (skipped elsewhere)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers import LATENTS, PROMPT, assert_same_image, diffusers_images, psnr, sdtrt_image
 
 from sdtrt.engine import backends
-from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.backends import choose_backend, load_component
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.openvino_backend import shared_core
 from sdtrt.engine.openvino_devices import OpenVinoGpuBackend, OpenVinoNpuBackend
@@ -74,6 +75,10 @@ def test_openvino_npu_refusals_are_one_line(tiny_model_dir, tmp_path):
     unsafe_vae = NPU_OPTIONS.model_copy(update={"fp16_vae": False})
     with pytest.raises(InputError, match="computes in fp16 only.*add --fp16-vae"):
         choose_backend(unsafe_vae)
+    # The guard runs on fp16 builds only: with int8 weights it would leave the VAE fp32.
+    unguarded = unsafe_vae.model_copy(update={"precision": Precision.INT8, "fp16_guard": True})
+    with pytest.raises(InputError, match="computes in fp16 only.*add --fp16-vae"):
+        choose_backend(unguarded)
     assert npu.inference_hint(Precision.INT8) == "f16" and npu.features() == []
     if not _sees("NPU"):
         with pytest.raises(BackendUnavailable, match="OpenVINO sees no NPU device"):
@@ -106,15 +111,27 @@ def test_an_npu_build_fixes_every_shape_and_refuses_others(
     manifest = build(str(tiny_model_dir), tmp_path / "npu", NETWORKS, NPU_OPTIONS)
     for record in manifest.components.values():
         assert record.precision is Precision.FP16  # the VAE too: the NPU has no fp32
-        assert record.settings["fixed_shapes"] and "static_engine" not in record.settings
-    assert manifest.components["unet"].settings["fixed_shapes"]["sample"] == [2, 4, 32, 32]
+        assert "static_engine" not in record.settings  # the one model is the static one
+        for shape in record.io.profile.values():
+            assert shape.min == shape.opt == shape.max, record.name
+    assert manifest.components["unet"].io.profile["sample"].opt == (2, 4, 32, 32)
+    assert manifest.ranges.fixed_shapes and manifest.ranges.max_prompt_chunks == 1
     assert psnr(euler_reference, sdtrt_image(tmp_path / "npu", "euler")) >= (
         REDUCED_PRECISION_PSNR_DB
     )
     with Pipeline.load(tmp_path / "npu") as pipe:
-        with pytest.raises(InputError, match=r"takes .* of shape \[2, .*\] only") as error:
+        with pytest.raises(InputError, match=r"fixed shapes: 1 image\(s\) per call, with guid"):
             pipe(**PROMPT, latents=LATENTS, guidance_scale=1.0)  # unguided: batch 1
+        with pytest.raises(InputError, match="fixed shapes") as error:
+            pipe(**PROMPT, latents=np.concatenate([LATENTS] * 2), num_images_per_prompt=2)
     assert "\n" not in str(error.value)
+    # Below the request checks, the engine refuses any other shape too.
+    record = manifest.components["unet"]
+    feeds = {t.name: np.zeros(record.io.profile[t.name].opt, t.dtype) for t in record.io.inputs}
+    with load_component(tmp_path / "npu", record) as unet:
+        unet.infer(feeds)
+        with pytest.raises(InputError, match="outside the built range"):
+            unet.infer({name: array[:1] for name, array in feeds.items()})
 
 
 @pytest.mark.skipif(not _sees("NPU"), reason="OpenVINO sees no NPU here")

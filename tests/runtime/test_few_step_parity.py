@@ -6,22 +6,18 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_image
+from helpers import assert_same_image, using_scheduler
 
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.runtime.schedulers import SCHEDULERS
 
 
 def _compare(preset_build, preset, reference_class, scheduler=None, seed=0, **kwargs):
     folder, engines = preset_build(preset)
     reference = getattr(diffusers, reference_class).from_pretrained(folder)
     reference.set_progress_bar_config(disable=True)
-    if scheduler is not None:
-        choice = SCHEDULERS[scheduler]
-        cls = getattr(diffusers, choice.cls.diffusers_name)
-        reference.scheduler = cls.from_config({**reference.scheduler.config, **choice.overrides})
-    generator = torch.Generator("cpu").manual_seed(seed)
-    expected = reference(**kwargs, generator=generator, output_type="np").images
+    with using_scheduler(reference, scheduler):
+        generator = torch.Generator("cpu").manual_seed(seed)
+        expected = reference(**kwargs, generator=generator, output_type="np").images
     with Pipeline.load(engines) as pipe:
         result = pipe(**kwargs, scheduler=scheduler, seed=seed, output_type="np")
     assert_same_image(expected, result.images)

@@ -6,12 +6,11 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_image, psnr
+from helpers import assert_same_image, psnr, using_scheduler
 from PIL import Image
 
 from sdtrt.errors import InputError
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.runtime.schedulers import SCHEDULERS
 from sdtrt.tolerances import END_TO_END_PSNR_DB
 
 
@@ -58,17 +57,11 @@ def references(tiny_model_dir, tiny_inpaint_model_dir):
 
 
 def reference_images(reference, scheduler, seed, **kwargs):
-    original = reference.scheduler
-    choice = SCHEDULERS[scheduler]
-    cls = getattr(diffusers, choice.cls.diffusers_name)
-    reference.scheduler = cls.from_config({**original.config, **choice.overrides})
     if "latents" in kwargs:
         kwargs["latents"] = torch.from_numpy(kwargs["latents"])
-    try:
+    with using_scheduler(reference, scheduler):
         generator = torch.Generator("cpu").manual_seed(seed)
         return reference(**kwargs, generator=generator, output_type="np").images
-    finally:
-        reference.scheduler = original
 
 
 CASES = {

@@ -1,13 +1,12 @@
 """End to end on the tiny model: sdtrt's images against diffusers' from the same initial latents."""
 
-import diffusers
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_image, psnr
+from helpers import assert_same_image, psnr, using_scheduler
 
 from sdtrt.runtime.pipeline import Pipeline
-from sdtrt.runtime.schedulers import SCHEDULERS, scheduler_names
+from sdtrt.runtime.schedulers import scheduler_names
 from sdtrt.tolerances import END_TO_END_PSNR_DB
 
 
@@ -19,17 +18,11 @@ def pipe(tiny_engine_dir):
 
 def _reference(diffusers_pipeline, scheduler, seed=0, **kwargs):
     """diffusers' image with scheduler `scheduler` (as sdtrt names it) and a seeded generator."""
-    original = diffusers_pipeline.scheduler
-    choice = SCHEDULERS[scheduler]
-    cls = getattr(diffusers, choice.cls.diffusers_name)
-    diffusers_pipeline.scheduler = cls.from_config({**original.config, **choice.overrides})
     if "latents" in kwargs:
         kwargs["latents"] = torch.from_numpy(kwargs["latents"])
-    try:
+    with using_scheduler(diffusers_pipeline, scheduler):
         generator = torch.Generator("cpu").manual_seed(seed)
         return diffusers_pipeline(**kwargs, generator=generator, output_type="np").images
-    finally:
-        diffusers_pipeline.scheduler = original
 
 
 def _latents(batch, height=64, width=64, seed=0):

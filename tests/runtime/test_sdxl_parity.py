@@ -6,7 +6,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_image
+from helpers import assert_same_image, using_scheduler
 from PIL import Image
 
 from sdtrt.errors import InputError
@@ -43,20 +43,13 @@ class Pair:
         self.reference.set_progress_bar_config(disable=True)
 
     def expected(self, scheduler=None, seed=0, **kwargs):
-        original = self.reference.scheduler
-        if scheduler is not None:
-            choice = SCHEDULERS[scheduler]
-            cls = getattr(diffusers, choice.cls.diffusers_name)
-            self.reference.scheduler = cls.from_config({**original.config, **choice.overrides})
         if isinstance(kwargs.get("latents"), np.ndarray):
             kwargs["latents"] = torch.from_numpy(kwargs["latents"])
         if isinstance(kwargs.get("image"), np.ndarray):
             kwargs["image"] = torch.from_numpy(kwargs["image"])
-        try:
+        with using_scheduler(self.reference, scheduler):
             generator = torch.Generator("cpu").manual_seed(seed)
             return self.reference(**kwargs, generator=generator, output_type="np").images
-        finally:
-            self.reference.scheduler = original
 
     def actual(self, scheduler=None, seed=0, **kwargs):
         return self.pipe(**kwargs, scheduler=scheduler, seed=seed, output_type="np").images
@@ -180,18 +173,11 @@ def test_base_to_refiner_hand_off_matches_diffusers(sdxl, refiner, scheduler, fr
     kwargs = dict(prompt="a lighthouse", num_inference_steps=10)
     handed = sdxl.pipe(**kwargs, scheduler=scheduler, seed=3, denoising_end=fraction,
                        output_type="latent")  # fmt: skip
-    reference_base = sdxl.reference
-    original = reference_base.scheduler
-    choice = SCHEDULERS[scheduler]
-    cls = getattr(diffusers, choice.cls.diffusers_name)
-    reference_base.scheduler = cls.from_config({**original.config, **choice.overrides})
-    try:
-        expected_latents = reference_base(
+    with using_scheduler(sdxl.reference, scheduler):
+        expected_latents = sdxl.reference(
             **kwargs, denoising_end=fraction, output_type="latent",
             generator=torch.Generator("cpu").manual_seed(3),
         ).images.numpy()  # fmt: skip
-    finally:
-        reference_base.scheduler = original
     scale = float(np.abs(expected_latents).max())
     assert np.abs(handed.images - expected_latents).max() <= EXPORT_FP32_RELATIVE * scale
     assert len(handed.timings.unet) < 10 * SCHEDULERS[scheduler].cls.order
