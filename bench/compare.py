@@ -1,7 +1,8 @@
 """The side-by-side harness: one model, size, step count and scheduler through sdtrt and through
-the references (references.py: diffusers in torch eager and compiled, and, on the same exported
-UNet graph, OpenVINO and ONNX Runtime) in one process, rounds interleaved, reported as ratios.
-Every row names the precision it computes in.
+the references (references.py: diffusers in torch eager and compiled, in a process of its own
+(torch_process.py), and, beside CPU engines, OpenVINO and ONNX Runtime on the same exported UNet
+graph), rounds interleaved, reported as ratios. Every row names the precision it computes in;
+CUDA engines meet torch on the same GPU.
 
 A ratio measured in one run, with the contenders taking turns, holds on a noisy machine where
 absolute timings drift between runs. The references need the diffusers model folder (the
@@ -10,7 +11,6 @@ export extra brings torch and diffusers); OpenVINO is optional.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,23 +20,20 @@ from pydantic import BaseModel
 
 from sdtrt.bench.machine import machine_info, peak_rss_mib
 from sdtrt.bench.references import (
-    TorchReference,
-    compiled_torch_unet,
+    Clocked,
+    clocked,
     onnxruntime_unet,
     openvino_unets,
+    torch_target,
 )
 from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
-from sdtrt.engine.backends import BACKENDS
+from sdtrt.bench.torch_process import TorchProcess
 from sdtrt.engine.manifest import Manifest
-from sdtrt.engine.onnxruntime_cuda import cuda_only
 from sdtrt.errors import InputError
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import resolve_scheduler_name
-
-Timed = Callable[[], object]
-DIFFUSERS = "diffusers torch eager fp32"
 
 
 class CompareReport(BaseModel):
@@ -72,16 +69,14 @@ def model_folder(manifest: Manifest, given: Path | None) -> str:
     )
 
 
-def _interleave(contenders: dict[str, Timed], runs: int) -> dict[str, Latency]:
+def _interleave(contenders: dict[str, Clocked], runs: int) -> dict[str, Latency]:
     """Each contender once to warm up, then `runs` rounds in which each takes one turn."""
     for run in contenders.values():
         run()
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(runs):
         for name, run in contenders.items():
-            started = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - started)
+            seconds[name].append(run())
     return {name: Latency.of(values) for name, values in seconds.items()}
 
 
@@ -121,16 +116,6 @@ def engine_label(manifest: Manifest, component: str = "unet") -> str:
     return f"sdtrt {record.backend} {record.precision.value}"
 
 
-def _cpu_can_run(graph: Path, backend: str) -> bool:
-    """Whether the CPU runtimes can run `graph`: only a backend that fuses CUDA-only kernels
-    into its export can have written one they cannot (read only then: it is the UNet's size)."""
-    if not BACKENDS[backend].graph_style.cuda_fusions:
-        return True
-    import onnx  # with torch and diffusers, in the export extra the references need
-
-    return not cuda_only(onnx.load(str(graph), load_external_data=False).graph)
-
-
 def compare(
     directory: Path, options: BenchOptions, model: Path | None = None,
     progress: Callable[[str], None] = lambda _: None, torch_compile: bool = True,
@@ -146,57 +131,63 @@ def compare(
         scheduler = resolve_scheduler_name(options.scheduler or pipe.default_scheduler)
         feeds = _unet_feeds(pipe, height, width, options.batch)
         ours_label = engine_label(pipe.manifest)
-        progress("loading diffusers")
-        torch_reference = TorchReference(folder, scheduler)
-        engine = pipe.engines["unet"]
-        unets: dict[str, Timed] = {
-            ours_label: lambda: engine.infer(feeds),
-            "torch eager fp32": torch_reference.unet(feeds),
-        }
-        if torch_compile:
-            progress("compiling the UNet with torch.compile")
-            compiled = compiled_torch_unet(torch_reference, feeds)
-            if compiled is not None:
-                unets["torch.compile fp32"] = compiled
         record = pipe.manifest.components["unet"]
-        graph = directory / record.onnx
-        # The CPU runtimes' rows run the same graph, unless it holds CUDA-only kernels.
-        if _cpu_can_run(graph, record.backend):
-            progress("loading OpenVINO")
-            unets.update(openvino_unets(graph, feeds))
-            if record.backend != "onnxruntime":
-                progress("loading ONNX Runtime")
-                unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
-        else:
-            progress("no CPU rows: the UNet's graph holds CUDA-only kernels")
-        progress("timing UNet steps")
-        unet_step = _interleave(unets, options.runs)
-        del unets  # the references' sessions are large; free them before the whole images
-        arguments = {
-            **options.call_arguments(),
-            "height": height,
-            "width": width,
-            "scheduler": scheduler,
-        }
-        host: list[float] = []
+        target = torch_target(record.backend, record.precision)
+        progress("loading diffusers")
+        with TorchProcess(folder, scheduler, target) as torch_process:
+            engine = pipe.engines["unet"]
+            unets: dict[str, Clocked] = {
+                ours_label: clocked(lambda: engine.infer(feeds)),
+                target.label("torch eager"): torch_process.unet(feeds),
+            }
+            if torch_compile:
+                progress("compiling the UNet with torch.compile")
+                compiled = torch_process.compiled_unet(feeds)
+                if compiled is not None:
+                    unets[target.label("torch.compile")] = compiled
+            graph = directory / record.onnx
+            # The CPU runtimes' rows run the same graph beside CPU engines; beside CUDA engines
+            # they would compare a GPU with a CPU (and onnxruntime-cuda's graph has CUDA-only
+            # kernels).
+            if target.device == "cpu":
+                progress("loading OpenVINO")
+                unets.update({k: clocked(v) for k, v in openvino_unets(graph, feeds).items()})
+                if record.backend != "onnxruntime":
+                    progress("loading ONNX Runtime")
+                    same_graph = onnxruntime_unet(graph, feeds)
+                    unets["onnxruntime fp32 (same graph)"] = clocked(same_graph)
+            progress("timing UNet steps")
+            unet_step = _interleave(unets, options.runs)
+            del unets  # the references' sessions are large; free them before the whole images
+            arguments = {
+                **options.call_arguments(),
+                "height": height,
+                "width": width,
+                "scheduler": scheduler,
+            }
+            host: list[float] = []
 
-        def ours() -> object:
-            result = pipe(**arguments)
-            host.extend(result.timings.scheduler)
-            return result
+            def ours() -> object:
+                result = pipe(**arguments)
+                host.extend(result.timings.scheduler)
+                return result
 
-        progress("timing whole images")
-        end_to_end = _interleave(
-            {ours_label: ours, DIFFUSERS: torch_reference.image(options, height, width)},
-            options.runs,
-        )
+            progress("timing whole images")
+            diffusers_label = target.label("diffusers torch eager")
+            end_to_end = _interleave(
+                {
+                    ours_label: clocked(ours),
+                    diffusers_label: torch_process.image(options, height, width),
+                },
+                options.runs,
+            )
     speedups = {
         f"unet vs {name}": round(v.p50_ms / unet_step[ours_label].p50_ms, 3)
         for name, v in unet_step.items()
         if name != ours_label
     }
-    speedups[f"image vs {DIFFUSERS}"] = round(
-        end_to_end[DIFFUSERS].p50_ms / end_to_end[ours_label].p50_ms, 3
+    speedups[f"image vs {diffusers_label}"] = round(
+        end_to_end[diffusers_label].p50_ms / end_to_end[ours_label].p50_ms, 3
     )
     return CompareReport(
         machine=machine_info(),

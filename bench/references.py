@@ -1,6 +1,7 @@
 """What `sdtrt bench --compare` measures sdtrt against, each named by the precision it runs in.
 
-- diffusers' UNet in torch, eager and (where inductor works here) under `torch.compile`, fp32;
+- diffusers' UNet in torch, eager and (where inductor works here) under `torch.compile`: on the
+  CPU in fp32 for CPU engines; on the GPU, in the engine's precision, for CUDA engines;
 - the same exported UNet graph sdtrt built from, run by OpenVINO twice (its inference precision
   pinned to f32, and its own default, which is bf16 on CPUs with bfloat16 instructions) and by
   ONNX Runtime in fp32 with all its optimisations, so that every ratio is like for like.
@@ -11,29 +12,53 @@ The graph references run with static shapes at the benchmark's size, their best 
 from __future__ import annotations
 
 import importlib.util
-import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sdtrt.bench.runner import BenchOptions
-from sdtrt.errors import first_line
+from sdtrt.engine.backends import CUDA_BACKENDS
+from sdtrt.engine.options import Precision
 from sdtrt.runtime.schedulers import SCHEDULERS
 
-log = logging.getLogger(__name__)
-
 Timed = Callable[[], object]
+# A call that returns how long it took: measured by whoever runs it (see torch_process.py).
+Clocked = Callable[[], float]
 # OpenVINO's precision names, as the rows say them.
 OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
-class TorchReference:
-    """diffusers' pipeline for the model folder, with the benchmark's scheduler."""
+@dataclass(frozen=True)
+class TorchTarget:
+    """Where and in what precision torch runs the references."""
 
-    def __init__(self, folder: str, scheduler: str) -> None:
+    device: str  # "cpu" or "cuda"
+    precision: Precision
+
+    def label(self, runner: str) -> str:
+        where = " (GPU)" if self.device == "cuda" else ""
+        return f"{runner} {self.precision.value}{where}"
+
+
+def torch_target(backend: str, precision: Precision) -> TorchTarget:
+    """CUDA engines meet torch on the same GPU in their own float precision: a GPU engine against
+    torch on the CPU would say nothing. CPU engines meet torch on the CPU in fp32, where torch's
+    kernels are (its fp16 CPU kernels are few and slow)."""
+    if backend in CUDA_BACKENDS:
+        return TorchTarget("cuda", precision)
+    return TorchTarget("cpu", Precision.FP32)
+
+
+class TorchReference:
+    """diffusers' pipeline for the model folder, with the benchmark's scheduler, on `target`."""
+
+    def __init__(self, folder: str, scheduler: str, target: TorchTarget) -> None:
         import diffusers
+        import torch
 
         # The class the folder's model_index.json names (SD, SDXL, LCM, ...), without the
         # safety checker of the classes that have one.
@@ -48,7 +73,21 @@ class TorchReference:
         choice = SCHEDULERS[scheduler]
         cls = getattr(diffusers, choice.cls.diffusers_name)
         pipe.scheduler = cls.from_config({**pipe.scheduler.config, **choice.overrides})
-        self.pipe = pipe
+        self.dtype = torch.float16 if target.precision is Precision.FP16 else torch.float32
+        if target.device == "cuda" and target.precision is Precision.FP32:
+            # fp32 means fp32 here as in sdtrt's CUDA engines: no TF32 rounding.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.pipe = pipe.to(target.device, self.dtype)
+        self.target = target
+
+    def _finished(self, result: object) -> object:
+        """Wait for the GPU's queued work, so that a timing covers the computation."""
+        if self.target.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return result
 
     def unet(self, feeds: dict[str, np.ndarray], compiled: bool = False) -> Timed:
         """One UNet call; compiled with torch.compile (inductor) when asked, which compiles on
@@ -56,7 +95,10 @@ class TorchReference:
         import torch
 
         module: Any = torch.compile(self.pipe.unet) if compiled else self.pipe.unet
-        tensors = {name: torch.from_numpy(array) for name, array in feeds.items()}
+        tensors = {
+            name: torch.from_numpy(array).to(self.target.device, self.dtype)
+            for name, array in feeds.items()
+        }
         added = {k: tensors[k] for k in ("text_embeds", "time_ids") if k in tensors}
         sample, timestep, context = (
             tensors[name] for name in ("sample", "timestep", "encoder_hidden_states")
@@ -64,10 +106,10 @@ class TorchReference:
 
         def call() -> object:
             with torch.inference_mode():
-                return module(
+                return self._finished(module(
                     sample, timestep, context, timestep_cond=tensors.get("timestep_cond"),
                     added_cond_kwargs=added or None,
-                )  # fmt: skip
+                ))  # fmt: skip
 
         return call
 
@@ -84,17 +126,6 @@ class TorchReference:
                 )  # fmt: skip
 
         return call
-
-
-def compiled_torch_unet(reference: TorchReference, feeds: dict[str, np.ndarray]) -> Timed | None:
-    """torch.compile's UNet, compiled now; None (with the reason logged) where it fails here."""
-    call = reference.unet(feeds, compiled=True)
-    try:
-        call()
-    except Exception as error:  # inductor fails in many ways: no compiler, unsupported op, ...
-        log.warning("torch.compile left out: %s", first_line(error))
-        return None
-    return call
 
 
 def openvino_unets(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Timed]:
@@ -132,3 +163,14 @@ def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Timed:
 
 def _bind(infer: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray]) -> Timed:
     return lambda: infer(feeds)
+
+
+def clocked(call: Timed) -> Clocked:
+    """`call`, timed here."""
+
+    def run() -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
+    return run

@@ -13,7 +13,6 @@ from sdtrt.cli.common import (
     app,
     console,
     out,
-    quiet_torch_libraries,
     user_errors,
 )
 from sdtrt.errors import InputError
@@ -65,7 +64,6 @@ def bench(
             if compare:
                 from sdtrt.bench.compare import compare as run_compare
 
-                quiet_torch_libraries()
                 report: Any = run_compare(
                     directory, options, model, progress=status.update, torch_compile=torch_compile
                 )

@@ -75,6 +75,9 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 
+# The backends whose engines run on NVIDIA GPUs through CUDA.
+CUDA_BACKENDS = frozenset({"onnxruntime-cuda", "tensorrt"})
+
 
 def get_backend(name: str) -> Backend:
     try:

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
+from sdtrt.engine.backends import CUDA_BACKENDS
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError, SdtrtError
 from sdtrt.runtime.pipeline import (
@@ -49,7 +50,7 @@ _OUTCOME = {
 }
 
 
-GPU_BACKENDS = frozenset({"tensorrt", "onnxruntime-cuda", "openvino-gpu"})
+GPU_BACKENDS = CUDA_BACKENDS | {"openvino-gpu"}
 
 
 def on_gpu(manifest: Manifest) -> bool:

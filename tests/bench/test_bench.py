@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdtrt.bench.compare import compare, model_folder
+from sdtrt.bench.references import TorchTarget, torch_target
 from sdtrt.bench.runner import BenchOptions, BenchReport, run_bench
 from sdtrt.bench.stats import Latency
 from sdtrt.cli import app
@@ -90,6 +91,19 @@ def test_compare_on_openvino_engines_adds_onnxruntime_on_the_same_graph(
     report = compare(output, options, model=tiny_model_dir, torch_compile=False)
     assert report.sdtrt == f"sdtrt openvino {Precision.FP32.value}"
     assert "onnxruntime fp32 (same graph)" in report.unet_step
+
+
+def test_cuda_engines_meet_torch_on_the_gpu_in_their_precision():
+    from sdtrt.engine.options import Precision
+
+    assert torch_target("onnxruntime-cuda", Precision.FP16) == TorchTarget("cuda", Precision.FP16)
+    gpu_fp32 = torch_target("tensorrt", Precision.FP32)
+    assert gpu_fp32.label("torch.compile") == "torch.compile fp32 (GPU)"
+    # CPU engines, whatever their precision, meet torch's fp32 CPU kernels.
+    for backend, precision in [("onnxruntime", Precision.FP16), ("openvino", Precision.INT8)]:
+        target = torch_target(backend, precision)
+        assert target == TorchTarget("cpu", Precision.FP32)
+        assert target.label("torch eager") == "torch eager fp32"
 
 
 @pytest.mark.slow  # inductor compiles the UNet's C++ kernels: minutes on two cores

@@ -94,6 +94,18 @@ def _image(directory, latents):
         ).images  # fmt: skip
 
 
+def test_bench_compare_meets_torch_on_the_gpu(cuda_engines, tiny_model_dir):
+    from sdtrt.bench.compare import compare as bench_compare
+    from sdtrt.bench.runner import BenchOptions
+
+    options = BenchOptions(steps=2, runs=2)
+    report = bench_compare(cuda_engines, options, model=tiny_model_dir, torch_compile=False)
+    precision = read_manifest(cuda_engines).components["unet"].precision.value
+    assert set(report.unet_step) == {report.sdtrt, f"torch eager {precision} (GPU)"}
+    assert set(report.end_to_end) == {report.sdtrt, f"diffusers torch eager {precision} (GPU)"}
+    assert all(value > 0 for value in report.speedups.values())
+
+
 def test_image_matches_the_cpu_engines(cuda_engines, tiny_engine_dir):
     latents = np.random.default_rng(2).standard_normal((1, 4, 32, 32), dtype=np.float32)
     expected, actual = _image(tiny_engine_dir, latents), _image(cuda_engines, latents)
