@@ -116,6 +116,35 @@ def engine_label(manifest: Manifest, component: str = "unet") -> str:
     return f"sdtrt {record.backend} {record.precision.value}"
 
 
+def _unet_contenders(
+    pipe: Pipeline, torch_process: TorchProcess, feeds: dict[str, np.ndarray], directory: Path,
+    torch_compile: bool, progress: Callable[[str], None],
+) -> dict[str, Clocked]:  # fmt: skip
+    """One UNet call each: sdtrt's engine, torch's (eager, compiled), and beside CPU engines the
+    CPU runtimes on the same graph (beside CUDA engines they would compare a GPU with a CPU, and
+    onnxruntime-cuda's graph has CUDA-only kernels)."""
+    record = pipe.manifest.components["unet"]
+    target = torch_process.target
+    engine = pipe.engines["unet"]
+    unets = {
+        engine_label(pipe.manifest): clocked(lambda: engine.infer(feeds)),
+        target.label("torch eager"): torch_process.unet(feeds),
+    }
+    if torch_compile:
+        progress("compiling the UNet with torch.compile")
+        compiled = torch_process.compiled_unet(feeds)
+        if compiled is not None:
+            unets[target.label("torch.compile")] = compiled
+    if target.device == "cpu":
+        graph = directory / record.onnx
+        progress("loading OpenVINO")
+        unets.update(openvino_unets(graph, feeds))
+        if record.backend != "onnxruntime":
+            progress("loading ONNX Runtime")
+            unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
+    return unets
+
+
 def compare(
     directory: Path, options: BenchOptions, model: Path | None = None,
     progress: Callable[[str], None] = lambda _: None, torch_compile: bool = True,
@@ -135,27 +164,7 @@ def compare(
         target = torch_target(record.backend, record.precision)
         progress("loading diffusers")
         with TorchProcess(folder, scheduler, target) as torch_process:
-            engine = pipe.engines["unet"]
-            unets: dict[str, Clocked] = {
-                ours_label: clocked(lambda: engine.infer(feeds)),
-                target.label("torch eager"): torch_process.unet(feeds),
-            }
-            if torch_compile:
-                progress("compiling the UNet with torch.compile")
-                compiled = torch_process.compiled_unet(feeds)
-                if compiled is not None:
-                    unets[target.label("torch.compile")] = compiled
-            graph = directory / record.onnx
-            # The CPU runtimes' rows run the same graph beside CPU engines; beside CUDA engines
-            # they would compare a GPU with a CPU (and onnxruntime-cuda's graph has CUDA-only
-            # kernels).
-            if target.device == "cpu":
-                progress("loading OpenVINO")
-                unets.update({k: clocked(v) for k, v in openvino_unets(graph, feeds).items()})
-                if record.backend != "onnxruntime":
-                    progress("loading ONNX Runtime")
-                    same_graph = onnxruntime_unet(graph, feeds)
-                    unets["onnxruntime fp32 (same graph)"] = clocked(same_graph)
+            unets = _unet_contenders(pipe, torch_process, feeds, directory, torch_compile, progress)
             progress("timing UNet steps")
             unet_step = _interleave(unets, options.runs)
             del unets  # the references' sessions are large; free them before the whole images

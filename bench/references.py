@@ -11,6 +11,7 @@ The graph references run with static shapes at the benchmark's size, their best 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Callable
@@ -128,14 +129,14 @@ class TorchReference:
         return call
 
 
-def openvino_unets(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Timed]:
+def openvino_unets(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Clocked]:
     """OpenVINO on the exported graph: precision pinned to f32, and OpenVINO's own default."""
     if importlib.util.find_spec("openvino") is None:
         return {}
     import openvino
 
     core = openvino.Core()
-    rows: dict[str, Timed] = {}
+    rows: dict[str, Clocked] = {}
     graph = core.read_model(str(onnx_path))  # read once: SD 1.5's UNet is 3.4 GB
     graph.reshape({name: list(array.shape) for name, array in feeds.items()})
     for hint in ("f32", None):
@@ -145,11 +146,11 @@ def openvino_unets(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, T
         precision = OV_PRECISIONS.get(chosen, chosen)
         label = f"openvino {precision}" + (" (pinned)" if hint else " (its default)")
         request = compiled.create_infer_request()
-        rows[label] = _bind(request.infer, feeds)
+        rows[label] = clocked(functools.partial(request.infer, feeds))
     return rows
 
 
-def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Timed:
+def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Clocked:
     """ONNX Runtime on the CPU in fp32, every optimisation on: sdtrt's own CPU path before
     OpenVINO, kept as the row the other CPU rows are measured against."""
     import onnxruntime as ort
@@ -158,11 +159,7 @@ def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Timed:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, feeds)
-
-
-def _bind(infer: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray]) -> Timed:
-    return lambda: infer(feeds)
+    return clocked(lambda: session.run(None, feeds))
 
 
 def clocked(call: Timed) -> Clocked:

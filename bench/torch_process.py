@@ -45,6 +45,7 @@ class TorchProcess:
                 f"{'is' if len(missing) == 1 else 'are'} not installed here: "
                 "pip install 'sdtrt[export]'"
             )
+        self.target = target
         self._feeds = tempfile.TemporaryDirectory(prefix="sdtrt-bench-")
         self._child = subprocess.Popen(
             [sys.executable, "-m", "sdtrt.bench.torch_process"],
@@ -132,46 +133,53 @@ class TorchProcess:
         return self._clocked("image")
 
 
-def _answer(request: dict[str, Any], calls: dict[str, Callable[[], object]],
-            state: dict[str, TorchReference]) -> dict[str, Any]:  # fmt: skip
-    op = request["op"]
-    if op == "load":
-        target = TorchTarget(request["device"], Precision(request["precision"]))
-        state["reference"] = TorchReference(request["folder"], request["scheduler"], target)
-        return {}
-    if op == "time":
-        started = time.perf_counter()
-        calls[request["name"]]()
-        return {"seconds": time.perf_counter() - started}
-    reference = state["reference"]
-    if op == "unet":
-        feeds = {path.stem: np.load(path) for path in Path(request["feeds"]).glob("*.npy")}
-        call = reference.unet(feeds, compiled=request["compiled"])
-        if request["compiled"]:
-            call()  # inductor compiles on the first call, and fails there where it cannot work
-        calls[request["name"]] = call
-        return {}
-    if op == "image":
-        options = BenchOptions.model_validate(request["options"])
-        calls[request["name"]] = reference.image(options, request["height"], request["width"])
-        return {}
-    raise ValueError(f"unknown request '{op}'")
+class _Child:
+    """The child's side: diffusers' pipeline once loaded, and the calls prepared on it."""
+
+    def __init__(self) -> None:
+        self.reference: TorchReference | None = None
+        self.calls: dict[str, Callable[[], object]] = {}
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
+        if op == "load":
+            target = TorchTarget(request["device"], Precision(request["precision"]))
+            self.reference = TorchReference(request["folder"], request["scheduler"], target)
+            return {}
+        if op == "time":
+            started = time.perf_counter()
+            self.calls[request["name"]]()
+            return {"seconds": time.perf_counter() - started}
+        if self.reference is None:
+            raise ValueError(f"'{op}' before 'load'")
+        if op == "unet":
+            folder = Path(request["feeds"])
+            feeds = {path.stem: np.load(path) for path in folder.glob("*.npy")}
+            call = self.reference.unet(feeds, compiled=request["compiled"])
+            if request["compiled"]:
+                call()  # inductor compiles on the first call, and fails there where it cannot
+            self.calls[request["name"]] = call
+            return {}
+        if op == "image":
+            options = BenchOptions.model_validate(request["options"])
+            image = self.reference.image(options, request["height"], request["width"])
+            self.calls[request["name"]] = image
+            return {}
+        raise ValueError(f"unknown request '{op}'")
 
 
 def main() -> None:
-    """The child's side: answer each request line until the parent closes the input."""
+    """Answer each request line until the parent closes the input."""
     answers: IO[str] = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the libraries print stays off the answers
     from sdtrt.cli.common import quiet_torch_libraries
 
     quiet_torch_libraries()
-    calls: dict[str, Callable[[], object]] = {}
-    state: dict[str, TorchReference] = {}
+    child = _Child()
     try:
         for line in sys.stdin:
-            request = json.loads(line)
             try:
-                answer = _answer(request, calls, state)
+                answer = child.answer(json.loads(line))
             except Exception as error:  # reported to the parent, which decides what it means
                 answer = {"error": first_line(error)}
             answers.write(json.dumps(answer) + "\n")

@@ -80,9 +80,9 @@ def test_engines_run_the_fused_diffusion_kernels(cuda_engines):
 
 def test_debug_compare_runs_the_fused_graphs_on_the_gpu(cuda_engines):
     """Its fp32 reference is the export itself, which only the CUDA provider can run."""
-    results = debug_compare(cuda_engines, "a red car")
-    for result in results:
-        if read_manifest(cuda_engines).components[result.component].precision is Precision.FP32:
+    components = read_manifest(cuda_engines).components
+    for result in debug_compare(cuda_engines, "a red car"):
+        if components[result.component].precision is Precision.FP32:
             assert not result.skipped and result.outputs and not result.diverges, result
 
 
