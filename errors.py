@@ -1,4 +1,17 @@
-"""The errors sdtrt raises: each message is one line a user can act on; the CLI prints them."""
+"""The errors sdtrt raises: each message is one line a user can act on; the CLI prints them.
+
+Each keeps what caused it (`raise ... from error`); with SDTRT_DEBUG=1 in the environment (the
+CLI's `--debug` sets it), whoever turns an error into its one line shows the full traceback too.
+"""
+
+import os
+
+DEBUG_ENV = "SDTRT_DEBUG"
+
+
+def debugging() -> bool:
+    """Whether tracebacks are asked for behind the one-line errors."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

@@ -29,6 +29,7 @@ from sdtrt.bench.references import (
 from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
 from sdtrt.bench.torch_process import TorchProcess
+from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.guidance import guidance_embedding
@@ -117,9 +118,13 @@ def engine_label(manifest: Manifest, component: str = "unet") -> str:
 
 
 def _unet_contenders(
-    pipe: Pipeline, torch_process: TorchProcess, feeds: dict[str, np.ndarray], directory: Path,
-    torch_compile: bool, progress: Callable[[str], None],
-) -> dict[str, Clocked]:  # fmt: skip
+    pipe: Pipeline,
+    torch_process: TorchProcess,
+    feeds: dict[str, np.ndarray],
+    directory: Path,
+    torch_compile: bool,
+    progress: Callable[[str], None],
+) -> dict[str, Clocked]:
     """One UNet call each: sdtrt's engine, torch's (eager, compiled), and beside CPU engines the
     CPU runtimes on the same graph (beside CUDA engines they would compare a GPU with a CPU, and
     onnxruntime-cuda's graph has CUDA-only kernels)."""
@@ -139,16 +144,19 @@ def _unet_contenders(
         graph = directory / record.onnx
         progress("loading OpenVINO")
         unets.update(openvino_unets(graph, feeds))
-        if record.backend != "onnxruntime":
+        if get_backend(record.backend).library != "onnxruntime":
             progress("loading ONNX Runtime")
             unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
     return unets
 
 
 def compare(
-    directory: Path, options: BenchOptions, model: Path | None = None,
-    progress: Callable[[str], None] = lambda _: None, torch_compile: bool = True,
-) -> CompareReport:  # fmt: skip
+    directory: Path,
+    options: BenchOptions,
+    model: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+    torch_compile: bool = True,
+) -> CompareReport:
     """sdtrt's engines against the references (see references.py), rounds interleaved."""
     options.check()
     with Pipeline.load(directory) as pipe:
@@ -164,7 +172,14 @@ def compare(
         target = torch_target(record.backend, record.precision)
         progress("loading diffusers")
         with TorchProcess(folder, scheduler, target) as torch_process:
-            unets = _unet_contenders(pipe, torch_process, feeds, directory, torch_compile, progress)
+            unets = _unet_contenders(
+                pipe=pipe,
+                torch_process=torch_process,
+                feeds=feeds,
+                directory=directory,
+                torch_compile=torch_compile,
+                progress=progress,
+            )
             progress("timing UNet steps")
             unet_step = _interleave(unets, options.runs)
             del unets  # the references' sessions are large; free them before the whole images

@@ -51,9 +51,13 @@ def gpus() -> list[dict[str, Any]]:
     for line in done.stdout.strip().splitlines():
         name, used, total, capability = (part.strip() for part in line.split(","))
         result.append(
-            {"name": name, "memory_used_mib": float(used), "memory_total_mib": float(total),
-             "compute_capability": capability}
-        )  # fmt: skip
+            {
+                "name": name,
+                "memory_used_mib": float(used),
+                "memory_total_mib": float(total),
+                "compute_capability": capability,
+            }
+        )
     return result
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from sdtrt.bench.runner import BenchOptions
-from sdtrt.engine.backends import CUDA_BACKENDS
+from sdtrt.engine.backends import get_backend
+from sdtrt.engine.base import DeviceKind
 from sdtrt.engine.options import Precision
 from sdtrt.runtime.schedulers import SCHEDULERS
 
@@ -49,7 +50,7 @@ def torch_target(backend: str, precision: Precision) -> TorchTarget:
     """CUDA engines meet torch on the same GPU in their own float precision: a GPU engine against
     torch on the CPU would say nothing. CPU engines meet torch on the CPU in fp32, where torch's
     kernels are (its fp16 CPU kernels are few and slow)."""
-    if backend in CUDA_BACKENDS:
+    if get_backend(backend).device_kind is DeviceKind.NVIDIA_GPU:
         return TorchTarget("cuda", precision)
     return TorchTarget("cpu", Precision.FP32)
 
@@ -107,10 +108,14 @@ class TorchReference:
 
         def call() -> object:
             with torch.inference_mode():
-                return self._finished(module(
-                    sample, timestep, context, timestep_cond=tensors.get("timestep_cond"),
+                output = module(
+                    sample,
+                    timestep,
+                    context,
+                    timestep_cond=tensors.get("timestep_cond"),
                     added_cond_kwargs=added or None,
-                ))  # fmt: skip
+                )
+                return self._finished(output)
 
         return call
 
@@ -120,11 +125,15 @@ class TorchReference:
         def call() -> object:
             with torch.inference_mode():
                 return self.pipe(
-                    options.prompt, height=height, width=width,
-                    num_inference_steps=options.steps, guidance_scale=options.guidance,
+                    options.prompt,
+                    height=height,
+                    width=width,
+                    num_inference_steps=options.steps,
+                    guidance_scale=options.guidance,
                     num_images_per_prompt=options.batch,
-                    generator=torch.Generator("cpu").manual_seed(options.seed), output_type="np",
-                )  # fmt: skip
+                    generator=torch.Generator("cpu").manual_seed(options.seed),
+                    output_type="np",
+                )
 
         return call
 

@@ -49,12 +49,19 @@ class TorchProcess:
         self._feeds = tempfile.TemporaryDirectory(prefix="sdtrt-bench-")
         self._child = subprocess.Popen(
             [sys.executable, "-m", "sdtrt.bench.torch_process"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._calls = 0
         try:
-            self._ask(op="load", folder=folder, scheduler=scheduler,
-                      device=target.device, precision=target.precision.value)  # fmt: skip
+            self._ask(
+                op="load",
+                folder=folder,
+                scheduler=scheduler,
+                device=target.device,
+                precision=target.precision.value,
+            )
         except BaseException:
             self.close()
             raise
@@ -128,8 +135,9 @@ class TorchProcess:
 
     def image(self, options: BenchOptions, height: int, width: int) -> Clocked:
         """One whole image through diffusers' pipeline."""
-        self._ask(op="image", name="image", options=options.model_dump(), height=height,
-                  width=width)  # fmt: skip
+        self._ask(
+            op="image", name="image", options=options.model_dump(), height=height, width=width
+        )
         return self._clocked("image")
 
 
@@ -172,7 +180,7 @@ def main() -> None:
     """Answer each request line until the parent closes the input."""
     answers: IO[str] = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the libraries print stays off the answers
-    from sdtrt.cli.common import quiet_torch_libraries
+    from sdtrt.export.quiet_libraries import quiet_torch_libraries
 
     quiet_torch_libraries()
     child = _Child()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -13,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sdtrt import __version__
-from sdtrt.errors import InputError, SdtrtError
+from sdtrt.errors import DEBUG_ENV, InputError, SdtrtError, debugging
 
 app = typer.Typer(
     help="Stable Diffusion as an optimized inference engine: build engines, then run them.",
@@ -46,7 +48,15 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help=f"Show the full traceback behind an error (as {DEBUG_ENV}=1 does)."
+        ),
+    ] = False,
 ) -> None:
+    if debug:  # in the environment, so that the server's workers and child processes see it
+        os.environ[DEBUG_ENV] = "1"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LevelPrefix())
     logging.basicConfig(
@@ -60,6 +70,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except SdtrtError as error:
+        if debugging():
+            traceback.print_exception(error, file=sys.stderr)
         console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -79,17 +91,6 @@ def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
     if len(values) not in (1, 2) or any(v <= 0 for v in values):
         raise InputError(f"{option} must look like 512 or 512x768 (height x width), got '{text}'")
     return (values[0], values[-1])
-
-
-def quiet_torch_libraries() -> None:
-    """diffusers and transformers print progress bars and hints that say nothing to our users."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
-
 
 
 def main() -> None:

@@ -130,10 +130,10 @@ def run(
 ) -> None:
     """Generate images from a prompt with the engines in DIRECTORY (from --image too)."""
     with user_errors():
-        from sdtrt.engine.lora import parse_lora_arg
-        from sdtrt.runtime.images import generation_settings, parameters_text, save_png
+        from sdtrt.cli.tables import timing_table
+        from sdtrt.engine.weights.lora import parse_lora_arg
         from sdtrt.runtime.pipeline import GenerationOutput, Pipeline
-        from sdtrt.ui.tables import timing_table
+        from sdtrt.runtime.postprocess import generation_settings, parameters_text, save_png
 
         paths = _output_paths(output, batch)
         loras = [parse_lora_arg(text) for text in lora or []]
@@ -173,14 +173,25 @@ def run(
                 {} if second is None else {"denoising_end": refiner_start, "output_type": "latent"}
             )
             result = generate(
-                pipe, "sampling", seed, height=height, width=width, image=image, mask_image=mask,
-                strength=strength, padding_mask_crop=padding_mask_crop, **handoff,
-            )  # fmt: skip
+                pipe,
+                what="sampling",
+                seed=seed,
+                height=height,
+                width=width,
+                image=image,
+                mask_image=mask,
+                strength=strength,
+                padding_mask_crop=padding_mask_crop,
+                **handoff,
+            )
             if second is not None:  # the base model's latents, finished by the refiner
                 refined = generate(
-                    second, "refining", result.request.seed, image=result.images,
+                    second,
+                    what="refining",
+                    seed=result.request.seed,
+                    image=result.images,
                     denoising_start=refiner_start,
-                )  # fmt: skip
+                )
             final = result if refined is None else refined
             request = result.request
             for index, (image, path) in enumerate(zip(final.images, paths, strict=True)):
@@ -194,7 +205,7 @@ def run(
                 try:
                     save_png(image, path, parameters_text(prompt, negative, settings))  # type: ignore[arg-type]
                 except OSError as error:
-                    raise InputError(f"cannot write {path}: {error.strerror}") from None
+                    raise InputError(f"cannot write {path}: {error.strerror}") from error
                 out.print(f"wrote {path}")
         if refined is None:
             out.print(timing_table(result))

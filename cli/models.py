@@ -21,16 +21,21 @@ from sdtrt.cli.common import (
     console,
     out,
     parse_size,
-    quiet_torch_libraries,
     user_errors,
 )
 from sdtrt.engine.options import Precision
-from sdtrt.errors import InputError
+from sdtrt.export.quiet_libraries import quiet_torch_libraries
 
 
 @app.command()
 def preset(
-    name: Annotated[str, typer.Argument(help="Preset name: tiny, tiny-inpaint or sd15.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Preset name: tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, tiny-sdxl, "
+            "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, sd15 or sdxl."
+        ),
+    ],
     directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
 ) -> None:
     """Write a built-in model (random weights, real architecture) as a diffusers folder."""
@@ -68,7 +73,12 @@ def _build_progress(progress: Progress) -> Callable[[str, str], None]:
 def build(
     model: Annotated[
         str,
-        typer.Argument(help="A diffusers folder, a preset (tiny, tiny-inpaint, sd15) or a hub id."),
+        typer.Argument(
+            help="A diffusers folder; a single-file checkpoint (.safetensors, or .ckpt with "
+            "--allow-pickle); a preset (tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, "
+            "tiny-sdxl, tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, sd15, sdxl); "
+            "or a hub id."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine directory to write.")],
     backend: Annotated[
@@ -122,7 +132,8 @@ def build(
         int, typer.Option(help="TensorRT builder optimisation level, 0 (fast build) to 5.")
     ] = 3,
     components: Annotated[
-        str | None, typer.Option(help="Comma-separated networks to build (add vae_encoder).")
+        str | None,
+        typer.Option(help="Comma-separated networks to build; the model's own by default."),
     ] = None,
     lora: Annotated[
         list[str] | None,
@@ -138,19 +149,10 @@ def build(
 ) -> None:
     """Export a model to ONNX, build engines and check them against PyTorch."""
     with user_errors():
-        from sdtrt.engine.options import BuildOptions
-        from sdtrt.export.build import ExportOptions
+        from sdtrt.cli.tables import components_table
+        from sdtrt.engine.options import BuildOptions, ExportOptions
         from sdtrt.export.build import build as run_build
-        from sdtrt.ui.tables import components_table
 
-        if not 0 <= optimization_level <= 5:
-            raise InputError(f"--optimization-level must be 0 to 5, got {optimization_level}")
-        if workspace is not None and workspace <= 0:
-            raise InputError(f"--workspace must be a positive number of GiB, got {workspace}")
-        if fp16_guard and precision is not Precision.FP16:
-            raise InputError(
-                f"--fp16-guard checks fp16 graphs; add --precision fp16 (got {precision.value})"
-            )
         build_options = BuildOptions(
             backend=backend,
             precision=precision,
@@ -166,7 +168,7 @@ def build(
             optimization_level=optimization_level,
             refittable=refittable,
         )
-        from sdtrt.engine.lora import parse_lora_arg
+        from sdtrt.engine.weights.lora import parse_lora_arg
 
         export_options = ExportOptions(
             loras=tuple(parse_lora_arg(text) for text in lora or []), allow_pickle=allow_pickle
@@ -193,8 +195,8 @@ def build(
 def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -> None:
     """Show what an engine directory holds: components, backend, ranges, validation errors."""
     with user_errors():
+        from sdtrt.cli.tables import cleanup_table, components_table, profiles_table
         from sdtrt.engine.manifest import read_manifest
-        from sdtrt.ui.tables import cleanup_table, components_table, profiles_table
 
         manifest = read_manifest(directory)
         ranges = manifest.ranges
@@ -202,9 +204,9 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
             f"model      {manifest.model.name} ({manifest.source.kind}: {manifest.source.ref})"
         )
         out.print(f"built      {manifest.created} by sdtrt {manifest.sdtrt_version}")
-        merged = manifest.export_options.get("loras") or []
+        merged = manifest.export_options.loras
         if merged:
-            names = ", ".join(f"{Path(lora['path']).name}:{lora['scale']:g}" for lora in merged)
+            names = ", ".join(lora.describe() for lora in merged)
             out.print(f"LoRAs      {escape(names)} (merged at build)")
         out.print(
             f"sizes      {ranges.size.describe()} px in steps of {ranges.size_step}, "
@@ -217,7 +219,7 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
         if cleanup is not None:
             out.print(cleanup)
         out.print(profiles_table(manifest))
-        from sdtrt.ui.precision import island_lines
+        from sdtrt.cli.islands import island_lines
 
         for line in island_lines(manifest):
             out.print(line, soft_wrap=True, markup=False, highlight=False)

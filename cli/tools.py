@@ -57,9 +57,14 @@ def bench(
         from sdtrt.bench.runner import BenchOptions, run_bench
 
         options = BenchOptions(
-            steps=steps, height=height, width=width, batch=batch, scheduler=scheduler,
-            warmup=warmup, runs=runs,
-        )  # fmt: skip
+            steps=steps,
+            height=height,
+            width=width,
+            batch=batch,
+            scheduler=scheduler,
+            warmup=warmup,
+            runs=runs,
+        )
         with console.status("benchmarking") as status:
             if compare:
                 from sdtrt.bench.compare import compare as run_compare
@@ -77,7 +82,7 @@ def bench(
             try:
                 json_file.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
             except OSError as error:
-                raise InputError(f"cannot write {json_file}: {error.strerror}") from None
+                raise InputError(f"cannot write {json_file}: {error.strerror}") from error
             out.print(f"wrote {json_file}")
 
 
@@ -122,7 +127,7 @@ def serve(
             raise InputError(
                 f"serving needs the serve extra ({error.name} is missing): "
                 "pip install 'sdtrt[serve]'"
-            ) from None
+            ) from error
         server = prepare(directory, host, port, workers, queue, api_key, max_steps)
         shown = f"[{host}]" if ":" in host else host
         out.print(f"serving {directory} on http://{shown}:{port} (ready once /readyz says so)")
@@ -159,7 +164,7 @@ def debug_compare(
 ) -> None:
     """Run each network next to its fp32 ONNX reference; print the first tensors that diverge."""
     with user_errors():
-        from sdtrt.runtime.debug_compare import compare
+        from sdtrt.debug.compare import compare
 
         diverged = False
         for item in compare(directory, prompt, seed):
@@ -171,16 +176,23 @@ def debug_compare(
             out.print(
                 f"{item.component} ({item.precision}) {verdict} its fp32 reference "
                 f"{item.reference} (tolerance {item.tolerance:g} of scale)",
-                soft_wrap=True, markup=False, highlight=False,
-            )  # fmt: skip
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
             for output in item.outputs:
-                out.print(f"  output {output.tensor}: relative error {output.relative_error:.3g}",
-                          markup=False, highlight=False)  # fmt: skip
+                out.print(
+                    f"  output {output.tensor}: relative error {output.relative_error:.3g}",
+                    markup=False,
+                    highlight=False,
+                )
             for first in item.first_diverging:
                 out.print(
                     f"  first diverging tensor {first.tensor}: relative error "
                     f"{first.relative_error:.3g}",
-                    soft_wrap=True, markup=False, highlight=False,
-                )  # fmt: skip
+                    soft_wrap=True,
+                    markup=False,
+                    highlight=False,
+                )
         if diverged:
             raise typer.Exit(2)

@@ -20,12 +20,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdtrt.engine.manifest import MANIFEST_NAME, ComponentRecord, Manifest, read_manifest
+from sdtrt.engine.layout import MANIFEST_NAME, RECORD_NAME
+from sdtrt.engine.manifest import ComponentRecord, Manifest, read_manifest
 from sdtrt.errors import ArtifactError, BuildError
 
 log = logging.getLogger(__name__)
-
-RECORD_NAME = "component.json"
 
 
 def fsync_path(path: Path) -> None:
@@ -97,10 +96,12 @@ class ArtifactWriter:
         self._lock_fd = os.open(self.staging, os.O_RDONLY)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as error:
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise BuildError(f"another sdtrt build is writing {self.output}; wait for it") from None
+            raise BuildError(
+                f"another sdtrt build is writing {self.output}; wait for it"
+            ) from error
         if (self.output / MANIFEST_NAME).is_file():
             try:
                 self._previous = read_manifest(self.output)

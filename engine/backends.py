@@ -1,67 +1,26 @@
-"""The backends an engine can be built with and loaded by, by name."""
+"""The one registry of backends: the only module that names their classes. Everything else asks
+it for a backend by name (or for `auto`'s pick) and goes through the Backend protocol."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
 
-from sdtrt.engine import cuda
+import numpy as np
+
 from sdtrt.engine.auto import AUTO, Choice, pick, probe
-from sdtrt.engine.base import Engine
+from sdtrt.engine.base import Backend, Engine
 from sdtrt.engine.manifest import ComponentRecord, check_component_files
-from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
-from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend
-from sdtrt.engine.openvino_backend import OpenVinoBackend
-from sdtrt.engine.openvino_devices import OpenVinoGpuBackend, OpenVinoNpuBackend
-from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
-from sdtrt.engine.tensorrt_backend import TensorRtBackend
-from sdtrt.engine.tensors import ComponentIO, Feeds
-from sdtrt.errors import BackendUnavailable, InputError
+from sdtrt.engine.onnxruntime.cpu import OnnxRuntimeBackend
+from sdtrt.engine.onnxruntime.cuda import OnnxRuntimeCudaBackend
+from sdtrt.engine.openvino.cpu import OpenVinoBackend
+from sdtrt.engine.openvino.devices import OpenVinoGpuBackend, OpenVinoNpuBackend
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.tensorrt.backend import TensorRtBackend
+from sdtrt.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-class Backend(Protocol):
-    name: str
-    # How the export is written for this backend (the default: plain ONNX, which the backend
-    # fuses by itself or runs as is).
-    graph_style: GraphStyle
-    # Whether the device compiles one shape per input: the build then pins every shape to its
-    # optimum (engine/ranges.py), so that the manifest and the request checks say so.
-    fixed_shapes: bool
-
-    def version(self) -> str:
-        """The library's version; raises BackendUnavailable where this backend cannot run."""
-        ...
-
-    def build(
-        self,
-        onnx_path: Path,
-        out_dir: Path,
-        io: ComponentIO,
-        options: BuildOptions,
-        cache_dir: Path,
-        calibration: Feeds = (),
-    ) -> tuple[str, dict[str, Any]]:
-        """Build `onnx_path` into `out_dir`: the engine file's name and its load settings.
-        `cache_dir` holds what builds share (TensorRT's timing cache); `calibration`, the
-        inputs a w8a8 build calibrates on (only OpenVINO builds w8a8; the others refuse it
-        before a build starts)."""
-        ...
-
-    def load(
-        self, name: str, path: Path, portable: Path, io: ComponentIO, settings: Mapping[str, Any]
-    ) -> Engine:
-        """Load the engine at `path`; `portable` is the exported ONNX it was built from."""
-        ...
-
-    def target(self) -> dict[str, str]:
-        """What an engine built here is tied to (GPU model, library release, CPU features):
-        part of the build key, so that a build for another target is never reused."""
-        ...
-
 
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
@@ -75,58 +34,62 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 
-# The backends whose engines run on NVIDIA GPUs through CUDA.
-CUDA_BACKENDS = frozenset({"onnxruntime-cuda", "tensorrt"})
-
 
 def get_backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
-    except KeyError:
+    except KeyError as error:
         raise InputError(
             f"unknown backend '{name}'; choose one of: {', '.join(sorted([*BACKENDS, AUTO]))}"
-        ) from None
-
-
-def _ort_cuda_usable() -> object:
-    """onnxruntime-gpu lists its CUDA provider with or without a GPU: look for one too."""
-    version = BACKENDS["onnxruntime-cuda"].version()
-    try:
-        count = cuda.device_count()
-    except BackendUnavailable:  # no cuda-bindings: the device nodes still tell
-        count = int(Path("/dev/nvidia0").exists())
-    if count == 0:
-        raise BackendUnavailable("no NVIDIA GPU is visible here")
-    return version
+        ) from error
 
 
 def auto_choice() -> Choice:
     """What `--backend auto` picks on this machine, and why."""
-    versions = {name: backend.version for name, backend in BACKENDS.items()}
-    return pick(probe({**versions, "onnxruntime-cuda": _ort_cuda_usable}))
+    return pick(probe({name: backend.version for name, backend in BACKENDS.items()}))
+
+
+def _spoken(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def check_precision(backend: Backend, precision: Precision) -> None:
+    """InputError, naming the backends that compute in `precision`, where `backend` does not."""
+    if precision in backend.precisions:
+        return
+    others = [name for name, b in BACKENDS.items() if precision in b.precisions]
+    own = [p.value for p in Precision if p in backend.precisions]
+    raise InputError(
+        f"--precision {precision.value} is for --backend {_spoken(others)}; {backend.name} "
+        f"computes in {_spoken(own)}"
+    )
 
 
 def choose_backend(options: BuildOptions) -> Backend:
-    """The backend a build runs on (`auto` resolved here), checked to support its precision."""
+    """The backend a build runs on (`auto` resolved here), checked to be able to make it: the
+    backend's own refusals first (they know the machine), then the precisions it lacks."""
     if options.backend == AUTO:
         choice = auto_choice()
         log.info("backend auto: %s (%s)", choice.backend, choice.reason)
         backend = BACKENDS[choice.backend]
     else:
         backend = get_backend(options.backend)
-    if isinstance(backend, OpenVinoBackend):
-        backend.check_build(options)
-    elif options.precision not in (Precision.FP32, Precision.FP16):
-        raise InputError(
-            f"--precision {options.precision.value} is for --backend openvino; {backend.name} "
-            "computes in fp32 or fp16"
-        )
+    backend.check_build(options)
+    check_precision(backend, options.precision)
     return backend
 
 
-def load_component(directory: Path, record: ComponentRecord) -> Engine:
-    """Open one built network of an engine directory, after checking its files are whole."""
+def load_component(
+    directory: Path, record: ComponentRecord, weights: Mapping[str, np.ndarray] | None = None
+) -> Engine:
+    """Open one built network of an engine directory, after checking its files are whole;
+    with `weights`, those initializers replaced (LoRA switching)."""
     check_component_files(directory, record)
     return get_backend(record.backend).load(
-        record.name, directory / record.engine, directory / record.onnx, record.io, record.settings
+        record.name,
+        directory / record.engine,
+        directory / record.onnx,
+        record.io,
+        record.settings,
+        weights,
     )

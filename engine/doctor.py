@@ -10,9 +10,7 @@ from dataclasses import dataclass
 
 from sdtrt import __version__
 from sdtrt.engine.backends import BACKENDS, auto_choice
-from sdtrt.engine.onnxruntime_backend import cpu_flags
-from sdtrt.engine.openvino_backend import INT8_DOT_FLAGS, isa_features, precision_problem
-from sdtrt.engine.options import Precision
+from sdtrt.engine.host import cpu_flags, has_bf16, has_int8_dot, isa_features
 from sdtrt.errors import SdtrtError
 
 
@@ -48,10 +46,10 @@ def _cuda_findings() -> list[Finding]:
         for index in range(found.count):
             gpu = cuda.device_properties(index)
             memory = gpu["total_memory"] / 2**30
-            findings.append(
-                Finding(f"GPU {index}", f"{gpu['name']}, compute capability "
-                        f"{gpu['compute_capability']}, {memory:.0f} GiB")
-            )  # fmt: skip
+            detail = (
+                f"{gpu['name']}, compute capability {gpu['compute_capability']}, {memory:.0f} GiB"
+            )
+            findings.append(Finding(f"GPU {index}", detail))
         return findings
     except SdtrtError as error:
         return [Finding("CUDA", str(error), False)]
@@ -74,12 +72,11 @@ def diagnose() -> list[Finding]:
     else:
         findings.append(Finding("onnxruntime", "not installed", False))
     if installed_version("onnxruntime") and installed_version("onnxruntime-gpu"):
-        findings.append(Finding(
-            "onnxruntime packages",
+        clash = (
             "onnxruntime and onnxruntime-gpu are both installed and overwrite one module; keep "
-            "one: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`",
-            False,
-        ))  # fmt: skip
+            "one: `pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`"
+        )
+        findings.append(Finding("onnxruntime packages", clash, False))
     findings += _cuda_findings()
     tensorrt = (
         installed_version("tensorrt")
@@ -101,11 +98,11 @@ def diagnose() -> list[Finding]:
 
 
 def _cpu_finding() -> Finding:
-    """The CPU's instruction sets that decide OpenVINO's kernels, and whether bf16 and int8 dot
-    products (what w8a8 runs on) are there."""
+    """The CPU's instruction sets that decide a CPU backend's kernels, and whether bf16 and int8
+    dot products (what w8a8 runs on) are there."""
     features = isa_features(cpu_flags())
-    bf16 = precision_problem(Precision.BF16, set(features)) is None
-    int8 = bool(set(features) & set(INT8_DOT_FLAGS))
+    bf16 = has_bf16(features)
+    int8 = has_int8_dot(features)
     listed = ", ".join(features) or "unknown"
     return Finding(
         "CPU",

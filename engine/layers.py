@@ -8,22 +8,28 @@ would compute fp16 chains in fp32), and tensors are compared by name.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdtrt.engine.graph_style import cuda_only, fold_weight_layouts, kernel_constants
+from sdtrt.engine.onnxruntime.library import (
+    CPU,
+    CUDA,
+    cuda_provider_options,
+    load_cuda_libraries,
+    ort,
+)
 from sdtrt.engine.tensors import Feed
+from sdtrt.engine.weights.initializers import weights_as_inputs
 from sdtrt.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     import onnx
 
 Tensors = dict[str, np.ndarray]
-# Float tensors from this size on are weights (see weights_as_inputs); smaller ones are the
-# constants of the graph's arithmetic.
-WEIGHT_BYTES = 1024
 
 
 def _missing(error: ImportError) -> BackendUnavailable:
@@ -38,7 +44,7 @@ def load_graph(path: Path) -> onnx.ModelProto:
     try:
         import onnx
     except ImportError as error:
-        raise _missing(error) from None
+        raise _missing(error) from error
     return onnx.load(str(path))
 
 
@@ -55,14 +61,11 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
     run (ONNX Runtime reads numpy inputs in place; nothing is folded with optimisations off):
     no second copy of a multi-GB graph is made, and none passes protobuf's 2 GB limit."""
     try:
-        import onnxruntime as ort
         from polygraphy import constants
         from polygraphy.backend.onnx import modify_outputs
     except ImportError as error:
-        raise _missing(error) from None
+        raise _missing(error) from error
     from onnx import numpy_helper
-
-    from sdtrt.engine.onnxruntime_cuda import cuda_only, fold_weight_layouts, kernel_constants
 
     cuda = cuda_only(model.graph)
     graph, tensors = weights_as_inputs(model, kernel_constants(model.graph) if cuda else ())
@@ -71,10 +74,13 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
     weights = {t.name: numpy_helper.to_array(t) for t in tensors}
     del tensors
     marked = modify_outputs(graph, outputs=constants.MARK_ALL)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    library = ort()
+    options = library.SessionOptions()
+    options.graph_optimization_level = library.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(marked.SerializeToString(), options, providers=_providers(cuda))
+    session = library.InferenceSession(
+        marked.SerializeToString(), options, providers=_providers(cuda)
+    )
     del marked, graph
     names = [o.name for o in session.get_outputs()]
     for feed in feeds:
@@ -83,54 +89,18 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
         yield {k: v for k, v in run.items() if v.dtype in (np.float32, np.float16)}
 
 
-def _providers(cuda_only: bool) -> list[str | tuple[str, dict[str, str]]]:
+def _providers(needs_cuda: bool) -> list[str | tuple[str, dict[str, str]]]:
     """The CPU, unless the graph holds nodes that only ONNX Runtime's CUDA provider runs
     (engines built for onnxruntime-cuda); then that provider, in fp32 (TF32 off)."""
-    from sdtrt.engine.onnxruntime_backend import CPU, CUDA, _ort
-    from sdtrt.engine.onnxruntime_cuda import cuda_provider_options, load_cuda_libraries
-
-    if not cuda_only:
+    if not needs_cuda:
         return [CPU]
-    if CUDA not in _ort().get_available_providers():
+    if CUDA not in ort().get_available_providers():
         raise BackendUnavailable(
             "this graph holds ONNX Runtime's CUDA-only kernels; comparing its tensors needs "
             "onnxruntime-gpu and an NVIDIA GPU"
         )
     load_cuda_libraries()
     return [(CUDA, cuda_provider_options({})), CPU]
-
-
-def weights_as_inputs(
-    model: onnx.ModelProto, keep: Collection[str] = ()
-) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
-    """A copy of `model` whose weights (float tensors of WEIGHT_BYTES or more, except those named
-    in `keep`) are graph inputs of the same names and shapes, and those weights: the copy is
-    small whatever the graph's size, and nothing computed from a weight is folded or rewritten
-    in it."""
-    import onnx
-
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    graph = light.graph
-    graph.name = model.graph.name
-    for field in ("node", "input", "output", "value_info"):
-        getattr(graph, field).extend(getattr(model.graph, field))
-    weights = []
-    for tensor in model.graph.initializer:
-        if (
-            tensor.data_type in floats
-            and len(tensor.raw_data) >= WEIGHT_BYTES
-            and tensor.name not in keep
-        ):
-            weights.append(tensor)
-            graph.input.append(
-                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
-            )
-        else:
-            graph.initializer.append(tensor)
-    return light, weights
 
 
 def finite_scale(array: np.ndarray) -> float:

@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.engine.layout import MANIFEST_NAME
+from sdtrt.engine.options import BuildOptions, ExportOptions, Precision
 from sdtrt.engine.ranges import BuildRanges, Size
 from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import ArtifactError
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 # ModelInfo.family: SD 1.x/2.x (latent consistency models among them), and SDXL.
 STABLE_DIFFUSION = "stable-diffusion"
 STABLE_DIFFUSION_XL = "stable-diffusion-xl"
@@ -106,7 +106,7 @@ class Manifest(_Frozen):
     model: ModelInfo
     ranges: BuildRanges
     build_options: BuildOptions
-    export_options: dict[str, Any]
+    export_options: ExportOptions
     components: dict[str, ComponentRecord]
     tokenizer: str  # the first text encoder's
     scheduler_config: str
@@ -137,7 +137,7 @@ def read_manifest(directory: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} is not valid JSON ({error}); rebuild the engines") from None
+        raise ArtifactError(f"{path} is not valid JSON ({error}); rebuild the engines") from error
     version = data.get("format_version") if isinstance(data, dict) else None
     if not isinstance(version, int):
         raise ArtifactError(f"{path} has no format_version; rebuild the engines")
@@ -153,7 +153,7 @@ def read_manifest(directory: Path) -> Manifest:
         where = ".".join(str(part) for part in first["loc"])
         raise ArtifactError(
             f"{path} is invalid ({where}: {first['msg']}); rebuild the engines"
-        ) from None
+        ) from error
 
 
 def check_component_files(directory: Path, record: ComponentRecord) -> None:

@@ -1,10 +1,21 @@
-"""Build settings: made by the CLI or an API caller, recorded in the manifest."""
+"""Build settings: made by the CLI or an API caller, recorded in the manifest.
+
+Their checks live on them, so that a Python caller gets the same one-line refusals (InputError,
+naming the CLI's flag) as the command line; what depends on the model (sizes on its VAE's grid)
+is checked when the model is read (engine/ranges.py), what depends on the backend by the
+backend (engine/backends.py).
+"""
 
 from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from sdtrt.engine.weights.lora import LoraSource
+from sdtrt.errors import InputError
+
+DEFAULT_OPSET = 17
 
 
 class Precision(str, Enum):
@@ -19,21 +30,6 @@ class Precision(str, Enum):
     BF16 = "bf16"
     INT8 = "int8"
     W8A8 = "w8a8"
-
-
-class GraphStyle(BaseModel):
-    """How the exported graph is written for one backend: what its runtime fuses by itself and
-    what it needs spelled out."""
-
-    model_config = ConfigDict(frozen=True)
-
-    # Attention as ONNX Runtime's MultiHeadAttention node (export/attention.py).
-    fused_attention: bool = False
-    # In fp16 graphs, normalisations computed in fp32 islands (export/precision.py); not for a
-    # runtime whose fp16 normalisation kernels keep their statistics in fp32 anyway.
-    fp32_norms: bool = True
-    # ONNX Runtime's CUDA-only fused kernels (GroupNorm, NhwcConv, ...: export/cuda_fusions.py).
-    cuda_fusions: bool = False
 
 
 class BuildOptions(BaseModel):
@@ -52,7 +48,7 @@ class BuildOptions(BaseModel):
     precision: Precision = Precision.FP32
     fp16_vae: bool = False  # the VAE decoder stays fp32 under fp16 unless the model's VAE is safe
     # fp16: compare the converted graph with fp32 on calibration inputs and keep in fp32 the
-    # nodes that overflow or drift (export/fp16_guard.py); the VAE decoder is searched too
+    # nodes that overflow or drift (export/fp16/guard.py); the VAE decoder is searched too
     # instead of staying fp32 whole.
     fp16_guard: bool = False
     min_size: tuple[int, int] | None = None
@@ -68,7 +64,53 @@ class BuildOptions(BaseModel):
     # Runtime engines always can be.
     refittable: bool = False
 
+    @field_validator("max_batch", "max_prompt_chunks")
+    @classmethod
+    def _at_least_one(cls, value: int, info: object) -> int:
+        if value < 1:
+            flag = "--" + getattr(info, "field_name", "").replace("_", "-")
+            raise InputError(f"{flag} must be at least 1, got {value}")
+        return value
+
+    @field_validator("optimization_level")
+    @classmethod
+    def _optimization_level(cls, value: int) -> int:
+        if not 0 <= value <= 5:
+            raise InputError(f"--optimization-level must be 0 to 5, got {value}")
+        return value
+
+    @field_validator("workspace_gib")
+    @classmethod
+    def _workspace(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise InputError(f"--workspace must be a positive number of GiB, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _guard_needs_fp16(self) -> BuildOptions:
+        if self.fp16_guard and self.precision is not Precision.FP16:
+            raise InputError(
+                "--fp16-guard checks fp16 graphs; add --precision fp16 "
+                f"(got {self.precision.value})"
+            )
+        return self
+
     @property
     def guarded(self) -> bool:
         """Whether the fp16 guard runs: asked for, on an fp16 build."""
         return self.fp16_guard and self.precision is Precision.FP16
+
+
+class ExportOptions(BaseModel):
+    """Which networks to export and how; recorded in the manifest. Which components a model
+    has is checked when the model is read (export/build.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # None: the model's own (its text encoders, the UNet, both VAE halves).
+    components: tuple[str, ...] | None = None
+    opset: int = DEFAULT_OPSET
+    # Merged into the text encoder and UNet weights before export, in this order.
+    loras: tuple[LoraSource, ...] = ()
+    # A single-file .ckpt is a pickle, which runs code when loaded: only when the user says so.
+    allow_pickle: bool = False

@@ -80,12 +80,6 @@ def resolve_ranges(
             f"sizes must satisfy min <= opt <= max in each dimension, got "
             f"min {lo[0]}x{lo[1]}, opt {opt[0]}x{opt[1]}, max {hi[0]}x{hi[1]}"
         )
-    if options.max_batch < 1:
-        raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
-    if options.max_prompt_chunks < 1:
-        raise InputError(
-            f"--max-prompt-chunks must be at least 1, got {options.max_prompt_chunks}"
-        )
     if options.static:
         lo = hi = opt
     return BuildRanges(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
+from sdtrt.engine.graph_style import CONTRIB_DOMAIN
 
 OP = "MultiHeadAttention"
 

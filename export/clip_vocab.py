@@ -93,7 +93,7 @@ def real_clip_merges() -> list[tuple[str, str]]:
         raise ModelSourceError(
             f"CLIP's merge list {REAL_MERGES_FILE} cannot be read ({error}); "
             "reinstall sdtrt (`pip install --force-reinstall sdtrt`)"
-        ) from None
+        ) from error
     pairs = [line.split() for line in lines[1 : REAL_MERGE_COUNT + 1]]
     if len(pairs) != REAL_MERGE_COUNT or any(len(pair) != 2 for pair in pairs):
         raise ModelSourceError(

@@ -5,7 +5,7 @@ onnxruntime-gpu has single kernels for what the exporter spells out in many node
 (SkipLayerNormalization), GELU, and convolutions in channels-last layout (NhwcConv), which
 those normalisations read and write without a transpose in between. ONNX Runtime's own
 transformer optimizer finds these patterns; it runs here on the fp32 graph, before the fp16
-conversion, which knows the fused nodes (export/fp16.py). Attention is ours already
+conversion, which knows the fused nodes (export/fp16/convert.py). Attention is ours already
 (export/attention.py), so its attention fusion stays off.
 
 These nodes have CUDA kernels only: a graph fused so runs on the onnxruntime-cuda backend alone,
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import onnx
 
-from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
+from sdtrt.engine.graph_style import CONTRIB_DOMAIN
 from sdtrt.errors import BuildError
 from sdtrt.export.attention import OP as ATTENTION_OP
 
@@ -97,15 +97,14 @@ def _hide_unsupported_group_norms(model: onnx.ModelProto) -> dict[str, onnx.Tens
         groups = constants[node.input[1]].dims[0]
         reshapes = [r for r in readers.get(node.output[0], []) if r.op_type == "Reshape"]
         scales = [m for r in reshapes for m in readers.get(r.output[0], []) if m.op_type == "Mul"]
-        channels = {constants[i].dims[0] for m in scales for i in m.input
-                    if i in constants and len(constants[i].dims) == 3}  # fmt: skip
+        weights = [i for m in scales for i in m.input if i in constants]
+        channels = {constants[i].dims[0] for i in weights if len(constants[i].dims) == 3}
         if any(c % groups or (c // groups) % 2 for c in channels):
             stand_in = f"{node.name}/scale_kept_as_exported"
             stand_ins[stand_in] = onnx.TensorProto()
             stand_ins[stand_in].CopyFrom(constants[node.input[1]])  # the search may drop it
-            model.graph.input.append(onnx.helper.make_tensor_value_info(
-                stand_in, onnx.TensorProto.FLOAT, [groups]
-            ))  # fmt: skip
+            info = onnx.helper.make_tensor_value_info(stand_in, onnx.TensorProto.FLOAT, [groups])
+            model.graph.input.append(info)
             node.input[1] = stand_in
     return stand_ins
 
@@ -156,7 +155,5 @@ def _quiet() -> Iterator[None]:
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many of each fused node the graph holds (attention, fused at export, aside)."""
-    return dict(Counter(
-        node.op_type for node in model.graph.node
-        if node.domain == CONTRIB_DOMAIN and node.op_type != ATTENTION_OP
-    ))  # fmt: skip
+    fused = [node for node in model.graph.node if node.domain == CONTRIB_DOMAIN]
+    return dict(Counter(node.op_type for node in fused if node.op_type != ATTENTION_OP))

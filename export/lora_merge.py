@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from sdtrt.engine.artifact import write_json
-from sdtrt.engine.lora import LORA_COMPONENTS, LoraSource, WeightShapes, lora_deltas
+from sdtrt.engine.weights.lora import LORA_COMPONENTS, LoraSource, WeightShapes, lora_deltas
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _digest(array: np.ndarray) -> tuple[str, tuple[int, ...], str]:
 
 
 def record_lora_weights(module: torch.nn.Module, onnx_path: Path, out_path: Path) -> None:
-    """Write which ONNX initializer holds each weight a LoRA may change (see engine.lora_switch).
+    """Write which ONNX initializer holds each weight a LoRA may change (engine/weights/switch.py).
 
     The TorchScript exporter renames the weights it folds (a linear layer's weight becomes a
     transposed `onnx::MatMul_N` constant), so the initializers are matched by value: a weight

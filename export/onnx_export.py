@@ -24,23 +24,21 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
-from sdtrt.engine.layers import weights_as_inputs
+from sdtrt.engine.graph_style import CONTRIB_DOMAIN, GraphStyle
 from sdtrt.engine.manifest import GraphCleanup
-from sdtrt.engine.onnx_initializers import INLINE_LIMIT, weight_bytes
-from sdtrt.engine.onnxruntime_backend import QuietDefaultLogger
-from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN
-from sdtrt.engine.options import GraphStyle, Precision
+from sdtrt.engine.onnxruntime.library import QuietDefaultLogger
+from sdtrt.engine.options import DEFAULT_OPSET, Precision
+from sdtrt.engine.weights.initializers import INLINE_LIMIT, weight_bytes, weights_as_inputs
 from sdtrt.errors import BuildError, first_line
-from sdtrt.export import fp16
 from sdtrt.export.attention import fused_attention
 from sdtrt.export.cuda_fusions import fuse_for_cuda, fused_counts
-from sdtrt.export.fp16_guard import GuardOptions, Island, guard_fp16
-from sdtrt.export.precision import to_fp16
+from sdtrt.export.fp16 import convert as fp16
+from sdtrt.export.fp16.guard import GuardOptions, Island, guard_fp16
+from sdtrt.export.fp16.policy import to_fp16
 from sdtrt.export.specs import ComponentSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
 PLAIN = GraphStyle()
 
 
@@ -61,7 +59,7 @@ def export_onnx(
 ) -> Exported:
     """Export `spec`'s module traced on `inputs` to `path` (plus `path`.data for big graphs),
     converted to fp16 (see precision.py) when asked; with `guard`, the fp16 graph keeps in fp32
-    the nodes fp16_guard.py finds and the fp32 graph is saved beside it.
+    the nodes fp16/guard.py finds and the fp32 graph is saved beside it.
     `style` says what the backend wants written out (see GraphStyle)."""
     module = spec.module().eval()
     args = tuple(torch.from_numpy(inputs[t.name]) for t in spec.inputs)
@@ -177,4 +175,4 @@ def _save_checked(model: onnx.ModelProto, path: Path) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise BuildError(
             f"the exported {path.parent.name} graph is invalid: {first_line(error, 1000)}"
-        ) from None
+        ) from error

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sdtrt.engine.safetensors_file import SafetensorsFile
+from sdtrt.engine.weights.safetensors import SafetensorsFile
 from sdtrt.errors import ModelSourceError, first_line
 from sdtrt.export.clip_vocab import (
     END,
@@ -54,15 +54,26 @@ SD2 = replace(
     SD15,
     name="sd2",
     description="the Stable Diffusion 2.x (768-v) architecture",
-    unet={**SD15.unet, "sample_size": 96, "attention_head_dim": (5, 10, 20, 20),
-          "cross_attention_dim": 1024, "use_linear_projection": True},
+    unet={
+        **SD15.unet,
+        "sample_size": 96,
+        "attention_head_dim": (5, 10, 20, 20),
+        "cross_attention_dim": 1024,
+        "use_linear_projection": True,
+    },
     vae={**SD15.vae, "sample_size": 768},
-    text_encoder={**SD15.text_encoder, "hidden_size": 1024, "intermediate_size": 4096,
-                  "num_attention_heads": 16, "num_hidden_layers": 23, "projection_dim": 512,
-                  "hidden_act": "gelu"},
+    text_encoder={
+        **SD15.text_encoder,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 23,
+        "projection_dim": 512,
+        "hidden_act": "gelu",
+    },
     scheduler={**SD15.scheduler, "prediction_type": "v_prediction"},
     pad_token="!",
-)  # fmt: skip
+)
 
 
 def _sizes(family: str, preset: Preset) -> tuple[str, int, int]:
@@ -75,10 +86,14 @@ def _sizes(family: str, preset: Preset) -> tuple[str, int, int]:
 ARCHITECTURES = {
     _sizes(family, preset): preset
     for family, preset in (
-        ("sd1", SD15), ("sd2", SD2), ("sdxl", SDXL), ("sd1", TINY), ("sd2", TINY_V),
+        ("sd1", SD15),
+        ("sd2", SD2),
+        ("sdxl", SDXL),
+        ("sd1", TINY),
+        ("sd2", TINY_V),
         ("sdxl", TINY_SDXL),
     )
-}  # fmt: skip
+}
 
 
 def is_single_file(path: Path) -> bool:
@@ -100,7 +115,7 @@ def _shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # pickle raises anything
-        raise ModelSourceError(f"cannot read {path}: {type(error).__name__}") from None
+        raise ModelSourceError(f"cannot read {path}: {type(error).__name__}") from error
     state = data.get("state_dict", data) if isinstance(data, dict) else {}
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
@@ -147,8 +162,11 @@ def _text_encoders(preset: Preset) -> dict[str, tuple[str, dict[str, Any], str, 
     }
     if preset.text_encoder_2 is not None:
         encoders["text_encoder_2"] = (
-            "tokenizer_2", preset.text_encoder_2, "!", "CLIPTextModelWithProjection"
-        )  # fmt: skip
+            "tokenizer_2",
+            preset.text_encoder_2,
+            "!",
+            "CLIPTextModelWithProjection",
+        )
     return encoders
 
 
@@ -183,9 +201,10 @@ def write_configs(preset: Preset, folder: Path) -> list[tuple[str, str]]:
         index[sub] = ["diffusers", config["_class_name"]]
     if preset.text_encoder_2 is None:
         index.update(
-            safety_checker=[None, None], feature_extractor=[None, None],
+            safety_checker=[None, None],
+            feature_extractor=[None, None],
             requires_safety_checker=False,
-        )  # fmt: skip
+        )
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
     return merges
 
@@ -204,7 +223,7 @@ def convert_single_file(path: Path, output: Path, allow_pickle: bool = False) ->
     except Exception as error:  # diffusers raises many types for files it cannot map
         raise ModelSourceError(
             f"cannot read {path.name} as a {preset.name} checkpoint: {first_line(error)}"
-        ) from None
+        ) from error
     pipe.save_pretrained(output, safe_serialization=True)
     # save_pretrained writes the tokenizers in its own layout; keep the classic CLIP files.
     for tokenizer, _, pad, _ in _text_encoders(preset).values():

@@ -75,7 +75,7 @@ def _download(hub_id: str) -> Path:
         raise ModelSourceError(
             f"cannot fetch '{hub_id}' from the Hugging Face Hub ({reason}); "
             "check the id and your connection, or pass a local diffusers folder"
-        ) from None
+        ) from error
 
 
 @contextmanager

@@ -46,7 +46,7 @@ def export_tokenizer(source: Path, target: Path, max_positions: int) -> int:
     except Exception as error:  # transformers raises many types for unreadable tokenizer files
         raise ModelSourceError(
             f"the tokenizer in {source} cannot be loaded: {first_line(error)}"
-        ) from None
+        ) from error
     length = int(reference.model_max_length)
     if not 2 <= length <= max_positions:
         raise ModelSourceError(

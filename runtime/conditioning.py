@@ -24,7 +24,8 @@ from sdtrt.errors import InputError
 from sdtrt.runtime.prompt_syntax import Chunk, PromptSyntax, parse_prompt, split_chunks
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
-LAYER_STATES = "layer_states"  # the text encoder output clip skip reads (see export/specs.py)
+# The text encoder output clip skip reads (see export/specs/text_encoders.py).
+LAYER_STATES = "layer_states"
 # SDXL's encoders: every layer's input, not normalised; the UNet reads the penultimate one.
 HIDDEN_STATES = "hidden_states"
 POOLED = "text_embeds"  # SDXL's second encoder: the projected pooled output

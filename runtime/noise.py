@@ -26,6 +26,18 @@ NOISE_KINDS: tuple[NoiseKind, ...] = ("torch", "numpy")
 _F32 = np.float32
 _STATE_SIZE = 624  # Mersenne Twister MT19937
 _BLOCK = 16  # torch's vectorised Box-Muller works on 8 pairs at a time
+# Cephes' logf polynomial in (mantissa - 1), highest degree first, for Horner's rule.
+_LOGF_POLY = (
+    7.0376836292e-2,
+    -1.1514610310e-1,
+    1.1676998740e-1,
+    -1.2420140846e-1,
+    1.4249322787e-1,
+    -1.6668057665e-1,
+    2.0000714765e-1,
+    -2.4999993993e-1,
+    3.3333331174e-1,
+)
 
 
 class NoiseSource(Protocol):
@@ -67,11 +79,8 @@ def _log(x: np.ndarray) -> np.ndarray:
     exponent = exponent - small.astype(np.float32)
     m = (mantissa - _F32(1)) + np.where(small, mantissa, _F32(0))
     m2 = m * m
-    poly = np.full_like(m, _F32(7.0376836292e-2))
-    for c in (
-        -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-        -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1,
-    ):  # fmt: skip
+    poly = np.full_like(m, _F32(_LOGF_POLY[0]))
+    for c in _LOGF_POLY[1:]:
         poly = _fma(poly, m, _F32(c))
     poly = _fma(poly * m, m2, exponent * _F32(-2.12194440e-4))
     poly = poly - m2 * _F32(0.5)

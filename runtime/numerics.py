@@ -12,6 +12,7 @@ import numpy as np
 from sdtrt.engine.manifest import Manifest
 from sdtrt.engine.options import Precision
 from sdtrt.errors import NumericalError
+from sdtrt.runtime.families import family_of
 
 
 def is_finite(array: np.ndarray) -> bool:
@@ -47,10 +48,12 @@ def _fix(manifest: Manifest, component: str) -> str:
 
 
 def check_step(latents: np.ndarray, step: int, steps: int, manifest: Manifest) -> None:
-    """Raise NumericalError when the latents after UNet step `step` (0-based) hold NaN/inf."""
+    """Raise NumericalError when the latents after denoiser step `step` (0-based) hold NaN/inf."""
     if not is_finite(latents):
+        denoiser = family_of(manifest.model).denoiser
         raise NumericalError(
-            f"the unet produced NaN/inf at step {step + 1} of {steps}; {_fix(manifest, 'unet')}"
+            f"the {denoiser} produced NaN/inf at step {step + 1} of {steps}; "
+            f"{_fix(manifest, denoiser)}"
         )
 
 

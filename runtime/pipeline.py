@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,29 +20,27 @@ from PIL import Image
 
 from sdtrt.engine.backends import load_component
 from sdtrt.engine.base import Engine
-from sdtrt.engine.lora import LORA_COMPONENTS, LoraSource, as_lora_source
-from sdtrt.engine.lora_switch import load_with_initializers, lora_initializers
 from sdtrt.engine.manifest import Manifest, read_manifest
+from sdtrt.engine.weights.lora import LORA_COMPONENTS, LoraSource, as_lora_source
+from sdtrt.engine.weights.switch import load_with_initializers, lora_initializers
 from sdtrt.errors import ArtifactError, InputError
-from sdtrt.runtime.image_input import ImageInput
-from sdtrt.runtime.image_tasks import load_inputs, make_image_task, output_size
-from sdtrt.runtime.images import postprocess, to_pil
+from sdtrt.runtime.arguments import make_request
+from sdtrt.runtime.families import family_of
+from sdtrt.runtime.loop import StepCallback, denoise
 from sdtrt.runtime.noise import NoiseSource, make_noise
-from sdtrt.runtime.numerics import check_image, check_step, is_finite
+from sdtrt.runtime.numerics import check_image, is_finite
+from sdtrt.runtime.postprocess import postprocess, to_pil
+from sdtrt.runtime.preprocess import ImageInput
 from sdtrt.runtime.prompt_encoder import PromptEncoder
-from sdtrt.runtime.request import Request, SizeConditioning, make_request
-from sdtrt.runtime.schedulers import create_scheduler
-from sdtrt.runtime.tasks import Task, check_fraction, cutoff_timestep
+from sdtrt.runtime.request import Request, SizeConditioning
+from sdtrt.runtime.task_setup import TaskSetup, load_inputs, make_image_task, output_size
+from sdtrt.runtime.tasks import Task, check_fraction
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
-DENOISING = ("unet", "vae_decoder")  # needed with the text encoders by every call
+DECODER = "vae_decoder"  # needed with the text encoders and the denoiser by every call
 # Opened on the first call that takes an image, so that text to image never pays for it.
 ENCODER = "vae_encoder"
-
-# Called after each UNet step with (step index, number of steps). What it raises ends the call
-# there and reaches the caller unchanged (the service cancels jobs this way).
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -71,7 +69,7 @@ def read_scheduler_config(directory: Path, manifest: Manifest) -> dict[str, Any]
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from None
+        raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from error
 
 
 def default_scheduler(scheduler_config: Mapping[str, Any]) -> str:
@@ -102,6 +100,7 @@ class Pipeline:
         self.directory = directory
         self.backend = backend  # what load() was asked for, for the engines opened later
         self.manifest = manifest
+        self.family = family_of(manifest.model)
         self.engines = engines
         self.scheduler_config = scheduler_config
         self.loras: tuple[LoraSource, ...] = ()  # applied on top of the built weights
@@ -122,7 +121,7 @@ class Pipeline:
         }
         engines: dict[str, Engine] = {}
         try:
-            for name in (*tokenizers, *DENOISING):
+            for name in (*tokenizers, family_of(manifest.model).denoiser, DECODER):
                 engines[name] = _load_engine(directory, manifest, name, backend)
         except BaseException:
             for engine in engines.values():
@@ -182,9 +181,13 @@ class Pipeline:
         """
         started = time.perf_counter()
         inputs = load_inputs(
-            image, mask_image, strength, self.engines["unet"], self.manifest.model,
-            padding_mask_crop,
-        )  # fmt: skip
+            image,
+            mask_image,
+            strength,
+            denoiser=self._denoiser,
+            model=self.manifest.model,
+            padding_mask_crop=padding_mask_crop,
+        )
         if padding_mask_crop is not None and output_type != "pil":
             raise InputError("padding_mask_crop makes PIL images: leave output_type 'pil'")
         height, width = output_size(inputs, self.manifest, height, width)
@@ -199,14 +202,14 @@ class Pipeline:
             self.default_scheduler,
             prompt,
             negative_prompt,
-            height,
-            width,
-            num_inference_steps,
-            guidance_scale,
-            seed,
-            scheduler,
-            num_images_per_prompt,
-            noise,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            scheduler=scheduler,
+            num_images_per_prompt=num_images_per_prompt,
+            noise=noise,
             prompt_syntax=prompt_syntax,
             clip_skip=clip_skip,
             prompt_2=prompt_2,
@@ -229,21 +232,34 @@ class Pipeline:
         else:
             mark = time.perf_counter()
             given = latents
-            task = make_image_task(
-                inputs, request, self.manifest, self._with_encoder(), source, strength,
-                lambda: self._initial_latents(request, given, source), given is not None,
-                denoising_start,
-            )  # fmt: skip
+            setup = TaskSetup(
+                request=request,
+                manifest=self.manifest,
+                engines=self._with_encoder(),
+                source=source,
+                draw_latents=lambda: self._initial_latents(request, given, source),
+                latents_given=given is not None,
+            )
+            task = make_image_task(inputs, setup, strength, denoising_start)
             timings.image_encode = time.perf_counter() - mark
-        latents = self._denoise(
-            request, conditioning, task, source, timings, step_callback, denoising_end
+        latents = denoise(
+            self._denoiser,
+            request,
+            conditioning,
+            task,
+            scheduler_config=self.scheduler_config,
+            manifest=self.manifest,
+            source=source,
+            timings=timings,
+            step_callback=step_callback,
+            denoising_end=denoising_end,
         )
         if output_type == "latent":
             timings.total = time.perf_counter() - started
             return GenerationOutput(latents, request, timings, task.strength)
         mark = time.perf_counter()
         model = self.manifest.model
-        decoded = self.engines["vae_decoder"].infer(
+        decoded = self.engines[DECODER].infer(
             {"latent": latents / np.float32(model.vae_scaling_factor)}
         )["image"]
         check_image(decoded, self.manifest)  # never a black PNG from an fp16 overflow
@@ -279,64 +295,9 @@ class Pipeline:
             raise InputError("latents hold NaN or infinity; pass finite initial noise")
         return latents.astype(np.float32)
 
-    def _denoise(
-        self,
-        request: Request,
-        conditioning: dict[str, np.ndarray],
-        task: Task,
-        source: NoiseSource,
-        timings: Timings,
-        step_callback: StepCallback | None,
-        denoising_end: float | None,
-    ) -> np.ndarray:
-        scheduler = create_scheduler(request.scheduler, self.scheduler_config)
-        begins = task.start(scheduler, scheduler.plan(request.steps))
-        plan, latents = begins.plan, begins.latents
-        timesteps = scheduler.timesteps(plan)
-        end = len(timesteps)
-        if denoising_end is not None:  # the calls at or above the cut-off timestep
-            cutoff = cutoff_timestep(denoising_end, scheduler)
-            end = begins.begin + int((timesteps[begins.begin :] >= cutoff).sum())
-        state = scheduler.initial_state(plan)
-        unet = self.engines["unet"]
-        guidance = np.float32(request.guidance_scale)
-        rows = 2 if request.guided else 1
-        # Reused across steps: every allocation after an engine call costs tens of microseconds
-        # (the engine has just evicted the allocator's and interpreter's working set).
-        channels = latents.shape[1]
-        extra = task.unet_extra  # constant over the loop: written once, after the latents
-        total = channels if extra is None else channels + extra.shape[1]
-        model_input = np.empty((rows * latents.shape[0], total, *latents.shape[2:]), np.float32)
-        if extra is not None:
-            for half in np.split(model_input, rows):
-                np.copyto(half[:, channels:], extra)
-        timestep = np.empty((model_input.shape[0],), dtype=np.float32)
-        feeds = {"sample": model_input, "timestep": timestep, **conditioning}  # filled in place
-        for i in range(begins.begin, end):
-            t = timesteps[i]
-            mark = time.perf_counter()
-            scaled = scheduler.scale_model_input(latents, i, plan)
-            for half in np.split(model_input, rows):
-                np.copyto(half[:, :channels], scaled)
-            timestep.fill(t)
-            unet_started = time.perf_counter()
-            prediction = unet.infer(feeds)["noise_pred"]
-            unet_done = time.perf_counter()
-            if request.guided:
-                # unconditional + guidance * (conditional - unconditional), in one new array:
-                # schedulers keep past outputs, so this must not be a reused buffer.
-                unconditional, conditional = np.split(prediction, 2)
-                prediction = np.subtract(conditional, unconditional)
-                prediction *= guidance
-                prediction += unconditional
-            latents, state = scheduler.step(prediction, i, latents, plan, state, source.randn)
-            latents = task.blend(latents, scheduler, plan, i)
-            check_step(latents, i, end, self.manifest)
-            timings.unet.append(unet_done - unet_started)
-            timings.scheduler.append(time.perf_counter() - mark - (unet_done - unet_started))
-            if step_callback is not None:
-                step_callback(i - begins.begin, end - begins.begin)
-        return latents
+    @property
+    def _denoiser(self) -> Engine:
+        return self.engines[self.family.denoiser]
 
     def _with_encoder(self) -> dict[str, Engine]:
         """The engines, the VAE encoder among them where the directory has one."""
@@ -350,11 +311,11 @@ class Pipeline:
     def set_loras(
         self, loras: Sequence[LoraSource | str | Path | tuple[str | Path, float]]
     ) -> None:
-        """Re-weight the text encoder and UNet with `loras` (files, `(file, scale)` pairs or
+        """Re-weight the text encoder and denoiser with `loras` (files, `(file, scale)` pairs or
         LoraSource), in place of any set before; `[]` restores the built weights. The engines
         are replaced between calls: do not switch while another thread generates."""
         sources = tuple(as_lora_source(item) for item in loras)
-        if set(self.manifest.text_encoders) != {"text_encoder"}:
+        if not self.family.switches_loras:
             raise InputError(
                 "LoRAs switch on SD 1.x and 2.x engines; SDXL LoRAs are not supported yet"
             )

@@ -1,10 +1,9 @@
-"""A request's prompts to every UNet input besides the latents and the timestep.
+"""A request's prompts to every denoiser input besides the latents and the timestep.
 
-Stable Diffusion 1.x/2.x: the text encoder's states. SDXL: both encoders' states side by side,
-the second encoder's pooled output (`text_embeds`) and the size numbers (`time_ids`), as
-StableDiffusionXLPipeline makes them; a refiner has the second encoder only. A latent
-consistency model: the guidance scale's embedding (`timestep_cond`). Rows are negative prompts
-then prompts when guided, each repeated for the images of its prompt, as diffusers orders them.
+Each text encoder runs on its prompts (a model's second encoder on `prompt_2` where given);
+the model's family turns their outputs into the denoiser's inputs (runtime/families/). Rows are
+negative prompts then prompts when guided, each repeated for the images of its prompt, as
+diffusers orders them.
 """
 
 from __future__ import annotations
@@ -17,14 +16,14 @@ import numpy as np
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import ModelInfo
 from sdtrt.runtime.conditioning import TextConditioner, TokenChunk
-from sdtrt.runtime.guidance import guidance_embedding
+from sdtrt.runtime.families import EncodedText, family_of
 from sdtrt.runtime.request import Request
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 
 class PromptEncoder:
-    """Every text encoder engine of a pipeline, and what the UNet takes beside them."""
+    """Every text encoder engine of a pipeline, and what the denoiser takes beside them."""
 
     def __init__(
         self,
@@ -33,9 +32,10 @@ class PromptEncoder:
         model: ModelInfo,
         max_chunks: int,
     ) -> None:
-        """`encoders` and `tokenizers` by text-encoder component, in the order the UNet joins
-        their states; `max_chunks`: the text-encoder lengths the UNet was built to attend to."""
+        """`encoders` and `tokenizers` by text-encoder component, in the order the denoiser
+        joins their states; `max_chunks`: the text-encoder lengths it was built to attend to."""
         self.model = model
+        self.family = family_of(model)
         self.conditioners = {
             name: TextConditioner(encoders[name], tokenizers[name], max_chunks)
             for name in tokenizers
@@ -47,23 +47,14 @@ class PromptEncoder:
             conditioner.check_clip_skip(request.clip_skip)
 
     def __call__(self, request: Request, timings: Timings) -> dict[str, np.ndarray]:
-        """The UNet inputs that stay the same over the loop, read-only (GPU engines keep them
-        on the device); the tokenizer's and text encoders' time goes into `timings`."""
-        states, pooled = self._text(request, timings)
-        inputs = {"encoder_hidden_states": states}
-        if pooled is not None:
-            inputs["text_embeds"] = pooled
-            inputs["time_ids"] = self._time_ids(request)
-        if self.model.guidance_embedding_dim is not None:
-            scales = np.full((request.batch,), request.guidance_scale, dtype=np.float32)
-            inputs["timestep_cond"] = guidance_embedding(scales, self.model.guidance_embedding_dim)
+        """The denoiser inputs that stay the same over the loop, read-only (GPU engines keep
+        them on the device); the tokenizer's and text encoders' time goes into `timings`."""
+        inputs = self.family.denoiser_inputs(request, self._text(request, timings), self.model)
         for array in inputs.values():
             array.setflags(write=False)
         return inputs
 
-    def _text(
-        self, request: Request, timings: Timings
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _text(self, request: Request, timings: Timings) -> list[EncodedText]:
         # diffusers pairs its prompt lists with the encoders present: a refiner's only encoder
         # (the second) reads `prompt`, not `prompt_2`.
         prompt_lists = [request.prompts, request.prompts_2 or request.prompts]
@@ -80,24 +71,16 @@ class PromptEncoder:
         chunks = self._tokenize(texts, request)
         timings.tokenize = time.perf_counter() - mark
         mark = time.perf_counter()
-        states, pooled = [], None
-        for conditioner, encoder_chunks in zip(self.conditioners.values(), chunks, strict=True):
-            encoded, encoder_pooled = conditioner.encode(
-                encoder_chunks, request.prompt_syntax, request.clip_skip, len(request.prompts)
+        encoded = [
+            EncodedText(
+                *conditioner.encode(
+                    encoder_chunks, request.prompt_syntax, request.clip_skip, len(request.prompts)
+                )
             )
-            states.append(encoded)
-            if encoder_pooled is not None:
-                pooled = encoder_pooled
+            for conditioner, encoder_chunks in zip(self.conditioners.values(), chunks, strict=True)
+        ]
         timings.text_encoder = time.perf_counter() - mark
-        joined = states[0] if len(states) == 1 else np.concatenate(states, axis=-1)
-        if request.guided and request.zero_negatives:
-            joined = np.concatenate([np.zeros_like(joined), joined])
-            if pooled is not None:
-                pooled = np.concatenate([np.zeros_like(pooled), pooled])
-        context = np.repeat(joined, request.images_per_prompt, axis=0)
-        return context, None if pooled is None else np.repeat(
-            pooled, request.images_per_prompt, axis=0
-        )
+        return encoded
 
     def _tokenize(self, texts: list[list[str]], request: Request) -> list[list[TokenChunk]]:
         conditioners = list(self.conditioners.values())
@@ -111,19 +94,3 @@ class PromptEncoder:
                 for c, t in zip(conditioners, texts, strict=False)
             ]
         return chunks
-
-    def _time_ids(self, request: Request) -> np.ndarray:
-        """SDXL's size numbers per row: original size, crop, then the target size or, for a
-        refiner, the aesthetic score (the negative rows' own score)."""
-        sizes = request.sizes
-        output = (request.height, request.width)
-        start = [*(sizes.original_size or output), *sizes.crops_coords_top_left]
-        if self.model.requires_aesthetics_score:
-            positive = [*start, sizes.aesthetic_score]
-            negative = [*start, sizes.negative_aesthetic_score]
-        else:
-            positive = negative = [*start, *(sizes.target_size or output)]
-        rows = [positive] * request.batch
-        if request.guided:
-            rows = [negative] * request.batch + rows
-        return np.asarray(rows, dtype=np.float32)

@@ -84,11 +84,11 @@ def parse_prompt(prompt: str) -> list[Fragment]:
             value = match.group("value")
             try:
                 factor = float(value)
-            except ValueError:
+            except ValueError as error:
                 raise InputError(
                     f"prompt weight '{value}' in '{piece}' is not a number; "
                     "write it like (word:1.2)"
-                ) from None
+                ) from error
             multiply(rounds.pop(), factor)
         elif piece == ")" and rounds:
             multiply(rounds.pop(), EMPHASIS)

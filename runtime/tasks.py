@@ -1,9 +1,9 @@
 """What text-to-image, image-to-image and inpainting do differently around one denoising loop.
 
-A task says where the loop starts and with which latents, what the UNet gets beside the latents
-(a 9-channel inpainting UNet: the mask and the masked image's latents), and how the latents are
-blended after each step (an ordinary 4-channel model inpainting: the known region is put back,
-noised to the next step's level). Everything random is drawn when the task is made, in the
+A task says where the loop starts and with which latents, what the denoiser gets beside the
+latents (a 9-channel inpainting UNet: the mask and the masked image's latents), and how the
+latents are blended after each step (an ordinary 4-channel model inpainting: the known region is
+put back, noised to the next step's level). Everything random is drawn when the task is made, in the
 order diffusers' pipelines draw it, so a seed gives diffusers' image.
 """
 
@@ -34,7 +34,7 @@ class Task:
     """Text to image: the loop starts at the first call, from noise scaled to the first sigma."""
 
     name = "txt2img"
-    unet_extra: np.ndarray | None = None  # (batch, k, h, w) channels after the latents
+    denoiser_extra: np.ndarray | None = None  # (batch, k, h, w) channels after the latents
     strength: float | None = None  # how much of an input image is repainted
     # What becomes of each output image (inpainting a crop: pasted back into the input image).
     finish: Callable[[Image.Image], Image.Image] | None = None
@@ -151,7 +151,7 @@ class Inpaint(Task):
         self.image_latents = image_latents  # needed to start from the image, or to blend
         self.from_noise = from_noise  # strength 1 or latents given: start from noise alone
         if masked_latents is not None:
-            self.unet_extra = np.concatenate([mask, masked_latents], axis=1).astype(np.float32)
+            self.denoiser_extra = np.concatenate([mask, masked_latents], axis=1).astype(np.float32)
 
     def start(self, scheduler: Scheduler[Any, Any], plan: Any) -> LoopStart:
         plan, begin = scheduler.start_at(plan, self.skipped)
@@ -165,7 +165,7 @@ class Inpaint(Task):
     def blend(
         self, latents: np.ndarray, scheduler: Scheduler[Any, Any], plan: Any, i: int
     ) -> np.ndarray:
-        if self.unet_extra is not None or self.image_latents is None:
+        if self.denoiser_extra is not None or self.image_latents is None:
             return latents
         known = self.image_latents
         if i + 1 < len(scheduler.timesteps(plan)):

@@ -21,7 +21,7 @@ class PromptTokenizer:
         try:
             self._tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # tokenizers raises a bare Exception for unreadable files
-            raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from None
+            raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from error
         padding = self._tokenizer.padding
         if not padding or not padding.get("length"):
             raise ArtifactError(f"{path} has no fixed padding length; rebuild the engines")

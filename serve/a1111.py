@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdtrt import __version__
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import resolve_scheduler_name
-from sdtrt.serve.app import owner_of
 from sdtrt.serve.jobs import GenerationParams, Job, JobState
+from sdtrt.serve.owners import owner_of
 from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import check_limits, failure_response
 from sdtrt.serve.waiting import wait_or_cancel
@@ -86,18 +86,19 @@ def _service(request: Request) -> Service:
 def map_sampler(sampler: str, schedule: str | None) -> str:
     """An A1111 sampler (or sdtrt/diffusers name) and schedule type to an sdtrt scheduler."""
     key = sampler.strip().lower()
-    found = next(
-        (name for a1111, (name, aliases) in SAMPLERS.items()
-         if key == a1111.lower() or key in aliases),
-        _LEGACY.get(key),
-    )  # fmt: skip
+    named = (
+        name
+        for a1111, (name, aliases) in SAMPLERS.items()
+        if key == a1111.lower() or key in aliases
+    )
+    found = next(named, _LEGACY.get(key))
     if found is None:
         try:
             found = resolve_scheduler_name(sampler)
-        except InputError:
+        except InputError as error:
             raise InputError(
                 f"unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}"
-            ) from None
+            ) from error
     kind = (schedule or "automatic").strip().lower()
     if kind == "automatic":
         return found
@@ -171,11 +172,17 @@ async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
         )
     sampler = body.sampler_name or body.sampler_index
     params = GenerationParams(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps,
-        guidance=body.cfg_scale, seed=None if body.seed == -1 else body.seed,
-        height=body.height, width=body.width, scheduler=map_sampler(sampler, body.scheduler),
-        images=count, per_image_seeds=True,
-    )  # fmt: skip
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        steps=body.steps,
+        guidance=body.cfg_scale,
+        seed=None if body.seed == -1 else body.seed,
+        height=body.height,
+        width=body.width,
+        scheduler=map_sampler(sampler, body.scheduler),
+        images=count,
+        per_image_seeds=True,
+    )
     job = service.submit(params, owner=owner_of(request))
     await wait_or_cancel(request, service, job)
     if job.state not in (JobState.SUCCEEDED, JobState.CANCELLED):
@@ -205,10 +212,15 @@ def schedulers() -> list[dict[str, Any]]:
 def sd_models(request: Request) -> list[dict[str, Any]]:
     service = _service(request)
     name = service.manifest.model.name
-    return [{
-        "title": _model_title(service), "model_name": name, "hash": _model_hash(service)[:10],
-        "sha256": _model_hash(service), "filename": name, "config": None,
-    }]  # fmt: skip
+    model = {
+        "title": _model_title(service),
+        "model_name": name,
+        "hash": _model_hash(service)[:10],
+        "sha256": _model_hash(service),
+        "filename": name,
+        "config": None,
+    }
+    return [model]
 
 
 @a1111_router.get("/options")
@@ -257,9 +269,12 @@ def progress(request: Request) -> dict[str, Any]:
         "sampling_steps": job.total_steps if job else 0,
     }
     return {
-        "progress": fraction, "eta_relative": eta, "state": state,
-        "current_image": None, "textinfo": None,
-    }  # fmt: skip
+        "progress": fraction,
+        "eta_relative": eta,
+        "state": state,
+        "current_image": None,
+        "textinfo": None,
+    }
 
 
 @a1111_router.get("/scripts")

@@ -6,7 +6,7 @@ writes a path the client gives.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdtrt import __version__
-from sdtrt.errors import InputError, SdtrtError
+from sdtrt.errors import InputError, SdtrtError, debugging, first_line
+from sdtrt.serve.a1111 import a1111_router
 from sdtrt.serve.errors import NotAccepting, QueueFull, UnknownJob
 from sdtrt.serve.service import Service
+from sdtrt.serve.v1 import v1_router
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class ServeOptions:
 
 # Static, data-free routes a browser must load before it can send a key.
 _OPEN_PATHS = ("/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect")
+
+
+def _trace(error: BaseException) -> None:
+    """The traceback behind a one-line answer, in the server's log, with SDTRT_DEBUG=1."""
+    if debugging():
+        log.error("%s", first_line(error), exc_info=error)
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -95,14 +105,6 @@ class _Guard:
         await self.app(scope, replay, send)
 
 
-def owner_of(request: Request) -> str:
-    """Who a job belongs to: client address, API key, and an optional X-Client-Id refinement."""
-    host = request.client.host if request.client else "?"
-    key = request.headers.get("authorization", "")
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12] if key else "-"
-    return f"{host}|{digest}|{request.headers.get('x-client-id', '')}"
-
-
 def _validation_line(error: RequestValidationError) -> str:
     first = error.errors()[0]
     if first.get("type") == "json_invalid":
@@ -119,9 +121,6 @@ def _validation_line(error: RequestValidationError) -> str:
 
 
 def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI:
-    from sdtrt.serve.a1111 import a1111_router
-    from sdtrt.serve.v1 import v1_router
-
     options = options or ServeOptions()
 
     @asynccontextmanager
@@ -153,6 +152,7 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
 
     @app.exception_handler(InputError)
     async def bad_input(_: Request, error: InputError) -> JSONResponse:
+        _trace(error)
         return _problem(400, str(error))
 
     @app.exception_handler(QueueFull)
@@ -165,6 +165,7 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
 
     @app.exception_handler(SdtrtError)
     async def failed(_: Request, error: SdtrtError) -> JSONResponse:
+        _trace(error)
         return _problem(500, str(error))
 
     @app.exception_handler(StarletteHTTPException)

@@ -7,7 +7,7 @@ import io
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdtrt.runtime.images import generation_settings, parameters_text
+from sdtrt.runtime.postprocess import generation_settings, parameters_text
 from sdtrt.runtime.request import Request
 
 

@@ -8,8 +8,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("completed", "failed", "cancelled", "expired", "rejected")
 STAGES = (
-    "queue", "tokenize", "text_encoder", "unet", "scheduler", "vae_decoder", "encode", "total",
-)  # fmt: skip
+    "queue",
+    "tokenize",
+    "text_encoder",
+    "unet",
+    "scheduler",
+    "vae_decoder",
+    "encode",
+    "total",
+)
 # From a few ms (tiny engines) to minutes (large images on a CPU).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

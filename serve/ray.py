@@ -55,11 +55,16 @@ class SdtrtModel:
             if not 1 <= request.steps <= self.max_steps:
                 raise InputError(f"steps must be 1 to {self.max_steps}, got {request.steps}")
             params = GenerationParams(
-                prompt=request.prompt, negative_prompt=request.negative_prompt,
-                steps=request.steps, guidance=request.guidance, seed=request.seed,
-                height=request.height, width=request.width, scheduler=request.scheduler,
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                steps=request.steps,
+                guidance=request.guidance,
+                seed=request.seed,
+                height=request.height,
+                width=request.width,
+                scheduler=request.scheduler,
                 images=request.batch,
-            )  # fmt: skip
+            )
             job = self.service.submit(params, owner=self.replica, deadline_s=request.deadline)
         except QueueFull as error:
             return {"status": 429, "detail": str(error), "retry_after": error.retry_after}

@@ -31,8 +31,8 @@ def check_port_free(host: str, port: int) -> None:
         raise InputError(f"--port must be 1 to 65535, got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise InputError(f"cannot resolve --host {host!r}") from None
+    except socket.gaierror as error:
+        raise InputError(f"cannot resolve --host {host!r}") from error
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,7 +41,7 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as error:
             raise InputError(
                 f"cannot listen on {host}:{port} ({error.strerror}); choose another --port"
-            ) from None
+            ) from error
 
 
 def prepare(
@@ -67,8 +67,9 @@ def prepare(
     if api_key is None and not is_loopback(host):
         log.warning(
             "listening on %s without --api-key: anyone who can reach this address can use "
-            "the engines", host,
-        )  # fmt: skip
+            "the engines",
+            host,
+        )
     options = ServeOptions(api_key=api_key, max_steps=max_steps)
     app = create_app(service, options)
     config = uvicorn.Config(

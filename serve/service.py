@@ -18,17 +18,17 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
-from sdtrt.engine.backends import CUDA_BACKENDS
+from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest, read_manifest
-from sdtrt.errors import ArtifactError, InputError, SdtrtError
+from sdtrt.errors import ArtifactError, InputError, SdtrtError, debugging
+from sdtrt.runtime.arguments import make_request
 from sdtrt.runtime.pipeline import (
     GenerationOutput,
     Pipeline,
     default_scheduler,
     read_scheduler_config,
 )
-from sdtrt.runtime.request import Request, make_request
-from sdtrt.serve.encoding import infotext, png_bytes
+from sdtrt.runtime.request import Request
 from sdtrt.serve.errors import (
     DeadlineExceeded,
     JobCancelled,
@@ -36,8 +36,9 @@ from sdtrt.serve.errors import (
     QueueFull,
     UnknownJob,
 )
-from sdtrt.serve.jobs import GenerationParams, Job, JobResult, JobState
+from sdtrt.serve.jobs import GenerationParams, Job, JobState
 from sdtrt.serve.metrics import ServiceMetrics
+from sdtrt.serve.results import job_result
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,10 @@ _OUTCOME = {
 }
 
 
-GPU_BACKENDS = CUDA_BACKENDS | {"openvino-gpu"}
-
-
 def on_gpu(manifest: Manifest) -> bool:
-    return any(record.backend in GPU_BACKENDS for record in manifest.components.values())
+    return any(
+        get_backend(record.backend).device_kind.is_gpu for record in manifest.components.values()
+    )
 
 
 def default_workers(manifest: Manifest) -> int:
@@ -241,11 +241,19 @@ class Service:
         if params.images < 1:
             raise InputError(f"the number of images must be at least 1, got {params.images}")
         first = make_request(
+            manifest=self.manifest,
+            default_scheduler=self.default_scheduler,
+            prompt=params.prompt,
             # None, not "": SDXL conditions on zeros without a negative prompt.
-            self.manifest, self.default_scheduler, params.prompt, params.negative_prompt or None,
-            params.height, params.width, params.steps, params.guidance, params.seed,
-            params.scheduler, per_call,
-        )  # fmt: skip
+            negative_prompt=params.negative_prompt or None,
+            height=params.height,
+            width=params.width,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance,
+            seed=params.seed,
+            scheduler=params.scheduler,
+            num_images_per_prompt=per_call,
+        )
         if not params.per_image_seeds:
             return [first]
         if first.seed + params.images > 2**64:
@@ -260,8 +268,13 @@ class Service:
             return
         with pipe:
             try:
-                pipe("warm-up", num_inference_steps=self._warmup_steps, seed=0,
-                     scheduler=self.default_scheduler, output_type="np")  # fmt: skip
+                pipe(
+                    "warm-up",
+                    num_inference_steps=self._warmup_steps,
+                    seed=0,
+                    scheduler=self.default_scheduler,
+                    output_type="np",
+                )
             except Exception as error:  # noqa: BLE001
                 self._fail_start(index, error)
                 return
@@ -305,13 +318,15 @@ class Service:
                 self._check(job)
                 outputs.append(self._call(pipe, job, index, call))
             mark = time.perf_counter()
-            job.result = self._result(outputs, timings)
+            job.result = job_result(outputs, self.manifest.model.name, timings)
             timings["encode"] = time.perf_counter() - mark
         except JobCancelled:
             state, error = JobState.CANCELLED, "cancelled"
         except DeadlineExceeded as exceeded:
             state, error = JobState.EXPIRED, str(exceeded)
         except SdtrtError as failure:
+            if debugging():
+                log.error("job %s failed", job.id, exc_info=failure)
             state, error = JobState.FAILED, str(failure)
         except Exception as failure:  # noqa: BLE001 - one bad job must not kill the worker
             log.exception("job %s failed", job.id)
@@ -341,29 +356,15 @@ class Service:
             call.prompts,
             negative_prompt=None if call.zero_negatives else call.negative_prompts,
             height=call.height,
-            width=call.width, num_inference_steps=call.steps,
-            guidance_scale=call.guidance_scale, seed=call.seed, scheduler=call.scheduler,
-            num_images_per_prompt=call.images_per_prompt, noise=call.noise,
+            width=call.width,
+            num_inference_steps=call.steps,
+            guidance_scale=call.guidance_scale,
+            seed=call.seed,
+            scheduler=call.scheduler,
+            num_images_per_prompt=call.images_per_prompt,
+            noise=call.noise,
             step_callback=between_steps,
-        )  # fmt: skip
-
-    def _result(self, outputs: list[GenerationOutput], timings: dict[str, float]) -> JobResult:
-        pngs, seeds, texts = [], [], []
-        for output in outputs:
-            request = output.request
-            for index, image in enumerate(output.images):
-                text = infotext(request, self.manifest.model.name, index)
-                pngs.append(png_bytes(image, text))  # type: ignore[arg-type]
-                seeds.append(request.seed)
-                texts.append(text)
-            t = output.timings
-            for stage, seconds in (
-                ("tokenize", t.tokenize), ("text_encoder", t.text_encoder),
-                ("unet", sum(t.unet)), ("scheduler", sum(t.scheduler)),
-                ("vae_decoder", t.vae_decoder), ("pipeline", t.total),
-            ):  # fmt: skip
-                timings[stage] = timings.get(stage, 0.0) + seconds
-        return JobResult(pngs=pngs, seeds=seeds, infotexts=texts, timings=timings)
+        )
 
     def _finish_locked(
         self,

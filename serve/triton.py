@@ -82,7 +82,7 @@ def export_triton(
         shutil.copytree(directory, version / "engines")
         os.replace(staging, target)
     except OSError as error:
-        raise InputError(f"cannot write {target}: {error.strerror or error}") from None
+        raise InputError(f"cannot write {target}: {error.strerror or error}") from error
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

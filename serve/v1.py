@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import scheduler_names
-from sdtrt.serve.app import owner_of
 from sdtrt.serve.jobs import GenerationParams, Job, JobState
+from sdtrt.serve.owners import owner_of
 from sdtrt.serve.schemas import (
     JobAccepted,
     JobStatus,
@@ -90,7 +90,7 @@ def info(request: Request) -> ServiceInfo:
             max=ranges.size.max,
             step=ranges.size_step,
             native=service.manifest.model.native_size,
-        ),  # fmt: skip
+        ),
         max_batch=ranges.max_batch,
         schedulers=scheduler_names(),
         default_scheduler=service.default_scheduler,
@@ -117,10 +117,16 @@ async def txt2img(
     service = _service(request)
     check_limits(request, body.prompt, body.negative_prompt, body.steps)
     params = GenerationParams(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, steps=body.steps,
-        guidance=body.guidance, seed=body.seed, height=body.height, width=body.width,
-        scheduler=body.scheduler, images=body.batch,
-    )  # fmt: skip
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        steps=body.steps,
+        guidance=body.guidance,
+        seed=body.seed,
+        height=body.height,
+        width=body.width,
+        scheduler=body.scheduler,
+        images=body.batch,
+    )
     job = service.submit(params, owner=owner_of(request), deadline_s=body.deadline)
     if not wait:
         accepted = JobAccepted(

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from sdtrt.engine.lora import LoraSource
-from sdtrt.engine.safetensors_file import SafetensorsFile
+from sdtrt.engine.weights.lora import LoraSource
+from sdtrt.engine.weights.safetensors import SafetensorsFile
 
 # Module name endings a LoRA of each network changes: attention, feed-forward, the 1x1
 # projections around the transformer and a 3x3 ResNet convolution (LoCon-style).

@@ -56,7 +56,7 @@ def test_bench_refuses_bad_options(tiny_engine_dir):
 
 def _openvino_default() -> str:
     """OpenVINO's own precision on this CPU: bf16 where the CPU has bfloat16 instructions."""
-    from sdtrt.engine.onnxruntime_backend import cpu_flags
+    from sdtrt.engine.onnxruntime.cpu import cpu_flags
 
     return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
 

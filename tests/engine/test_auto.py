@@ -7,7 +7,7 @@ import pytest
 from sdtrt.engine import backends
 from sdtrt.engine.auto import Availability, pick, probe
 from sdtrt.engine.doctor import diagnose
-from sdtrt.engine.onnxruntime_backend import cpu_flags
+from sdtrt.engine.host import cpu_flags
 from sdtrt.engine.options import BuildOptions
 from sdtrt.errors import BackendUnavailable, SdtrtError
 

@@ -11,9 +11,9 @@ import torch
 from onnx import helper, numpy_helper
 from safetensors.numpy import save_file
 
-from sdtrt.engine.lora import LoraSource, lora_deltas, parse_lora_arg, read_lora
-from sdtrt.engine.onnx_initializers import read_initializers, with_initializers
-from sdtrt.engine.safetensors_file import SafetensorsFile
+from sdtrt.engine.weights.initializers import read_initializers, with_initializers
+from sdtrt.engine.weights.lora import LoraSource, lora_deltas, parse_lora_arg, read_lora
+from sdtrt.engine.weights.safetensors import SafetensorsFile
 from sdtrt.errors import ArtifactError, InputError
 
 SHAPES = {

@@ -1,15 +1,9 @@
 import pytest
 
-from sdtrt.engine import onnxruntime_backend
-from sdtrt.engine.onnxruntime_backend import (
-    CPU,
-    CUDA,
-    check_providers,
-    cpu_flags,
-    nchwc_block,
-    require_started,
-    use_laid_out_graph,
-)
+from sdtrt.engine.host import cpu_flags
+from sdtrt.engine.onnxruntime import cpu as onnxruntime_backend
+from sdtrt.engine.onnxruntime.cpu import nchwc_block, use_laid_out_graph
+from sdtrt.engine.onnxruntime.library import CPU, CUDA, check_providers, require_started
 from sdtrt.errors import BackendUnavailable, EngineIncompatible
 
 

@@ -8,11 +8,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from sdtrt.engine.onnxruntime_backend import CPU, CUDA
-from sdtrt.engine.onnxruntime_cuda import OnnxRuntimeCudaBackend, cuda_provider_options
+from sdtrt.engine.onnxruntime.cuda import OnnxRuntimeCudaBackend
+from sdtrt.engine.onnxruntime.library import CPU, CUDA, cuda_provider_options
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.ranges import resolve_ranges
-from sdtrt.export.family import load_family
+from sdtrt.export.families import load_family
 from sdtrt.export.onnx_export import export_onnx
 
 
@@ -83,7 +83,7 @@ def test_a_cpu_session_would_save_fp16_nodes_as_fp32(tmp_path, tiny_model_dir):
 def test_cudnn_fallback_errors_are_quiet_only_while_engines_run(monkeypatch):
     """Raised to fatal at the first run that starts, back to ONNX Runtime's default only when
     the last concurrent run ends."""
-    from sdtrt.engine.onnxruntime_backend import QuietDefaultLogger
+    from sdtrt.engine.onnxruntime.library import QuietDefaultLogger
 
     levels = []
     monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
@@ -103,7 +103,7 @@ def test_only_a_shapes_first_run_is_quiet(monkeypatch):
     later runs, and whatever they log, keep ONNX Runtime's usual level."""
     import numpy as np
 
-    from sdtrt.engine.onnxruntime_cuda import OrtCudaEngine
+    from sdtrt.engine.onnxruntime.cuda import OrtCudaEngine
 
     levels = []
     monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
@@ -122,8 +122,9 @@ def test_only_a_shapes_first_run_is_quiet(monkeypatch):
 def test_lora_switching_opens_a_cuda_session_on_the_export(tiny_engine_dir, monkeypatch):
     """The switched engine is a CUDA engine on the portable export, with the new weights and
     the record's settings (the GPU test runs it; here, what the host decides)."""
-    from sdtrt.engine import lora_switch, onnxruntime_cuda
     from sdtrt.engine.manifest import read_manifest
+    from sdtrt.engine.onnxruntime import cuda as onnxruntime_cuda
+    from sdtrt.engine.weights import switch as lora_switch
 
     made = {}
 
@@ -146,8 +147,8 @@ def test_lora_switching_opens_a_cuda_session_on_the_export(tiny_engine_dir, monk
 def test_graph_recording_sessions_start_without_their_shape_notice(monkeypatch, graphed):
     """A session that records CUDA graphs starts with ONNX Runtime's default logger at errors
     (its warning about shape computations on the CPU is expected); others at the usual level."""
-    from sdtrt.engine import onnxruntime_cuda
-    from sdtrt.engine.onnxruntime_backend import OrtEngine
+    from sdtrt.engine.onnxruntime import cuda as onnxruntime_cuda
+    from sdtrt.engine.onnxruntime.cpu import OrtEngine
 
     levels = []
     monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)

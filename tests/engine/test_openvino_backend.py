@@ -12,16 +12,13 @@ import pytest
 from helpers import LATENTS, PROMPT, assert_same_image, psnr, sdtrt_image
 from helpers import diffusers_images as reference_images
 
-from sdtrt.engine import openvino_backend
 from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.host import cpu_flags, isa_features
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.onnxruntime_backend import cpu_flags
-from sdtrt.engine.openvino_backend import (
-    ENGINE_NAME,
-    check_compatible,
-    isa_features,
-    precision_problem,
-)
+from sdtrt.engine.openvino import cpu as openvino_backend
+from sdtrt.engine.openvino import engine as openvino_engine
+from sdtrt.engine.openvino.cpu import precision_problem
+from sdtrt.engine.openvino.engine import ENGINE_NAME, check_compatible
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.errors import ArtifactError, EngineIncompatible, InputError
 from sdtrt.export.build import ExportOptions, build
@@ -218,19 +215,19 @@ def test_static_builds_run_their_shape_on_a_static_compile(
     manifest = build(str(tiny_model_dir), tmp_path / "static", NETWORKS, options)
     unet = manifest.components["unet"]
     assert unet.settings["static_shapes"]["sample"] == [2, 4, 32, 32]  # one image, guided
-    assert f"unet/{openvino_backend.STATIC_NAME}" in unet.files
+    assert f"unet/{openvino_engine.STATIC_NAME}" in unet.files
     vae = manifest.components["vae_decoder"]
     assert all(s.min == s.max for s in vae.io.profile.values())
     assert "static_engine" not in vae.settings
-    at_load = [openvino_backend.STATIC_NAME] * 2 + [ENGINE_NAME]  # text encoder, UNet, VAE
+    at_load = [openvino_engine.STATIC_NAME] * 2 + [ENGINE_NAME]  # text encoder, UNet, VAE
     imported = []
-    original = openvino_backend._Imported.load.__func__
+    original = openvino_engine._Imported.load.__func__
 
     def load(cls, path, settings):
         imported.append(path.name)
         return original(cls, path, settings)
 
-    monkeypatch.setattr(openvino_backend._Imported, "load", classmethod(load))
+    monkeypatch.setattr(openvino_engine._Imported, "load", classmethod(load))
     unguided = dict(PROMPT, guidance_scale=1.0)
     with Pipeline.load(tmp_path / "static") as pipe:
         assert imported == at_load

@@ -10,8 +10,8 @@ from helpers import LATENTS, PROMPT, assert_same_image, diffusers_images, psnr, 
 from sdtrt.engine import backends
 from sdtrt.engine.backends import choose_backend, load_component
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.openvino_backend import shared_core
-from sdtrt.engine.openvino_devices import OpenVinoGpuBackend, OpenVinoNpuBackend
+from sdtrt.engine.openvino.devices import OpenVinoGpuBackend, OpenVinoNpuBackend
+from sdtrt.engine.openvino.engine import shared_core
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.errors import BackendUnavailable, InputError
 from sdtrt.export.build import ExportOptions, build

@@ -10,10 +10,11 @@ import pytest
 from helpers import diffusers_images, psnr, sdtrt_image
 
 from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.host import cpu_flags
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.onnxruntime_backend import cpu_flags
-from sdtrt.engine.openvino_backend import compile_with_weights, float_precision, inference_hint
-from sdtrt.engine.openvino_devices import OpenVinoGpuBackend
+from sdtrt.engine.openvino.cpu import float_precision, inference_hint
+from sdtrt.engine.openvino.devices import OpenVinoGpuBackend
+from sdtrt.engine.openvino.engine import compile_with_weights
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.errors import BackendUnavailable, InputError
 from sdtrt.export.build import ExportOptions, build

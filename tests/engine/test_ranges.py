@@ -35,16 +35,17 @@ def test_explicit_sizes_and_opt_clamped_into_range():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (BuildOptions(min_size=(500, 512)), "--min-size 500x512 must be positive multiples of 8"),
-        (BuildOptions(max_size=(0, 512)), "--max-size 0x512"),
-        (BuildOptions(min_size=(768, 768), max_size=(512, 512)), "min <= opt <= max"),
-        (BuildOptions(max_batch=0), "--max-batch must be at least 1"),
-        (BuildOptions(max_prompt_chunks=0), "--max-prompt-chunks must be at least 1"),
+        (dict(min_size=(500, 512)), "--min-size 500x512 must be positive multiples of 8"),
+        (dict(max_size=(0, 512)), "--max-size 0x512"),
+        (dict(min_size=(768, 768), max_size=(512, 512)), "min <= opt <= max"),
+        (dict(max_batch=0), "--max-batch must be at least 1"),
+        (dict(max_prompt_chunks=0), "--max-prompt-chunks must be at least 1"),
     ],
 )
 def test_bad_build_sizes(options, message):
+    # Refused when the options are made (batch, chunks) or read against the model (sizes).
     with pytest.raises(InputError) as error:
-        resolve_ranges(options, native=(512, 512), size_step=8)
+        resolve_ranges(BuildOptions(**options), native=(512, 512), size_step=8)
     assert message in str(error.value)
 
 

@@ -2,7 +2,7 @@
 
 import threading
 
-from sdtrt.engine import timing_cache
+from sdtrt.engine.tensorrt import timing_cache
 
 
 def test_concurrent_builds_each_add_their_timings(tmp_path):

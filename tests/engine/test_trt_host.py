@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from sdtrt.engine.tensorrt.host import check_compatible, nbytes, profile_shapes
 from sdtrt.engine.tensors import ComponentIO, ShapeRange, TensorSpec
-from sdtrt.engine.trt_host import check_compatible, nbytes, profile_shapes
 from sdtrt.errors import EngineIncompatible, InputError
 
 UNET = ComponentIO(

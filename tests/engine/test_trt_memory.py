@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from sdtrt.engine.trt_memory import ScratchPool, SlotPool
+from sdtrt.engine.tensorrt.memory import ScratchPool, SlotPool
 
 # What TensorRT reports as device_memory_size_v2 is engine-specific; these are sizes of the
 # order the tiny model's networks need.

@@ -10,10 +10,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
+from sdtrt.engine.graph_style import GraphStyle
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.ranges import resolve_ranges
 from sdtrt.export.attention import FusedAttnProcessor, fused_attention
-from sdtrt.export.family import load_family
+from sdtrt.export.families import load_family
 from sdtrt.export.onnx_export import export_onnx
 from sdtrt.export.validate import compare, torch_reference
 from sdtrt.tolerances import EXPORT_TOLERANCE

@@ -119,7 +119,7 @@ def test_not_a_supported_pipeline(tiny_model_dir, tmp_path, pipeline, message):
 
 def test_a_build_for_another_target_is_not_reused(engine_copy, tiny_model_dir, monkeypatch):
     """An engine laid out for another CPU (or GPU, or library release) is rebuilt, not relinked."""
-    from sdtrt.engine import onnxruntime_backend
+    from sdtrt.engine.onnxruntime import cpu as onnxruntime_backend
 
     here = onnxruntime_backend.nchwc_block(onnxruntime_backend.cpu_flags())
     other = {"avx2", "fma"} if here == 16 else {"avx512f", "avx2", "fma"}
@@ -138,17 +138,17 @@ def test_weights_stay_weights_through_constant_folding(tiny_model_dir, tmp_path,
     import numpy as np
     import onnxruntime as ort
 
-    from sdtrt.engine import layers
     from sdtrt.engine.ranges import resolve_ranges
+    from sdtrt.engine.weights import initializers
     from sdtrt.export import onnx_export
-    from sdtrt.export.family import load_family
+    from sdtrt.export.families import load_family
 
     spec = load_family(tiny_model_dir, "tiny").specs(("text_encoder",))[0]
     inputs = spec.sample_inputs(
         spec.opt_point(resolve_ranges(BuildOptions(), (64, 64), 2)), np.random.default_rng(0)
     )
     onnx_export.export_onnx(spec, inputs, tmp_path / "aside.onnx")
-    monkeypatch.setattr(layers, "WEIGHT_BYTES", 2**40)  # nothing set aside
+    monkeypatch.setattr(initializers, "WEIGHT_BYTES", 2**40)  # nothing set aside
     onnx_export.export_onnx(spec, inputs, tmp_path / "whole.onnx")
 
     def weights(name):

@@ -13,7 +13,7 @@ from sdtrt.export.calibration import (
     record_unet_calls,
     unet_feeds,
 )
-from sdtrt.export.family import load_family
+from sdtrt.export.families import load_family
 from sdtrt.export.presets import write_preset
 
 

@@ -6,7 +6,7 @@ import torch
 
 from sdtrt.engine.backends import load_component
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.export.family import load_family
+from sdtrt.export.families import load_family
 from sdtrt.export.validate import compare, torch_reference
 from sdtrt.tolerances import EXPORT_FP32_RELATIVE
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from sdtrt.engine.onnxruntime_cuda import CONTRIB_DOMAIN, OnnxRuntimeCudaBackend, cuda_only
-from sdtrt.engine.options import BuildOptions, GraphStyle, Precision
+from sdtrt.engine.graph_style import CONTRIB_DOMAIN, GraphStyle, cuda_only
+from sdtrt.engine.onnxruntime.cuda import OnnxRuntimeCudaBackend
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.engine.ranges import resolve_ranges
-from sdtrt.export import fp16
-from sdtrt.export.family import load_family
-from sdtrt.export.fp16_guard import GuardOptions
+from sdtrt.export.families import load_family
+from sdtrt.export.fp16 import convert as fp16
+from sdtrt.export.fp16.guard import GuardOptions
 from sdtrt.export.lora_merge import record_lora_weights
 from sdtrt.export.onnx_export import export_onnx
 
@@ -176,7 +177,7 @@ def test_convolution_weights_keep_their_layout_and_names(tiny_exports, tmp_path)
 
 
 def test_plain_backends_keep_plain_graphs():
-    from sdtrt.engine.onnxruntime_backend import OnnxRuntimeBackend
+    from sdtrt.engine.onnxruntime.cpu import OnnxRuntimeBackend
 
     assert not OnnxRuntimeBackend.graph_style.cuda_fusions
     assert CUDA_STYLE.cuda_fusions and GraphStyle().cuda_fusions is False
@@ -199,8 +200,8 @@ def test_tensor_runs_give_the_cuda_kernels_their_weights_as_constants(tiny_expor
     """`sdtrt debug compare` runs graphs with their weights as inputs and no optimisation; the
     weights NhwcConv and GroupNorm lay out at session start stay constants, NhwcConv's already
     channels-last, as ONNX Runtime's own folding would leave them."""
-    from sdtrt.engine.layers import weights_as_inputs
-    from sdtrt.engine.onnxruntime_cuda import fold_weight_layouts, kernel_constants
+    from sdtrt.engine.graph_style import fold_weight_layouts, kernel_constants
+    from sdtrt.engine.weights.initializers import weights_as_inputs
 
     spec, _, model, _ = tiny_exports("unet", Precision.FP32, CUDA_STYLE)
     keep = kernel_constants(model.graph)

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sdtrt.errors import BuildError
-from sdtrt.export.fp16 import FLOAT, FLOAT16, convert, name_nodes, tensor_types
-from sdtrt.export.precision import to_fp16
+from sdtrt.export.fp16.convert import FLOAT, FLOAT16, convert, name_nodes, tensor_types
+from sdtrt.export.fp16.policy import to_fp16
 from sdtrt.tolerances import EXPORT_FP16_RELATIVE
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
@@ -136,7 +136,7 @@ def test_conversion_needs_no_onnxruntime(tiny_engine_dir):
     script = (
         "import sys; sys.modules['onnxruntime'] = None\n"
         "import onnx\n"
-        "from sdtrt.export.precision import to_fp16\n"
+        "from sdtrt.export.fp16.policy import to_fp16\n"
         f"m = to_fp16(onnx.load({str(tiny_engine_dir / 'unet' / 'model.onnx')!r}))\n"
         "print(sum(n.op_type == 'Cast' for n in m.graph.node))\n"
     )

@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.ranges import resolve_ranges
 from sdtrt.errors import BuildError
-from sdtrt.export.family import load_family
-from sdtrt.export.fp16_guard import _grow, _Search, calibration_feeds, guard_fp16
+from sdtrt.export.families import load_family
+from sdtrt.export.fp16.guard import _grow, _Search, calibration_feeds, guard_fp16
+from sdtrt.export.fp16.policy import to_fp16
 from sdtrt.export.onnx_export import export_onnx
-from sdtrt.export.precision import to_fp16
 from sdtrt.tolerances import FP16_GUARD_RELATIVE
 
 
@@ -88,7 +88,7 @@ def test_reference_tensors_wait_on_disk_and_go_with_the_guard(tmp_path, monkeypa
     are written out, read back memory-mapped, and removed when the guard is done."""
     import tempfile
 
-    from sdtrt.export.fp16_guard import _StoredRun
+    from sdtrt.export.fp16.guard import _StoredRun
 
     run = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b/with:odd names": np.ones(4)}
     stored = _StoredRun(run, tmp_path / "run")

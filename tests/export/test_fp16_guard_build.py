@@ -12,10 +12,10 @@ from helpers import psnr
 from typer.testing import CliRunner
 
 from sdtrt.cli import app
+from sdtrt.debug.compare import compare
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import ExportOptions, build
-from sdtrt.runtime.debug_compare import compare
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.tolerances import REDUCED_PRECISION_PSNR_DB
 

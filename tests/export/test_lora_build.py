@@ -9,8 +9,8 @@ import pytest
 from helpers import assert_same_image, psnr
 from lora_files import PROMPT, diffusers_image, prompt_latents
 
-from sdtrt.engine.lora import LoraSource
 from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.weights.lora import LoraSource
 from sdtrt.export.build import ExportOptions, build
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.tolerances import END_TO_END_PSNR_DB
@@ -63,7 +63,7 @@ def test_manifest_records_the_loras_and_a_new_lora_rebuilds(merged_engines, lora
     manifest = build(
         manifest_source(copy), copy, options, ORT, progress=lambda c, s: stages.append((c, s))
     )
-    assert [lora["scale"] for lora in manifest.export_options["loras"]] == [0.5]
+    assert [lora.scale for lora in manifest.export_options.loras] == [0.5]
     assert ("vae_decoder", "reused") in stages
     assert ("unet", "done") in stages and ("text_encoder", "done") in stages
 

@@ -8,7 +8,8 @@ import pytest
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import ExportOptions, build
-from sdtrt.export.precision import NORM_OPS, component_precision, embedding_nodes, to_fp16
+from sdtrt.export.fp16.policy import NORM_OPS, embedding_nodes, to_fp16
+from sdtrt.export.precision import component_precision
 from sdtrt.tolerances import EXPORT_FP16_RELATIVE
 
 

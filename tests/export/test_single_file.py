@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkpoint_files import write_single_file
 from helpers import assert_same_image
 from safetensors.numpy import save_file
-from single_file import write_single_file
 from typer.testing import CliRunner
 
 from sdtrt.cli import app

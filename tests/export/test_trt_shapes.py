@@ -15,9 +15,9 @@ import torch
 
 from sdtrt.engine.options import BuildOptions
 from sdtrt.engine.ranges import check_batch, check_image_size, resolve_ranges
+from sdtrt.engine.tensorrt.host import profile_shapes
+from sdtrt.engine.tensorrt.io import check_engine_io, output_shapes
 from sdtrt.engine.tensors import check_feeds
-from sdtrt.engine.trt_host import profile_shapes
-from sdtrt.engine.trt_io import check_engine_io, output_shapes
 from sdtrt.errors import ArtifactError
 from sdtrt.export.clip_vocab import END, START, vocab_from_merges
 from sdtrt.export.presets import get_preset

@@ -15,14 +15,14 @@ import pytest
 from helpers import assert_same_image, psnr
 from onnx import numpy_helper
 
+from sdtrt.debug.compare import compare as debug_compare
 from sdtrt.engine.backends import load_component
+from sdtrt.engine.graph_style import cuda_only
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.onnxruntime_cuda import cuda_only
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import ExportOptions, build
-from sdtrt.export.family import load_family
+from sdtrt.export.families import load_family
 from sdtrt.export.validate import compare, torch_reference
-from sdtrt.runtime.debug_compare import compare as debug_compare
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.tolerances import END_TO_END_PSNR_DB, EXPORT_TOLERANCE
 

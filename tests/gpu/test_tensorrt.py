@@ -63,7 +63,7 @@ def trt_engines(request, tiny_model_dir, tmp_path_factory):
 def test_engines_match_torch_across_the_range(trt_engines, tiny_model_dir):
     # Every network, the VAE decoder and encoder included (their outputs have sizes no input
     # carries: the execution context gives them).
-    from sdtrt.export.family import load_family
+    from sdtrt.export.families import load_family
     from sdtrt.export.validate import compare, torch_reference
 
     manifest = read_manifest(trt_engines)
@@ -138,7 +138,7 @@ def test_cuda_graph_replays_what_plain_execution_computes(static_unet):
     # Under --static the batch stays dynamic: 2 images guided (4 rows), 1 guided or 2
     # unguided (2 rows), 1 unguided (1 row). Each shape is called with new values several
     # times, so replays must read the new inputs; a stale replay would repeat old outputs.
-    from sdtrt.engine.trt_engine import TrtEngine
+    from sdtrt.engine.tensorrt.engine import TrtEngine
 
     path, record = static_unet
     rng = np.random.default_rng(1)
@@ -157,7 +157,7 @@ def test_cuda_graph_replays_what_plain_execution_computes(static_unet):
 def test_calls_in_flight_run_side_by_side(static_unet):
     # One loaded engine, several threads: each call runs in its own execution context, and
     # results are those of the same calls made one at a time.
-    from sdtrt.engine.trt_engine import TrtEngine
+    from sdtrt.engine.tensorrt.engine import TrtEngine
 
     path, record = static_unet
     rng = np.random.default_rng(4)
@@ -187,7 +187,7 @@ def test_calls_in_flight_run_side_by_side(static_unet):
 
 
 def test_close_twice_and_forgotten_engines_free_their_memory(static_unet):
-    from sdtrt.engine.trt_engine import TrtEngine, scratch_pool
+    from sdtrt.engine.tensorrt.engine import TrtEngine, scratch_pool
 
     path, record = static_unet
     gc.collect()
@@ -209,7 +209,7 @@ def test_close_twice_and_forgotten_engines_free_their_memory(static_unet):
 
 
 def test_an_engine_that_is_not_its_spec_is_refused_at_load(static_unet):
-    from sdtrt.engine.trt_engine import TrtEngine
+    from sdtrt.engine.tensorrt.engine import TrtEngine
 
     path, record = static_unet
     (output,) = record.io.outputs

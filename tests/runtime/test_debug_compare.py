@@ -10,8 +10,8 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from sdtrt.cli import app
+from sdtrt.debug.compare import compare
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.runtime.debug_compare import compare
 
 runner = CliRunner()
 

@@ -11,14 +11,14 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from sdtrt.errors import ArtifactError, InputError
-from sdtrt.runtime.image_input import (
+from sdtrt.runtime.pipeline import Pipeline
+from sdtrt.runtime.preprocess import (
     default_size,
     nearest_resize,
     open_image,
     preprocess_image,
     preprocess_mask,
 )
-from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import SCHEDULERS, create_scheduler
 from sdtrt.runtime.tasks import skipped_steps
 

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from sdtrt.runtime.images import parameters_text, postprocess, save_png, to_pil
+from sdtrt.runtime.postprocess import parameters_text, postprocess, save_png, to_pil
 
 
 def test_postprocess_matches_diffusers_rounding():

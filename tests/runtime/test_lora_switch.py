@@ -11,8 +11,8 @@ import pytest
 from helpers import assert_same_image
 from lora_files import check_switches, check_switching, diffusers_image, lora_image, two_loras
 
-from sdtrt.engine.lora import LoraSource
 from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.weights.lora import LoraSource
 from sdtrt.errors import ArtifactError, InputError
 from sdtrt.export.build import ExportOptions, build
 from sdtrt.runtime.pipeline import Pipeline

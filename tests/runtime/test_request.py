@@ -4,7 +4,7 @@ import pytest
 
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.errors import InputError
-from sdtrt.runtime.request import make_request
+from sdtrt.runtime.arguments import make_request
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,106 @@
+"""The VAE's specs: the decoder (latents to an image) and the encoder (an image to the latent
+distribution)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdtrt.engine.ranges import BuildRanges
+from sdtrt.engine.tensors import TensorSpec
+from sdtrt.export.specs.base import (
+    ComponentSpec,
+    DimRanges,
+    Point,
+    Wrapper,
+    batch_dims,
+    latent_dims,
+)
+
+
+class _VaeSpec(ComponentSpec):
+    """The VAE halves share their dims: images and latents one VAE factor apart, no guidance."""
+
+    vae_scale_factor: int
+
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        latent = latent_dims(ranges, self.vae_scale_factor)
+        f = self.vae_scale_factor
+        (h0, h1, h2), (w0, w1, w2) = latent["latent_height"], latent["latent_width"]
+        return {
+            "batch": batch_dims(ranges, 1),
+            **latent,
+            "height": (h0 * f, h1 * f, h2 * f),
+            "width": (w0 * f, w1 * f, w2 * f),
+        }
+
+
+class VaeDecoderSpec(_VaeSpec):
+    """VAE decoder: scaled latents to an image in [-1, 1]."""
+
+    name = "vae_decoder"
+
+    def __init__(self, vae: Any, vae_scale_factor: int) -> None:
+        self.vae = vae
+        self.vae_scale_factor = vae_scale_factor
+        config = vae.config
+        self.inputs = (
+            TensorSpec(
+                name="latent",
+                dtype="float32",
+                shape=("batch", int(config.latent_channels), "latent_height", "latent_width"),
+            ),
+        )
+        self.outputs = (
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=("batch", int(config.out_channels), "height", "width"),
+            ),
+        )
+
+    def module(self) -> torch.nn.Module:
+        return Wrapper(self.vae, lambda m, latent: m.decode(latent, return_dict=False)[0])
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        channels = int(self.inputs[0].shape[1])
+        shape = (point["batch"], channels, point["latent_height"], point["latent_width"])
+        # Latents as the decoder sees them: unit variance divided by the scaling factor.
+        scale = float(self.vae.config.scaling_factor)
+        return {"latent": rng.standard_normal(shape, dtype=np.float32) / np.float32(scale)}
+
+
+class VaeEncoderSpec(_VaeSpec):
+    """VAE encoder: an image in [-1, 1] to the latent distribution's mean and log-variance."""
+
+    name = "vae_encoder"
+
+    def __init__(self, vae: Any, vae_scale_factor: int) -> None:
+        self.vae = vae
+        self.vae_scale_factor = vae_scale_factor
+        config = vae.config
+        self.inputs = (
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=("batch", int(config.in_channels), "height", "width"),
+            ),
+        )
+        moments = 2 * int(config.latent_channels)
+        self.outputs = (
+            TensorSpec(
+                name="latent_moments",
+                dtype="float32",
+                shape=("batch", moments, "latent_height", "latent_width"),
+            ),
+        )
+
+    def module(self) -> torch.nn.Module:
+        return Wrapper(self.vae, lambda m, image: m.encode(image).latent_dist.parameters)
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        channels = int(self.inputs[0].shape[1])
+        shape = (point["batch"], channels, point["height"], point["width"])
+        return {"image": rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)}

@@ -1,0 +1,166 @@
+"""Turning a pipeline call's arguments into a checked request, before any engine runs."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import replace
+
+from sdtrt.engine.manifest import Manifest
+from sdtrt.engine.ranges import check_batch, check_image_size
+from sdtrt.errors import InputError
+from sdtrt.runtime.families import family_of
+from sdtrt.runtime.noise import NOISE_KINDS
+from sdtrt.runtime.prompt_syntax import PROMPT_SYNTAXES
+from sdtrt.runtime.request import Request, SizeConditioning
+from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
+
+
+def _as_prompts(value: str | Sequence[str], what: str) -> list[str]:
+    prompts = [value] if isinstance(value, str) else list(value)
+    if not prompts:
+        raise InputError(f"{what} must not be an empty list")
+    if not all(isinstance(p, str) for p in prompts):
+        raise InputError(f"{what} must be a string or a list of strings")
+    return prompts
+
+
+def _scheduler(asked: str | None, default: str) -> str:
+    if asked is not None:
+        return resolve_scheduler_name(asked)
+    try:
+        return resolve_scheduler_name(default)
+    except InputError as error:
+        raise InputError(
+            f"the model's own scheduler, {default}, is not available here; choose one with "
+            f"--scheduler (one of: {', '.join(scheduler_names())})"
+        ) from error
+
+
+def make_request(
+    manifest: Manifest,
+    default_scheduler: str,
+    prompt: str | Sequence[str],
+    negative_prompt: str | Sequence[str] | None,
+    height: int | None,
+    width: int | None,
+    num_inference_steps: int | None,
+    guidance_scale: float | None,
+    seed: int | None,
+    scheduler: str | None,
+    num_images_per_prompt: int,
+    noise: str = "torch",
+    *,
+    prompt_syntax: str = "diffusers",
+    clip_skip: int | None = None,
+    prompt_2: str | Sequence[str] | None = None,
+    negative_prompt_2: str | Sequence[str] | None = None,
+    sizes: SizeConditioning | None = None,
+    inpainting: bool = False,
+) -> Request:
+    prompts = _as_prompts(prompt, "prompt")
+    negatives = _negatives(negative_prompt, len(prompts), "negative_prompt")
+    model = manifest.model
+    family = family_of(model)
+    family.check_arguments(
+        model, {"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, "sizes": sizes}
+    )
+    prompts_2 = None if prompt_2 is None else _as_prompts(prompt_2, "prompt_2")
+    if prompts_2 is not None and len(prompts_2) != len(prompts):
+        if len(prompts_2) != 1:
+            raise InputError(
+                f"got {len(prompts_2)} prompt_2 for {len(prompts)} prompts; give one per prompt"
+            )
+        prompts_2 = prompts_2 * len(prompts)
+    negatives_2 = (
+        None
+        if negative_prompt_2 is None
+        else _negatives(negative_prompt_2, len(prompts), "negative_prompt_2")
+    )
+    if num_inference_steps is None:
+        num_inference_steps = family.default_steps(model)
+    if guidance_scale is None:
+        guidance_scale = family.default_guidance(model, inpainting)
+    native_height, native_width = manifest.model.native_size
+    height = native_height if height is None else int(height)
+    width = native_width if width is None else int(width)
+    check_image_size(manifest.ranges, height, width)
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise InputError(f"steps must be a whole number of at least 1, got {num_inference_steps}")
+    if not math.isfinite(guidance_scale):
+        raise InputError(f"guidance must be a finite number, got {guidance_scale}")
+    if num_images_per_prompt < 1:
+        raise InputError(f"images per prompt must be at least 1, got {num_images_per_prompt}")
+    if noise not in NOISE_KINDS:
+        raise InputError(f"unknown noise source '{noise}'; choose one of: {', '.join(NOISE_KINDS)}")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise InputError(f"seed must be between 0 and 2**64 - 1, got {seed}")
+    if prompt_syntax not in PROMPT_SYNTAXES:
+        raise InputError(
+            f"unknown prompt syntax '{prompt_syntax}'; choose one of: {', '.join(PROMPT_SYNTAXES)}"
+        )
+    if clip_skip is not None and (
+        isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0
+    ):
+        raise InputError(f"clip skip must be a whole number of at least 0, got {clip_skip}")
+    request = Request(
+        prompts=prompts,
+        negative_prompts=negatives,
+        height=height,
+        width=width,
+        steps=num_inference_steps,
+        guidance_scale=float(guidance_scale),
+        images_per_prompt=num_images_per_prompt,
+        scheduler=_scheduler(scheduler, default_scheduler),
+        seed=secrets.randbits(63) if seed is None else int(seed),
+        noise=noise,  # type: ignore[arg-type]
+        prompt_syntax=prompt_syntax,  # type: ignore[arg-type]
+        clip_skip=clip_skip,
+        prompts_2=prompts_2,
+        negative_prompts_2=negatives_2,
+        zero_negatives=model.force_zeros_for_empty_prompt and negative_prompt is None,
+        sizes=_check_sizes(sizes or SizeConditioning()),
+        guidance_embedded=model.guidance_embedding_dim is not None,
+    )
+    check_batch(manifest.ranges, request.batch, request.guided)
+    return request
+
+
+def _negatives(value: str | Sequence[str] | None, prompts: int, what: str) -> list[str]:
+    if value is None:
+        return [""] * prompts
+    if isinstance(value, str):
+        return [value] * prompts
+    negatives = _as_prompts(value, what)
+    if len(negatives) != prompts:
+        raise InputError(
+            f"got {len(negatives)} {what.replace('_', ' ')}s for {prompts} prompts; "
+            "give one per prompt or a single string"
+        )
+    return negatives
+
+
+def _check_sizes(sizes: SizeConditioning) -> SizeConditioning:
+    """The conditioning with its pairs as tuples (callers may pass lists), or one InputError."""
+    pairs: dict[str, tuple[int, int] | None] = {}
+    for name in ("original_size", "crops_coords_top_left", "target_size"):
+        pair = getattr(sizes, name)
+        if pair is None:
+            pairs[name] = None
+            continue
+        if (
+            isinstance(pair, (str, bytes))
+            or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            or min(pair) < 0
+        ):
+            raise InputError(f"{name} must be two whole numbers of at least 0, got {pair!r}")
+        pairs[name] = (int(pair[0]), int(pair[1]))
+    for name, score in (
+        ("aesthetic_score", sizes.aesthetic_score),
+        ("negative_aesthetic_score", sizes.negative_aesthetic_score),
+    ):
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise InputError(f"{name} must be a finite number, got {score!r}")
+    return replace(sizes, **pairs)  # type: ignore[arg-type]

@@ -1,1 +1,0 @@
-"""What the command line shows: tables of builds, engine directories and runs."""
