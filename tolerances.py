@@ -7,8 +7,11 @@ and the product agree on what "close enough" means.
 from sdtrt.engine.options import Precision
 
 # An exported component may differ from its (fp32) PyTorch module by at most this fraction of the
-# reference output's largest magnitude (max |engine - torch| <= tolerance * max |torch|).
-EXPORT_FP32_RELATIVE = 1e-4
+# reference output's largest magnitude (max |engine - torch| <= tolerance * max |torch|). fp32
+# on both sides, the sums still run in other orders: SD 1.5's networks land at 1e-6 to 3e-5, but
+# the SDXL VAE decoder at 1024x1024 (its attention sums over 16384 positions) at 1.6e-4 on ONNX
+# Runtime (2-core Intel Xeon, December 2026). A wrong graph misses by whole percent.
+EXPORT_FP32_RELATIVE = 5e-4
 # fp16 keeps 11 significant bits (~5e-4 relative per operation); through a network's depth the
 # tiny model's fp16 graphs land near 2e-3 of scale.
 EXPORT_FP16_RELATIVE = 1e-2

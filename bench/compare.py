@@ -5,8 +5,10 @@ graph), rounds interleaved, reported as ratios. Every row names the precision it
 CUDA engines meet torch on the same GPU.
 
 A ratio measured in one run, with the contenders taking turns, holds on a noisy machine where
-absolute timings drift between runs. The references need the diffusers model folder (the
-export extra brings torch and diffusers); OpenVINO is optional.
+absolute timings drift between runs. sdtrt's engine takes turns with torch's, then with each
+graph reference in turn, loaded for its own rounds alone: the comparison holds one reference's
+copy of the weights at a time beside sdtrt's and torch's. The references need the diffusers
+model folder (the export extra brings torch and diffusers); OpenVINO is optional.
 """
 
 from __future__ import annotations
@@ -19,13 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from sdtrt.bench.machine import machine_info, peak_rss_mib
-from sdtrt.bench.references import (
-    Clocked,
-    clocked,
-    onnxruntime_unet,
-    openvino_unets,
-    torch_target,
-)
+from sdtrt.bench.references import Clocked, Loader, clocked, graph_references, torch_target
 from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
 from sdtrt.bench.torch_process import TorchProcess
@@ -70,14 +66,35 @@ def model_folder(manifest: Manifest, given: Path | None) -> str:
     )
 
 
-def _interleave(contenders: dict[str, Clocked], runs: int) -> dict[str, Latency]:
-    """Each contender once to warm up, then `runs` rounds in which each takes one turn."""
+def _interleave(contenders: dict[str, Clocked], runs: int) -> dict[str, list[float]]:
+    """Each contender once to warm up, then `runs` rounds in which each takes one turn: the
+    seconds of each turn."""
     for run in contenders.values():
         run()
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(runs):
         for name, run in contenders.items():
             seconds[name].append(run())
+    return seconds
+
+
+def _unet_rounds(
+    resident: dict[str, Clocked],
+    ours: str,
+    loaders: list[Loader],
+    runs: int,
+    progress: Callable[[str], None],
+) -> dict[str, Latency]:
+    """sdtrt's engine (`ours`, in `resident`) in turns with the resident references, then with
+    each loaded one in turn; sdtrt's turns of every group together make its row."""
+    seconds = _interleave(resident, runs)
+    for load in loaders:
+        label, run = load()
+        progress(f"timing UNet steps beside {label}")
+        group = _interleave({ours: resident[ours], label: run}, runs)
+        del run  # the reference's session or compiled model goes before the next one loads
+        seconds[ours] += group[ours]
+        seconds[label] = group[label]
     return {name: Latency.of(values) for name, values in seconds.items()}
 
 
@@ -124,14 +141,15 @@ def _unet_contenders(
     directory: Path,
     torch_compile: bool,
     progress: Callable[[str], None],
-) -> dict[str, Clocked]:
-    """One UNet call each: sdtrt's engine, torch's (eager, compiled), and beside CPU engines the
-    CPU runtimes on the same graph (beside CUDA engines they would compare a GPU with a CPU, and
-    onnxruntime-cuda's graph has CUDA-only kernels)."""
+) -> tuple[dict[str, Clocked], list[Loader]]:
+    """One UNet call each: sdtrt's engine and torch's (eager, compiled), loaded now; and beside
+    CPU engines the CPU runtimes on the same graph, to be loaded one at a time (beside CUDA
+    engines they would compare a GPU with a CPU, and onnxruntime-cuda's graph has CUDA-only
+    kernels)."""
     record = pipe.manifest.components["unet"]
     target = torch_process.target
     engine = pipe.engines["unet"]
-    unets = {
+    resident = {
         engine_label(pipe.manifest): clocked(lambda: engine.infer(feeds)),
         target.label("torch eager"): torch_process.unet(feeds),
     }
@@ -139,15 +157,12 @@ def _unet_contenders(
         progress("compiling the UNet with torch.compile")
         compiled = torch_process.compiled_unet(feeds)
         if compiled is not None:
-            unets[target.label("torch.compile")] = compiled
+            resident[target.label("torch.compile")] = compiled
+    loaders: list[Loader] = []
     if target.device == "cpu":
-        graph = directory / record.onnx
-        progress("loading OpenVINO")
-        unets.update(openvino_unets(graph, feeds))
-        if get_backend(record.backend).library != "onnxruntime":
-            progress("loading ONNX Runtime")
-            unets["onnxruntime fp32 (same graph)"] = onnxruntime_unet(graph, feeds)
-    return unets
+        onnxruntime = get_backend(record.backend).library != "onnxruntime"
+        loaders = graph_references(directory / record.onnx, feeds, onnxruntime)
+    return resident, loaders
 
 
 def compare(
@@ -172,7 +187,7 @@ def compare(
         target = torch_target(record.backend, record.precision)
         progress("loading diffusers")
         with TorchProcess(folder, scheduler, target) as torch_process:
-            unets = _unet_contenders(
+            resident, loaders = _unet_contenders(
                 pipe=pipe,
                 torch_process=torch_process,
                 feeds=feeds,
@@ -181,8 +196,8 @@ def compare(
                 progress=progress,
             )
             progress("timing UNet steps")
-            unet_step = _interleave(unets, options.runs)
-            del unets  # the references' sessions are large; free them before the whole images
+            unet_step = _unet_rounds(resident, ours_label, loaders, options.runs, progress)
+            del resident, loaders
             arguments = {
                 **options.call_arguments(),
                 "height": height,
@@ -198,13 +213,14 @@ def compare(
 
             progress("timing whole images")
             diffusers_label = target.label("diffusers torch eager")
-            end_to_end = _interleave(
+            images = _interleave(
                 {
                     ours_label: clocked(ours),
                     diffusers_label: torch_process.image(options, height, width),
                 },
                 options.runs,
             )
+            end_to_end = {name: Latency.of(values) for name, values in images.items()}
     speedups = {
         f"unet vs {name}": round(v.p50_ms / unet_step[ours_label].p50_ms, 3)
         for name, v in unet_step.items()

@@ -138,28 +138,45 @@ class TorchReference:
         return call
 
 
-def openvino_unets(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Clocked]:
-    """OpenVINO on the exported graph: precision pinned to f32, and OpenVINO's own default."""
-    if importlib.util.find_spec("openvino") is None:
-        return {}
+# A reference loaded only for its own rounds (sdtrt's engine and torch's stay loaded
+# throughout): it returns its row's label, which may depend on what the library chose, and the
+# call. One at a time, a CPU comparison holds one graph reference's copy of the weights.
+Loader = Callable[[], tuple[str, Clocked]]
+
+
+def graph_references(
+    onnx_path: Path, feeds: dict[str, np.ndarray], onnxruntime: bool
+) -> list[Loader]:
+    """OpenVINO on the exported graph (precision pinned to f32, and OpenVINO's own default),
+    and, where `onnxruntime`, ONNX Runtime in fp32."""
+    loaders: list[Loader] = []
+    if importlib.util.find_spec("openvino") is not None:
+        loaders += [functools.partial(_openvino, onnx_path, feeds, hint) for hint in ("f32", None)]
+    if onnxruntime:
+        loaders.append(functools.partial(_onnxruntime, onnx_path, feeds))
+    return loaders
+
+
+def _openvino(
+    onnx_path: Path, feeds: dict[str, np.ndarray], hint: str | None
+) -> tuple[str, Clocked]:
+    """OpenVINO on the exported graph, with static shapes (its best case)."""
     import openvino
 
     core = openvino.Core()
-    rows: dict[str, Clocked] = {}
-    graph = core.read_model(str(onnx_path))  # read once: SD 1.5's UNet is 3.4 GB
+    graph = core.read_model(str(onnx_path))
     graph.reshape({name: list(array.shape) for name, array in feeds.items()})
-    for hint in ("f32", None):
-        config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
-        compiled = core.compile_model(graph, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
-        chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
-        precision = OV_PRECISIONS.get(chosen, chosen)
-        label = f"openvino {precision}" + (" (pinned)" if hint else " (its default)")
-        request = compiled.create_infer_request()
-        rows[label] = clocked(functools.partial(request.infer, feeds))
-    return rows
+    config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    compiled = core.compile_model(graph, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+    del graph
+    chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
+    precision = OV_PRECISIONS.get(chosen, chosen)
+    label = f"openvino {precision}" + (" (pinned)" if hint else " (its default)")
+    request = compiled.create_infer_request()
+    return label, clocked(functools.partial(request.infer, feeds))
 
 
-def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Clocked:
+def _onnxruntime(onnx_path: Path, feeds: dict[str, np.ndarray]) -> tuple[str, Clocked]:
     """ONNX Runtime on the CPU in fp32, every optimisation on: sdtrt's own CPU path before
     OpenVINO, kept as the row the other CPU rows are measured against."""
     import onnxruntime as ort
@@ -168,7 +185,7 @@ def onnxruntime_unet(onnx_path: Path, feeds: dict[str, np.ndarray]) -> Clocked:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return clocked(lambda: session.run(None, feeds))
+    return "onnxruntime fp32 (same graph)", clocked(lambda: session.run(None, feeds))
 
 
 def clocked(call: Timed) -> Clocked:

@@ -53,9 +53,12 @@ def all_tensors(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[Tensors]:
     return list(each_tensors(model, feeds))
 
 
-def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tensors]:
+def each_tensors(
+    model: onnx.ModelProto, feeds: Iterable[Feed], base_dir: Path | None = None
+) -> Iterator[Tensors]:
     """`all_tensors`, one feed at a time: a caller that compares and lets go holds one run's
-    tensors at once (every tensor of SD 1.5's UNet, several GB, per feed).
+    tensors at once (every tensor of SD 1.5's UNet, several GB, per feed). Weights kept in
+    external data are read from `base_dir`, the folder of the graph they belong to.
 
     The graph reaches ONNX Runtime with its weights turned into inputs, fed as arrays at each
     run (ONNX Runtime reads numpy inputs in place; nothing is folded with optimisations off):
@@ -71,7 +74,8 @@ def each_tensors(model: onnx.ModelProto, feeds: Iterable[Feed]) -> Iterator[Tens
     graph, tensors = weights_as_inputs(model, kernel_constants(model.graph) if cuda else ())
     if cuda:
         fold_weight_layouts(graph)
-    weights = {t.name: numpy_helper.to_array(t) for t in tensors}
+    folder = str(base_dir or "")
+    weights = {t.name: numpy_helper.to_array(t, folder) for t in tensors}
     del tensors
     marked = modify_outputs(graph, outputs=constants.MARK_ALL)
     library = ort()

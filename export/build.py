@@ -124,12 +124,15 @@ def build(
                 sources = [digests[f] for f in loaded.COMPONENT_FOLDERS[name]]
                 if calibrated and name == denoiser:
                     sources = [build_key(digests)]  # calibrated on runs of the whole model
-                records[name] = job.component(spec, sources)
-                del spec
-                # The torch modules no network left needs: the denoiser's export then has the
-                # text encoders' memory (SDXL's second one is 2.8 GB) to itself.
+                # The torch modules no network left needs go once this one is exported: the
+                # denoiser's export has the text encoders' memory (SDXL's second one is 2.8 GB)
+                # to itself, and its engine build the denoiser's own.
                 left = components[index + 1 :]
-                release_modules(loaded, (*left, *(calibration_users if denoiser in left else ())))
+                needed = (*left, *(calibration_users if denoiser in left else ()))
+                release = functools.partial(release_modules, loaded, needed)
+                records[name] = job.component(spec, sources, release)
+                del spec
+                release()
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 sdtrt_version=__version__,
@@ -169,11 +172,24 @@ def _calibrate(
     scheduler_config: dict[str, object],
     remaining: tuple[str, ...],
 ) -> CalibrationSet:
-    """The UNet's inputs in diffusers' runs of the model (export/calibration.py); then the
-    modules only the runs needed are released, before the UNet's export and quantization."""
+    """The UNet's inputs in diffusers' runs of the model (export/calibration.py); the text
+    encoders go once the prompts are encoded, and the other modules only the runs needed once
+    they are done, before the UNet's export and quantization."""
     pipeline = loaded.text_to_image_pipeline(scheduler_config)
-    calibration = calibration_set(pipeline, loaded.unet, ranges)
-    del pipeline  # it holds the modules released next
+
+    def release_text_encoders() -> None:
+        for encoder in loaded.text_encoders:  # the pipeline holds them too
+            setattr(pipeline, encoder, None)
+        release_modules(loaded, (*remaining, "vae_decoder"))
+
+    calibration = calibration_set(
+        pipeline,
+        loaded.unet,
+        ranges,
+        encode=functools.partial(loaded.prompt_arguments, pipeline),
+        release=release_text_encoders,
+    )
+    pipeline = None  # it holds the modules released next
     release_modules(loaded, remaining)
     return calibration
 

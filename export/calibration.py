@@ -9,7 +9,7 @@ The last prompt's calls are held out: the build validates the quantized UNet on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,18 @@ def record_unet_calls(
 ) -> list[list[dict[str, np.ndarray]]]:
     """Per prompt, the inputs of every UNet call `pipeline` makes for it at the build's optimum
     size (one image, diffusers' default guidance, a fixed seed per prompt)."""
+    runs = [{"prompt": prompt, "negative_prompt": NEGATIVE_PROMPT} for prompt in prompts]
+    return _record(unet, pipeline, ranges, runs, steps)
+
+
+def _record(
+    unet: torch.nn.Module,
+    pipeline: Any,
+    ranges: BuildRanges,
+    runs: Sequence[Mapping[str, Any]],
+    steps: int,
+) -> list[list[dict[str, np.ndarray]]]:
+    """Per run (the pipeline's prompt arguments), the inputs of every UNet call it makes."""
     calls: list[dict[str, np.ndarray]] = []
 
     def record(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -98,25 +110,24 @@ def record_unet_calls(
 
     height, width = ranges.size.opt
     pipeline.set_progress_bar_config(disable=True)
-    runs = []
+    recorded = []
     handle = unet.register_forward_pre_hook(record, with_kwargs=True)
     try:
         with torch.no_grad():
-            for seed, prompt in enumerate(prompts):
+            for seed, arguments in enumerate(runs):
                 pipeline(
-                    prompt,
-                    negative_prompt=NEGATIVE_PROMPT,
+                    **arguments,
                     height=height,
                     width=width,
                     num_inference_steps=steps,
                     generator=torch.Generator("cpu").manual_seed(seed),
                     output_type="latent",
                 )
-                runs.append(list(calls))
+                recorded.append(list(calls))
                 calls.clear()
     finally:
         handle.remove()
-    return runs
+    return recorded
 
 
 def check_calibratable(makes_images_from_text: bool) -> None:
@@ -128,9 +139,21 @@ def check_calibratable(makes_images_from_text: bool) -> None:
         )
 
 
-def calibration_set(pipeline: Any, unet: torch.nn.Module, ranges: BuildRanges) -> CalibrationSet:
-    """Every call of the first prompts to calibrate on, the last prompt's calls held out."""
-    runs = record_unet_calls(unet, pipeline, ranges, PROMPTS, STEPS)
+def calibration_set(
+    pipeline: Any,
+    unet: torch.nn.Module,
+    ranges: BuildRanges,
+    encode: Callable[[str, str], dict[str, Any]],
+    release: Callable[[], None],
+) -> CalibrationSet:
+    """Every call of the first prompts to calibrate on, the last prompt's calls held out. Every
+    prompt is encoded first (`encode`: the pipeline's arguments for a prompt and its negative
+    one), then `release` lets the text encoders go: the UNet runs with the memory they held
+    (SDXL's: 3.1 GiB)."""
+    with torch.no_grad():
+        arguments = [encode(prompt, NEGATIVE_PROMPT) for prompt in PROMPTS]
+    release()
+    runs = _record(unet, pipeline, ranges, arguments, STEPS)
     return CalibrationSet(
         feeds=tuple(feed for run in runs[:-1] for feed in run), held_out=tuple(runs[-1])
     )

@@ -19,6 +19,11 @@ from sdtrt.engine.weights.lora import LORA_COMPONENTS, LoraSource, WeightShapes,
 
 log = logging.getLogger(__name__)
 
+# Per LoRA-able weight of a torch module (a 2-D or 4-D `.weight`): its shape, and the digests
+# an exported initializer holding it may have (fp32 or fp16, as it is or transposed).
+Digest = tuple[str, tuple[int, ...], str]  # dtype, shape, sha1 of the bytes
+WeightDigests = dict[str, tuple[tuple[int, ...], list[tuple[Digest, bool]]]]
+
 
 def weight_shapes(modules: dict[str, torch.nn.Module]) -> WeightShapes:
     """Every linear and convolution weight of each network: what a LoRA may change."""
@@ -57,41 +62,57 @@ def loras_digest(sources: Sequence[LoraSource]) -> str:
     return digest.hexdigest()
 
 
-def _digest(array: np.ndarray) -> tuple[str, tuple[int, ...], str]:
+def _digest(array: np.ndarray) -> Digest:
     return (str(array.dtype), tuple(array.shape), hashlib.sha1(array.tobytes()).hexdigest())
 
 
-def record_lora_weights(module: torch.nn.Module, onnx_path: Path, out_path: Path) -> None:
-    """Write which ONNX initializer holds each weight a LoRA may change (engine/weights/switch.py).
-
-    The TorchScript exporter renames the weights it folds (a linear layer's weight becomes a
-    transposed `onnx::MatMul_N` constant), so the initializers are matched by value: a weight
-    maps to the one initializer equal to it, or to its transpose, in the graph's own dtype
-    (fp16 graphs round weights as torch's `.half()` does). A weight with no single match is left
-    out, and a LoRA that touches it must be merged at build time instead.
-    """
-    graph = onnx.load(str(onnx_path))
-    by_value: dict[tuple[str, tuple[int, ...], str], list[str]] = {}
-    for initializer in graph.graph.initializer:
-        array = numpy_helper.to_array(initializer, base_dir=str(onnx_path.parent))
-        if array.dtype in (np.float32, np.float16) and array.ndim in (2, 4):
-            by_value.setdefault(_digest(array), []).append(initializer.name)
-    del graph
-    weights: dict[str, dict[str, object]] = {}
+def weight_digests(module: torch.nn.Module) -> WeightDigests:
+    """What `write_lora_map` matches an exported graph's initializers against, taken while the
+    module is loaded (the build releases it before the graph is converted and built)."""
+    digests: WeightDigests = {}
     for name, parameter in module.named_parameters():
         if not (name.endswith(".weight") and parameter.ndim in (2, 4)):
             continue
         value = parameter.detach().numpy()
-        matches = []
+        candidates = []
         for dtype in (np.float32, np.float16):
             cast = value.astype(dtype)
-            matches += [(n, False) for n in by_value.get(_digest(cast), [])]
+            candidates.append((_digest(cast), False))
             if cast.ndim == 2:
-                matches += [(n, True) for n in by_value.get(_digest(cast.T.copy()), [])]
+                candidates.append((_digest(cast.T.copy()), True))
+        digests[name.removeprefix("inner.")] = (tuple(value.shape), candidates)
+    return digests
+
+
+def record_lora_weights(module: torch.nn.Module, onnx_path: Path, out_path: Path) -> None:
+    """Write which ONNX initializer holds each weight a LoRA may change (engine/weights/switch.py):
+    `write_lora_map` for a module still loaded."""
+    write_lora_map(weight_digests(module), onnx_path, out_path)
+
+
+def write_lora_map(digests: WeightDigests, onnx_path: Path, out_path: Path) -> None:
+    """Write which ONNX initializer holds each weight of `digests`.
+
+    The weights keep their names through the export, but conversions may rename or retype them
+    (fp16 graphs round weights as torch's `.half()` does; an exporter that folds renames a
+    transposed weight), so initializers are matched by value: a weight maps to the one
+    initializer equal to it, or to its transpose, in the graph's own dtype. A weight with no
+    single match is left out, and a LoRA that touches it must be merged at build time instead.
+    The graph's weights are read one at a time.
+    """
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    by_value: dict[Digest, list[str]] = {}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    for initializer in graph.initializer:
+        if initializer.data_type in floats and len(initializer.dims) in (2, 4):
+            array = numpy_helper.to_array(initializer, base_dir=str(onnx_path.parent))
+            by_value.setdefault(_digest(array), []).append(initializer.name)
+    del graph
+    weights: dict[str, dict[str, object]] = {}
+    for name, (shape, candidates) in digests.items():
+        matches = [(n, transposed) for d, transposed in candidates for n in by_value.get(d, [])]
         initializer, transposed = matches[0] if len(set(matches)) == 1 else (None, False)
-        weights[name.removeprefix("inner.")] = {
-            "initializer": initializer, "transposed": transposed, "shape": list(value.shape)
-        }
+        weights[name] = {"initializer": initializer, "transposed": transposed, "shape": list(shape)}
     # An initializer two weights claim (equal values) cannot be re-weighted for one of them.
     claims = Counter(w["initializer"] for w in weights.values() if w["initializer"])
     for entry in weights.values():

@@ -1,9 +1,12 @@
 """What exporting and building one network holds in memory, checked before it starts.
 
-A build keeps a network's weights several times over at its peak: the torch module (needed until
-the engine has been checked against it), the exporter's serialised copy, the ONNX graph, and the
-backend's own copy while it optimises. A network that cannot fit is refused up front with the
-memory it needs, instead of being killed by the kernel halfway through.
+A build holds a network's weights about once at a time. While the network is exported, its torch
+module is loaded (with the modules of the networks still to come), and the graph takes the
+weights straight from it: beside it in a file for big graphs, a second copy only for graphs under
+protobuf's 2 GB. Once exported (and torch's outputs for its validation taken), the module is let
+go, and the backend holds its own copy while it builds and runs the engine once. A network that
+cannot fit is refused up front with the memory it needs, instead of being killed by the kernel
+halfway through.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sdtrt.engine.weights.initializers import INLINE_LIMIT
 from sdtrt.errors import BuildError
 
 GIB = 1024**3
@@ -22,15 +26,22 @@ MODULE_OF = {
     "vae_decoder": "vae",
     "vae_encoder": "vae",
 }
-# A build's peak beyond the torch modules it holds and the libraries' own, per byte of fp32
-# weights of the network being built. Measured: SD 1.5 (3.2 GiB of UNet weights) peaks at 13.4
-# GiB of resident memory while its UNet is built with the VAE still loaded, about 2.6 copies of
-# the UNet beyond the modules and ~1.5 GiB of libraries; 3 and 2 GiB keep a margin.
-EXTRA_COPIES = 3.0
-# The fp16 guard also keeps the fp32 graph's tensors and an fp16 copy: a guarded SD 1.5 build
-# measured 24.2 GB (22.5 GiB), about 5.3 copies.
-GUARDED_EXTRA_COPIES = 5.5
+# Measured (2-core Intel Xeon, December 2026), peak resident memory of whole fp32 builds on ONNX
+# Runtime: SD 1.5 5.0 GiB (its UNet's 3.2 GiB of weights), SDXL 13.1 GiB (9.6 GiB). Exporting a
+# network holds its module, the modules still to come, and torch's activations as it traces the
+# network and takes its reference outputs (SDXL's UNet at 1024x1024: 3.2 GiB beside its module
+# and the VAE's, libraries included). Building holds the backend's copies of the weights: ONNX
+# Runtime's one (optimising without packing them for its kernels, then running the engine once);
+# OpenVINO's in bf16 about 1.5, since its first bf16 call converts weights it keeps in fp32
+# (SDXL's UNet: 14.4 GiB beside 1.4 GiB of libraries).
+EXPORT_ACTIVATIONS = 0.35  # per byte of the network's weights, beside the modules
+BACKEND_COPIES = 1.5
+# The fp16 guard also runs the fp32 graph and fp16 candidates tensor by tensor: a guarded SD
+# 1.5 build peaked at 10.5 GiB, 2.6 copies of its UNet beside the VAE and the libraries.
+GUARDED_COPIES = 3.0
 LIBRARIES_BYTES = 2 * GIB
+MEASURED_SD15 = int(5.0 * GIB)
+MEASURED_SD15_GUARDED = int(10.5 * GIB)
 
 
 def _fp32_bytes(module: Any) -> int:
@@ -42,7 +53,6 @@ class MemoryNeed:
     component: str
     peak: int  # bytes the build of the component peaks at
     weights: int  # bytes of its fp32 weights
-    copies: float  # of the weights, the torch module's included
 
 
 def build_memory_needed(
@@ -51,18 +61,24 @@ def build_memory_needed(
     """Per component: what its build holds at its peak, with the torch modules of the
     components built after it still loaded (see release_modules); `guarded`: an fp16 build
     with the fp16 guard."""
-    copies = GUARDED_EXTRA_COPIES if guarded else EXTRA_COPIES
+    copies = GUARDED_COPIES if guarded else BACKEND_COPIES
     sizes = {
         name: _fp32_bytes(module)
         for name in set(MODULE_OF.values())
         if (module := getattr(loaded, name, None)) is not None
     }
+
+    def modules(names: tuple[str, ...]) -> int:
+        return sum(sizes[m] for m in {MODULE_OF[c] for c in names})
+
     needs = {}
     for index, component in enumerate(components):
-        resident = sum(sizes[m] for m in {MODULE_OF[c] for c in components[index:]})
         weights = sizes[MODULE_OF[component]]
-        peak = int(LIBRARIES_BYTES + resident + copies * weights)
-        needs[component] = MemoryNeed(component, peak, weights, copies + 1)
+        inline = weights if weights < INLINE_LIMIT else 0
+        exporting = modules(components[index:]) + inline + EXPORT_ACTIVATIONS * weights
+        building = modules(components[index + 1 :]) + copies * weights
+        peak = int(LIBRARIES_BYTES + max(exporting, building))
+        needs[component] = MemoryNeed(component, peak, weights)
     return needs
 
 
@@ -75,10 +91,10 @@ def check_build_memory(need: MemoryNeed, model: str, total: int | None = None) -
     if need.peak > total:
         raise BuildError(
             f"building the {need.component} of {model} needs about {need.peak / GIB:.0f} GiB of "
-            f"memory ({need.weights / GIB:.1f} GiB of fp32 weights, held about "
-            f"{need.copies:.0f} times over while it is exported, built and checked against "
-            f"torch); this machine has {total / GIB:.0f} GiB. Build on a machine with more "
-            "memory: the engine directory it writes runs here"
+            f"memory ({need.weights / GIB:.1f} GiB of fp32 weights, held by torch and then by "
+            f"the backend, beside the modules still to be built and the libraries); this "
+            f"machine has {total / GIB:.0f} GiB. Build on a machine with more memory: the "
+            "engine directory it writes runs here"
         )
 
 

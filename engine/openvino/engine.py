@@ -5,12 +5,13 @@ NPU's alike)."""
 from __future__ import annotations
 
 import functools
+import io
 import queue
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -67,11 +68,47 @@ def partial_shape(library: ModuleType, bounds: list[tuple[int, int]]) -> Any:
     )
 
 
+class _FileStream(io.BytesIO):
+    """What OpenVINO's `export_model` writes into, passed on to a file as it comes: the
+    binding takes only a BytesIO, which would otherwise hold the whole compiled model in memory
+    (9.6 GiB for SDXL's UNet, beside the compiled model itself). The binding swallows what its
+    stream raises, so a failed write (a full disk) is kept here and raised once it returns."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__()
+        self._file = file
+        self.written = 0
+        self.failure: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            count = self._file.write(data)
+        except OSError as error:
+            self.failure = self.failure or error
+            raise
+        self.written += count
+        return count
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)  # the binding goes back to fill in sizes
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
 def export_compiled(compiled: Any, name: str, folder: Path) -> None:
-    """Write a compiled model to `folder`/`name`; the caller holds no other reference to it, so
-    that it is freed before the next compile."""
+    """Write a compiled model to `folder`/`name`, streamed; the caller holds no other reference
+    to it, so that it is freed before the next compile."""
     with open(folder / name, "wb") as blob:
-        blob.write(compiled.export_model().getbuffer())
+        stream = _FileStream(blob)
+        compiled.export_model(stream)
+        if stream.failure is not None:
+            raise stream.failure
+        if stream.written == 0:  # a binding that fills the BytesIO's buffer itself
+            blob.write(stream.getbuffer())
 
 
 def compile_config(settings: Mapping[str, Any]) -> dict[str, str]:

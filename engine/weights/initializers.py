@@ -210,10 +210,10 @@ def with_initializers(
 def weights_as_inputs(
     model: onnx.ModelProto, keep: Collection[str] = ()
 ) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
-    """A copy of `model` whose weights (float tensors of WEIGHT_BYTES or more, except those named
-    in `keep`) are graph inputs of the same names and shapes, and those weights: the copy is
-    small whatever the graph's size, and nothing computed from a weight is folded or rewritten
-    in it."""
+    """A copy of `model` whose weights (float tensors of WEIGHT_BYTES or more, or kept in an
+    external data file, except those named in `keep`) are graph inputs of the same names and
+    shapes, and those weights: the copy is small whatever the graph's size, and nothing computed
+    from a weight is folded or rewritten in it."""
     import onnx
 
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
@@ -228,8 +228,11 @@ def weights_as_inputs(
     for tensor in model.graph.initializer:
         if (
             tensor.data_type in floats
-            and len(tensor.raw_data) >= WEIGHT_BYTES
             and tensor.name not in keep
+            and (
+                tensor.data_location == onnx.TensorProto.EXTERNAL
+                or len(tensor.raw_data) >= WEIGHT_BYTES
+            )
         ):
             weights.append(tensor)
             graph.input.append(

@@ -117,6 +117,12 @@ class DiffusersModel:
         runs): not an inpainting UNet, which also takes a masked image."""
         return int(self.unet.config.in_channels) == int(self.vae.config.latent_channels)
 
+    @property
+    def guided(self) -> bool:
+        """Whether diffusers' pipeline runs the model with classifier-free guidance by default:
+        not a latent consistency model, which embeds the guidance scale instead."""
+        return getattr(self.unet.config, "time_cond_proj_dim", None) is None
+
     def text_to_image_pipeline(self, scheduler_config: dict[str, Any]) -> Any:
         """diffusers' text-to-image pipeline over the loaded modules, with the model's own
         scheduler (`scheduler_config`, as `scheduler_config()` read it)."""

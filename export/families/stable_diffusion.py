@@ -95,6 +95,14 @@ class StableDiffusionModel(DiffusersModel):
             requires_safety_checker=False,
         )
 
+    def prompt_arguments(self, pipeline: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
+        """`pipeline`'s arguments that carry `prompt` already encoded, as its own call would
+        encode it: the text encoders can go before the UNet runs."""
+        embeds, negative = pipeline.encode_prompt(
+            prompt, "cpu", 1, self.guided, negative_prompt=negative_prompt
+        )
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+
     def specs(self, components: tuple[str, ...]) -> list[ComponentSpec]:
         makers = {
             "text_encoder": lambda: TextEncoderSpec(self.text_encoder, self.text_max_length),

@@ -112,6 +112,24 @@ class StableDiffusionXLModel(DiffusersModel):
             add_watermarker=False,
         )
 
+    def prompt_arguments(self, pipeline: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
+        """`pipeline`'s arguments that carry `prompt` already encoded, as its own call would
+        encode it: the text encoders can go before the UNet runs."""
+        encoded = pipeline.encode_prompt(
+            prompt,
+            device="cpu",
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=self.guided,
+            negative_prompt=negative_prompt,
+        )
+        names = (
+            "prompt_embeds",
+            "negative_prompt_embeds",
+            "pooled_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        )
+        return dict(zip(names, encoded, strict=True))
+
     @property
     def time_ids(self) -> int:
         """Size numbers the UNet is conditioned on: 6 (original size, crop, target size) or,

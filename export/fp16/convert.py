@@ -18,6 +18,7 @@ graphs that break ONNX's single-assignment rule). It relies only on `onnx`:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -59,9 +60,14 @@ GENERATOR_OPS = (
 
 
 def convert(
-    model: onnx.ModelProto, keep_ops: Iterable[str], keep_nodes: Iterable[str]
+    model: onnx.ModelProto,
+    keep_ops: Iterable[str],
+    keep_nodes: Iterable[str],
+    base_dir: Path | None = None,
 ) -> onnx.ModelProto:
-    """`model`, modified in place, computing in fp16 except for `keep_ops` and `keep_nodes`."""
+    """`model`, modified in place, computing in fp16 except for `keep_ops` and `keep_nodes`.
+    Weights in external data (read from `base_dir`, the graph's folder) come in one at a time
+    where they become fp16, and stay where they are where they stay fp32."""
     graph = model.graph
     names = [node.name for node in graph.node]
     if "" in names or len(set(names)) != len(names):
@@ -72,7 +78,7 @@ def convert(
     types = tensor_types(model)
     fp32_nodes = _fp32_nodes(graph, set(keep_ops), set(keep_nodes))
     wants = _wanted_types(graph, types, fp32_nodes)
-    stored = _store_sources(graph, types, wants)
+    stored = _store_sources(graph, types, wants, str(base_dir or ""))
     _Rewriter(graph, types, stored, fp32_nodes).run()
     del graph.value_info[:]  # stale types; inferred again when the graph is saved
     return model
@@ -184,13 +190,13 @@ def _to_fp16_array(array: np.ndarray) -> np.ndarray:
 
 
 def _store_sources(
-    graph: onnx.GraphProto, types: dict[str, int], wants: dict[str, set[int]]
+    graph: onnx.GraphProto, types: dict[str, int], wants: dict[str, set[int]], base_dir: str
 ) -> dict[str, int]:
     """Convert weights and constants that only fp16 readers use; their stored types by name."""
     stored: dict[str, int] = {}
     for tensor in graph.initializer:
         if tensor.data_type == FLOAT and wants.get(tensor.name) == {FLOAT16}:
-            fp16 = _to_fp16_array(numpy_helper.to_array(tensor))
+            fp16 = _to_fp16_array(numpy_helper.to_array(tensor, base_dir))
             tensor.CopyFrom(numpy_helper.from_array(fp16, tensor.name))
         stored[tensor.name] = tensor.data_type
     for node in graph.node:

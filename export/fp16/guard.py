@@ -119,11 +119,13 @@ class _Reference:
     """The fp32 graph's tensors on the calibration inputs (on disk, see _StoredRun), and their
     scales."""
 
-    def __init__(self, model: onnx.ModelProto, feeds: Sequence[Feed], scratch: Path) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, feeds: Sequence[Feed], scratch: Path, base_dir: Path | None
+    ) -> None:
         self.runs = []
         # Largest finite |x| per tensor (infinities, as in attention masks, exist in fp16 too).
         self.scale: dict[str, float] = {}
-        for index, run in enumerate(each_tensors(model, feeds)):
+        for index, run in enumerate(each_tensors(model, feeds, base_dir)):
             for name, scale in scales_of([run]).items():
                 self.scale[name] = max(self.scale.get(name, 0.0), scale)
             self.runs.append(_StoredRun(run, scratch / f"reference-{index}"))
@@ -174,25 +176,33 @@ def _first_divergent(
 
 class _Search:
     def __init__(
-        self, model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float, scratch: Path
+        self,
+        model: onnx.ModelProto,
+        feeds: Sequence[Feed],
+        tolerance: float,
+        scratch: Path,
+        base_dir: Path | None = None,
     ) -> None:
         fp16.name_nodes(model.graph)  # islands are kept by name
         self.model = model
+        self.base_dir = base_dir
         self.feeds = feeds
         self.tolerance = tolerance
         self.base = embedding_nodes(model.graph)
         self.outputs = [o.name for o in model.graph.output]
-        self.reference = _Reference(model, feeds, scratch)
+        self.reference = _Reference(model, feeds, scratch, base_dir)
         self.rounds = 0
 
     def convert(self, keep: set[str]) -> onnx.ModelProto:
-        return fp16.convert(copy.deepcopy(self.model), FP32_OPS, self.base | keep)
+        """A copy converted: only the graph is copied where the weights are external."""
+        model = copy.deepcopy(self.model)
+        return fp16.convert(model, FP32_OPS, self.base | keep, self.base_dir)
 
     def check(self, keep: set[str]) -> tuple[onnx.ModelProto, dict[str, float], float]:
         """The converted graph, each tensor's error, and the worst output error."""
         self.rounds += 1
         converted = self.convert(keep)
-        errors = self.reference.errors(each_tensors(converted, self.feeds))
+        errors = self.reference.errors(each_tensors(converted, self.feeds, self.base_dir))
         worst = max(errors.get(name, float("inf")) for name in self.outputs)
         return converted, errors, worst
 
@@ -230,19 +240,29 @@ def _grow(
     return fresh
 
 
-def guard_fp16(model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float) -> GuardResult:
+def guard_fp16(
+    model: onnx.ModelProto,
+    feeds: Sequence[Feed],
+    tolerance: float,
+    base_dir: Path | None = None,
+) -> GuardResult:
     """`model` (fp32, left unchanged but for node names) converted to fp16 with the fp32
-    islands that keep its outputs finite and within `tolerance` of fp32 on `feeds`."""
+    islands that keep its outputs finite and within `tolerance` of fp32 on `feeds`; weights in
+    external data are read from `base_dir`, the graph's folder."""
     if not feeds:
         raise BuildError("the fp16 guard needs at least one calibration input")
     with tempfile.TemporaryDirectory(prefix="sdtrt-fp16-guard-") as scratch:
-        return _guarded(model, feeds, tolerance, Path(scratch))
+        return _guarded(model, feeds, tolerance, Path(scratch), base_dir)
 
 
 def _guarded(
-    model: onnx.ModelProto, feeds: Sequence[Feed], tolerance: float, scratch: Path
+    model: onnx.ModelProto,
+    feeds: Sequence[Feed],
+    tolerance: float,
+    scratch: Path,
+    base_dir: Path | None,
 ) -> GuardResult:
-    search = _Search(model, feeds, tolerance, scratch)
+    search = _Search(model, feeds, tolerance, scratch, base_dir)
     islands = {
         name: island
         for name, island in _overflow_islands(model.graph, search.reference).items()

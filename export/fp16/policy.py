@@ -15,6 +15,8 @@ fp32 unless asked.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 
 from sdtrt.export.fp16 import convert
@@ -39,10 +41,12 @@ def embedding_nodes(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def to_fp16(model: onnx.ModelProto, fp32_norms: bool = True) -> onnx.ModelProto:
+def to_fp16(
+    model: onnx.ModelProto, fp32_norms: bool = True, base_dir: Path | None = None
+) -> onnx.ModelProto:
     """The graph with fp16 weights and arithmetic, fp32 where listed above, fp32 inputs/outputs;
     without `fp32_norms`, normalisations compute in fp16 too (for runtimes whose fp16 kernels
-    keep their statistics in fp32)."""
+    keep their statistics in fp32). External weights are read from `base_dir`."""
     convert.name_nodes(model.graph)  # nodes are kept in fp32 by name
     keep = FP32_OPS if fp32_norms else tuple(op for op in FP32_OPS if op not in NORM_OPS)
-    return convert.convert(model, keep, embedding_nodes(model.graph))
+    return convert.convert(model, keep, embedding_nodes(model.graph), base_dir)

@@ -64,6 +64,13 @@ class ComponentSpec(ABC):
     def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Realistic inputs at `point`, for tracing and for validation against torch."""
 
+    def release(self) -> None:
+        """Let go of the torch module (the build frees it before a backend builds the engine):
+        names, dims and profiles stay usable; the module and sample inputs do not."""
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.nn.Module):
+                setattr(self, name, None)
+
     def opt_point(self, ranges: BuildRanges) -> Point:
         return {symbol: opt for symbol, (_, opt, _) in self.dims(ranges).items()}
 

@@ -167,3 +167,34 @@ def test_weights_stay_weights_through_constant_folding(tiny_model_dir, tmp_path,
           for name in ("whole.onnx", "aside.onnx")), strict=True,
     ):  # fmt: skip
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_a_full_disk_is_one_line_and_the_build_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    """A write that fails halfway (no space left) ends the build with one line saying what to
+    do; the networks already finished are reused by the next build."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from sdtrt.cli import app
+    from sdtrt.export import component_build
+
+    real_export = component_build.export_graph
+
+    def full_at_the_unet(spec, *args, **kwargs):
+        if spec.name == "unet":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_export(spec, *args, **kwargs)
+
+    monkeypatch.setattr(component_build, "export_graph", full_at_the_unet)
+    output = tmp_path / "engines"
+    arguments = ["build", str(tiny_model_dir), "--backend", "onnxruntime", "-o", str(output)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]  # after the progress of what was built
+    assert line.startswith("error: building the unet failed writing its files")
+    assert "No space left on device" in line and "free space" in line
+    assert not output.exists()
+    monkeypatch.setattr(component_build, "export_graph", real_export)
+    manifest = build(str(tiny_model_dir), output, build_options=BuildOptions(backend="onnxruntime"))
+    assert manifest.components["text_encoder"].build_seconds > 0

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from sdtrt.errors import BuildError
-from sdtrt.export.memory import GIB, build_memory_needed, check_build_memory, release_modules
+from sdtrt.export.memory import (
+    GIB,
+    MEASURED_SD15,
+    MEASURED_SD15_GUARDED,
+    build_memory_needed,
+    check_build_memory,
+    release_modules,
+)
 from sdtrt.export.presets import SD15, SDXL
 
 SD_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
@@ -33,30 +40,32 @@ def _family(preset):
         )
 
 
-def test_sdxl_unet_is_refused_on_24_gib_with_the_memory_it_needs():
+def test_sdxl_builds_in_24_gib_and_what_cannot_fit_is_refused():
+    """The SDXL UNet's 9.6 GiB of weights are held about once at a time: by torch while it is
+    exported, by the backend while it is built; on a smaller machine it is refused up front,
+    with the memory it needs."""
     needs = build_memory_needed(_family(SDXL), SDXL_COMPONENTS)
     unet = needs["unet"]
     assert 9.5 * GIB < unet.weights < 9.7 * GIB  # 2.57 B parameters in fp32
+    for need in needs.values():
+        check_build_memory(need, "sdxl", total=int(23.4 * GIB))
+    assert unet.peak < 20 * GIB
     with pytest.raises(BuildError) as caught:
-        check_build_memory(unet, "sdxl", total=24 * GIB)
+        check_build_memory(unet, "sdxl", total=12 * GIB)
     message = str(caught.value)
     assert message.startswith(f"building the unet of sdxl needs about {unet.peak / GIB:.0f} GiB")
-    assert "9.6 GiB of fp32 weights, held about 4 times over" in message
-    assert "this machine has 24 GiB" in message
+    assert "9.6 GiB of fp32 weights" in message and "this machine has 12 GiB" in message
+    assert "\n" not in message
     check_build_memory(unet, "sdxl", total=unet.peak + 1)
-    # The text encoders fit, the UNet loaded beside them (and released before the UNet).
-    for name in ("text_encoder", "text_encoder_2", "vae_decoder"):
-        check_build_memory(needs[name], "sdxl", total=int(23.4 * GIB))
-    assert unet.peak > 40 * GIB
 
 
 @pytest.mark.parametrize("guarded", [False, True])
-def test_sd15_fits_24_gib(guarded):
-    """As measured: 13.4 GiB at the peak in fp32, 22.5 GiB for a guarded fp16 build."""
+def test_sd15_fits_with_room_to_spare(guarded):
+    """The estimate stays above what was measured (export/memory.py says where) and within the
+    16 GiB machines most users have."""
     needs = build_memory_needed(_family(SD15), SD_COMPONENTS, guarded)
-    for need in needs.values():
-        check_build_memory(need, "sd15", total=int(23.4 * GIB))
-    assert needs["unet"].peak > (22.5 if guarded else 13.4) * GIB
+    peak = max(need.peak for need in needs.values())
+    assert (MEASURED_SD15_GUARDED if guarded else MEASURED_SD15) < peak < 16 * GIB
 
 
 def test_modules_no_network_needs_any_more_are_released():
