@@ -30,9 +30,10 @@ class Choice:
     reason: str
 
 
-def pick(available: Availability) -> Choice:
+def pick(available: Availability, precision: str = "fp32") -> Choice:
     """TensorRT on an NVIDIA GPU, else ONNX Runtime's CUDA provider, else OpenVINO on the CPU,
-    else ONNX Runtime on the CPU: fastest first, as measured on the machines sdtrt targets."""
+    else ONNX Runtime on the CPU: fastest first, as measured on the machines sdtrt targets.
+    A backend that cannot make the build asked (in `precision`, say) counts as not usable."""
     if available.tensorrt is None:
         return Choice("tensorrt", "TensorRT and an NVIDIA GPU are usable")
     if available.onnxruntime_cuda is None:
@@ -40,13 +41,11 @@ def pick(available: Availability) -> Choice:
             "onnxruntime-cuda",
             f"an NVIDIA GPU and onnxruntime-gpu are usable; TensorRT is not ({available.tensorrt})",
         )
+    no_gpu = f"no GPU backend usable here for {precision}"
     if available.openvino is None:
-        return Choice("openvino", "no usable GPU backend; OpenVINO is installed and sees the CPU")
+        return Choice("openvino", f"{no_gpu}; OpenVINO is installed and sees the CPU")
     if available.onnxruntime is None:
-        return Choice(
-            "onnxruntime",
-            f"no usable GPU backend, and OpenVINO is not usable ({available.openvino})",
-        )
+        return Choice("onnxruntime", f"{no_gpu}, nor OpenVINO ({available.openvino})")
     raise SdtrtError(
         "no backend can run here: "
         f"onnxruntime: {available.onnxruntime}; openvino: {available.openvino}"

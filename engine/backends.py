@@ -4,7 +4,7 @@ it for a backend by name (or for `auto`'s pick) and goes through the Backend pro
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +44,24 @@ def get_backend(name: str) -> Backend:
         ) from error
 
 
-def auto_choice() -> Choice:
-    """What `--backend auto` picks on this machine, and why."""
-    return pick(probe({name: backend.version for name, backend in BACKENDS.items()}))
+def auto_choice(options: BuildOptions | None = None) -> Choice:
+    """What `--backend auto` picks on this machine for a build with `options` (default: an fp32
+    build), and why: the fastest backend that runs here and can make that build."""
+    options = BuildOptions() if options is None else options
+    available = probe({name: _can_build(b, options) for name, b in BACKENDS.items()})
+    return pick(available, options.precision.value)
+
+
+def _can_build(backend: Backend, options: BuildOptions) -> Callable[[], object]:
+    """A check that raises, in one line, where `backend` cannot make the build here."""
+
+    def check() -> object:
+        version = backend.version()
+        backend.check_build(options)  # its own words first: it knows the machine
+        check_precision(backend, options.precision)
+        return version
+
+    return check
 
 
 def _spoken(items: list[str]) -> str:
@@ -69,8 +84,15 @@ def choose_backend(options: BuildOptions) -> Backend:
     """The backend a build runs on (`auto` resolved here), checked to be able to make it: the
     backend's own refusals first (they know the machine), then the precisions it lacks."""
     if options.backend == AUTO:
-        choice = auto_choice()
-        log.info("backend auto: %s (%s)", choice.backend, choice.reason)
+        choice = auto_choice(options)
+        # Said aloud where the build asked made auto pass the fastest backend here by.
+        passed_by = choice.backend != auto_choice().backend
+        log.log(
+            logging.WARNING if passed_by else logging.INFO,
+            "backend auto: %s (%s)",
+            choice.backend,
+            choice.reason,
+        )
         backend = BACKENDS[choice.backend]
     else:
         backend = get_backend(options.backend)

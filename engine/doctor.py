@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sdtrt import __version__
 from sdtrt.engine.backends import BACKENDS, auto_choice
 from sdtrt.engine.host import cpu_flags, has_bf16, has_int8_dot, isa_features
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.errors import SdtrtError
 
 
@@ -89,11 +90,13 @@ def diagnose() -> list[Finding]:
             findings.append(Finding(f"backend {name}", f"usable ({backend.version()})"))
         except SdtrtError as error:
             findings.append(Finding(f"backend {name}", f"not usable: {error}", False))
-    try:
-        choice = auto_choice()
-        findings.append(Finding("backend auto", f"picks {choice.backend}: {choice.reason}"))
-    except SdtrtError as error:
-        findings.append(Finding("backend auto", str(error), False))
+    for precision in Precision:
+        topic = f"backend auto, {precision.value}"
+        try:
+            choice = auto_choice(BuildOptions(precision=precision))
+            findings.append(Finding(topic, f"picks {choice.backend}: {choice.reason}"))
+        except SdtrtError as error:
+            findings.append(Finding(topic, str(error), False))
     return findings
 
 

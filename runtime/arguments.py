@@ -16,6 +16,16 @@ from sdtrt.runtime.prompt_syntax import PROMPT_SYNTAXES
 from sdtrt.runtime.request import Request, SizeConditioning
 from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
 
+# Seeds a user types may be any 64-bit number; random ones are drawn from 32 bits, as the A1111 web
+# UI and its clients draw them, so that every client (JavaScript's numbers stop being exact at
+# 2**53) shows and sends them back exactly.
+RANDOM_SEED_BITS = 32
+MAX_SEED = 2**64 - 1
+
+
+def random_seed() -> int:
+    return secrets.randbits(RANDOM_SEED_BITS)
+
 
 def _as_prompts(value: str | Sequence[str], what: str) -> list[str]:
     prompts = [value] if isinstance(value, str) else list(value)
@@ -94,7 +104,7 @@ def make_request(
         raise InputError(f"images per prompt must be at least 1, got {num_images_per_prompt}")
     if noise not in NOISE_KINDS:
         raise InputError(f"unknown noise source '{noise}'; choose one of: {', '.join(NOISE_KINDS)}")
-    if seed is not None and not 0 <= seed < 2**64:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be between 0 and 2**64 - 1, got {seed}")
     if prompt_syntax not in PROMPT_SYNTAXES:
         raise InputError(
@@ -113,7 +123,7 @@ def make_request(
         guidance_scale=float(guidance_scale),
         images_per_prompt=num_images_per_prompt,
         scheduler=_scheduler(scheduler, default_scheduler),
-        seed=secrets.randbits(63) if seed is None else int(seed),
+        seed=random_seed() if seed is None else int(seed),
         noise=noise,  # type: ignore[arg-type]
         prompt_syntax=prompt_syntax,  # type: ignore[arg-type]
         clip_skip=clip_skip,

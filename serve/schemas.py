@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 # Strict: "20" or 20.5 or true for steps is a client bug worth a 422, not something to coerce.
 Int = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]  # strict floats still take JSON integers
+
+
+def _seed_from_text(value: object) -> object:
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,20}", value):
+        return int(value)
+    return value
+
+
+# A seed may also come as a string of digits: JavaScript's numbers are exact only up to 2**53,
+# and seeds go up to 2**64 - 1.
+Seed = Annotated[Int, BeforeValidator(_seed_from_text)]
 
 
 class Txt2ImgRequest(BaseModel):
@@ -23,7 +35,11 @@ class Txt2ImgRequest(BaseModel):
         None,
         description="Classifier-free guidance scale; 1 turns it off. The model's default if unset.",
     )
-    seed: Int | None = Field(None, description="Seed for the initial noise; random if unset.")
+    seed: Seed | None = Field(
+        None,
+        description="Seed for the initial noise, 0 to 2**64 - 1 (a number, or its digits as a "
+        "string); random (32 bits) if unset.",
+    )
     height: Int | None = Field(None, description="Pixels; the model's native size if unset.")
     width: Int | None = Field(None, description="Pixels; the model's native size if unset.")
     scheduler: Annotated[str, Strict()] | None = Field(

@@ -21,7 +21,7 @@ from pathlib import Path
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError, SdtrtError, debugging
-from sdtrt.runtime.arguments import make_request
+from sdtrt.runtime.arguments import MAX_SEED, make_request
 from sdtrt.runtime.pipeline import (
     GenerationOutput,
     Pipeline,
@@ -256,7 +256,7 @@ class Service:
         )
         if not params.per_image_seeds:
             return [first]
-        if first.seed + params.images > 2**64:
+        if first.seed + params.images - 1 > MAX_SEED:
             raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
         return [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
 

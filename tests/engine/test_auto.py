@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import pytest
 
 from sdtrt.engine import backends
 from sdtrt.engine.auto import Availability, pick, probe
 from sdtrt.engine.doctor import diagnose
 from sdtrt.engine.host import cpu_flags
-from sdtrt.engine.options import BuildOptions
-from sdtrt.errors import BackendUnavailable, SdtrtError
+from sdtrt.engine.options import BuildOptions, Precision
+from sdtrt.errors import BackendUnavailable, InputError, SdtrtError
 
 USABLE = None
 MISSING = "not installed"
@@ -78,10 +81,97 @@ def test_auto_is_the_default_and_resolves_to_a_real_backend():
     assert chosen.name == backends.auto_choice().backend != "auto"
 
 
-def test_doctor_says_what_auto_picks_here():
+@dataclass
+class FakeBackend:
+    name: str
+    precisions: frozenset[Precision]
+    problem: str | None = None  # why it cannot run here
+    refuses: Precision | None = None  # a precision this machine cannot compute in
+
+    def version(self) -> str:
+        if self.problem:
+            raise BackendUnavailable(self.problem)
+        return "1.0"
+
+    def check_build(self, options: BuildOptions) -> None:
+        if options.precision == self.refuses:
+            raise InputError(f"this CPU cannot compute in {self.refuses.value}")
+
+
+def _fakes(gpu: bool, cpu_bf16: bool = True) -> dict[str, FakeBackend]:
+    P = Precision
+    no_gpu = None if gpu else "no NVIDIA GPU"
+    return {
+        fake.name: fake
+        for fake in (
+            FakeBackend("tensorrt", frozenset({P.FP32, P.FP16}), no_gpu),
+            FakeBackend("onnxruntime-cuda", frozenset({P.FP32, P.FP16}), no_gpu),
+            FakeBackend(
+                "openvino",
+                frozenset({P.FP32, P.BF16, P.INT8, P.W8A8}),
+                refuses=None if cpu_bf16 else P.BF16,
+            ),
+            FakeBackend("onnxruntime", frozenset({P.FP32, P.FP16})),
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    ("gpu", "precision", "expected"),
+    [
+        (False, Precision.FP32, "openvino"),
+        (False, Precision.FP16, "onnxruntime"),
+        (False, Precision.BF16, "openvino"),
+        (False, Precision.W8A8, "openvino"),
+        (True, Precision.FP16, "tensorrt"),
+        (True, Precision.BF16, "openvino"),  # no GPU backend computes in bf16
+    ],
+)
+def test_auto_takes_the_fastest_backend_that_has_the_precision(
+    monkeypatch, gpu, precision, expected
+):
+    monkeypatch.setattr(backends, "BACKENDS", _fakes(gpu))
+    choice = backends.auto_choice(BuildOptions(precision=precision))
+    assert choice.backend == expected
+
+
+def test_auto_says_why_it_passed_a_backend_by(monkeypatch):
+    monkeypatch.setattr(backends, "BACKENDS", _fakes(gpu=False))
+    reason = backends.auto_choice(BuildOptions(precision=Precision.FP16)).reason
+    assert "openvino computes in fp32, bf16, int8 or w8a8" in reason and "\n" not in reason
+    monkeypatch.setattr(backends, "BACKENDS", _fakes(gpu=True))
+    reason = backends.auto_choice(BuildOptions(precision=Precision.BF16)).reason
+    assert "no GPU backend usable here for bf16" in reason
+
+
+def test_auto_asks_the_backend_what_this_machine_can_build(monkeypatch):
+    monkeypatch.setattr(backends, "BACKENDS", _fakes(gpu=False, cpu_bf16=False))
+    with pytest.raises(SdtrtError, match="this CPU cannot compute in bf16"):
+        backends.auto_choice(BuildOptions(precision=Precision.BF16))
+
+
+def test_a_build_in_fp16_on_auto_goes_where_fp16_is_and_says_so_in_one_line(caplog):
+    options = BuildOptions(precision=Precision.FP16)
+    with caplog.at_level(logging.INFO, logger=backends.__name__):
+        chosen = backends.choose_backend(options)
+    assert Precision.FP16 in chosen.precisions
+    said = [r for r in caplog.records if r.getMessage().startswith("backend auto")]
+    assert [r.getMessage() for r in said] == [
+        f"backend auto: {chosen.name} ({backends.auto_choice(options).reason})"
+    ]
+    if chosen.name != backends.auto_choice().backend:  # shown without --verbose
+        assert said[0].levelno == logging.WARNING
+
+
+def test_doctor_says_what_auto_picks_here_for_each_precision():
     findings = {f.topic: f for f in diagnose()}
-    auto = findings["backend auto"]
+    auto = findings["backend auto, fp32"]
     assert auto.ok and auto.value.startswith(f"picks {backends.auto_choice().backend}: ")
+    fp16 = findings["backend auto, fp16"]
+    assert fp16.ok and fp16.value.startswith(
+        f"picks {backends.auto_choice(BuildOptions(precision=Precision.FP16)).backend}: "
+    )
+    assert {f"backend auto, {p.value}" for p in Precision} <= set(findings)
     assert "bf16 compute:" in findings["CPU"].value
     int8 = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
     assert f"int8 dot products: {'yes' if int8 else 'no'}" in findings["CPU"].value

@@ -35,6 +35,13 @@ def test_unknown_default_scheduler_asks_for_one(manifest):
         )
 
 
+def test_random_seeds_are_32_bit_and_typed_ones_64(manifest):
+    seeds = {request(manifest).seed for _ in range(200)}
+    assert all(0 <= seed < 2**32 for seed in seeds) and len(seeds) > 190
+    assert max(seeds) >= 2**31  # drawn from all 32 bits, not fewer
+    assert request(manifest, seed=2**64 - 1).seed == 2**64 - 1
+
+
 def test_defaults(manifest):
     made = request(manifest)
     assert (made.height, made.width) == (64, 64)

@@ -69,6 +69,17 @@ def test_txt2img_returns_pngs_seeds_and_timings(server: LiveServer, tiny_engine_
     assert image.convert("RGB").tobytes() == direct.images[1].tobytes()  # type: ignore[union-attr]
 
 
+def test_a_seed_may_come_as_its_digits(server: LiveServer) -> None:
+    """Browsers hold integers exactly only up to 2**53: a seed sent as a string is the same seed."""
+    biggest = 2**64 - 1
+    with server.client() as client:
+        as_number = client.post("/v1/txt2img", json={**QUICK, "seed": biggest})
+        as_text = client.post("/v1/txt2img", json={**QUICK, "seed": str(biggest)})
+    assert as_number.status_code == as_text.status_code == 200, as_text.text
+    assert as_text.json()["seeds"] == [biggest]
+    assert as_text.json()["images"] == as_number.json()["images"]
+
+
 def test_job_status_events_and_cancel_of_that_job_only(server: LiveServer) -> None:
     with server.client() as client:
         long_job = client.post("/v1/txt2img?wait=false", json=LONG)
