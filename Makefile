@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Installed before the project so that pip keeps this build; the export extra accepts torch >= 2.1.
+# Installed before the project so that pip keeps this build; the export extra accepts torch >= 2.6.
 TORCH ?= torch==2.13.0
 TRT_STUBS := 10.13.0.35.1
 PROMPT ?= a photo of an astronaut riding a horse on mars

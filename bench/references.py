@@ -70,7 +70,10 @@ class TorchReference:
             if "safety_checker" in index
             else {}
         )
-        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, **unchecked)
+        # Safetensors only: a folder's pickled .bin weights could run code as they load.
+        pipe = diffusers.DiffusionPipeline.from_pretrained(
+            folder, use_safetensors=True, **unchecked
+        )
         pipe.set_progress_bar_config(disable=True)
         choice = SCHEDULERS[scheduler]
         cls = getattr(diffusers, choice.cls.diffusers_name)

@@ -144,7 +144,10 @@ def build(
     ] = False,
     allow_pickle: Annotated[
         bool,
-        typer.Option(help="Accept a .ckpt (pickle) checkpoint; loading one can run code in it."),
+        typer.Option(
+            help="Accept pickle weights (a .ckpt checkpoint, a folder's .bin files); loading "
+            "them can run code they hold."
+        ),
     ] = False,
 ) -> None:
     """Export a model to ONNX, build engines and check them against PyTorch."""

@@ -115,20 +115,51 @@ def serve(
     queue: Annotated[int, typer.Option(help="Jobs that may wait; more get 429.")] = 16,
     api_key: Annotated[
         str | None,
-        typer.Option(help="Require 'Authorization: Bearer KEY' on every route but /healthz."),
+        typer.Option(
+            envvar="SDTRT_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every route but /healthz.",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the API key from this file (out of sight of `ps`)."),
     ] = None,
     max_steps: Annotated[int, typer.Option(help="Most denoising steps a request may ask.")] = 150,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also answer to this name (a proxy's public name, whose pages may then post "
+            "here); repeatable; '*' answers any name."
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For and -Proto are believed (comma-separated "
+            "addresses, or '*'); none by default."
+        ),
+    ] = None,
 ) -> None:
     """Serve the engines over HTTP: a web page at /, the /v1 API and the A1111 API."""
     with user_errors():
         try:
-            from sdtrt.serve.server import prepare
+            from sdtrt.serve.server import prepare, read_api_key
         except ImportError as error:
             raise InputError(
                 f"serving needs the serve extra ({error.name} is missing): "
                 "pip install 'sdtrt[serve]'"
             ) from error
-        server = prepare(directory, host, port, workers, queue, api_key, max_steps)
+        server = prepare(
+            directory,
+            host,
+            port,
+            workers,
+            queue,
+            read_api_key(api_key, api_key_file),
+            max_steps,
+            tuple(allowed_host or ()),
+            forwarded_allow_ips,
+        )
         shown = f"[{host}]" if ":" in host else host
         out.print(f"serving {directory} on http://{shown}:{port} (ready once /readyz says so)")
         server.run()

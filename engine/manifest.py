@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from sdtrt.engine.layout import MANIFEST_NAME
 from sdtrt.engine.options import BuildOptions, ExportOptions, Precision
@@ -22,6 +22,19 @@ STABLE_DIFFUSION_XL = "stable-diffusion-xl"
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+def _inside(relative: str) -> str:
+    """A path that stays inside the engine directory: a manifest (which anyone may hand over
+    with engines) must not make the runtime read files elsewhere."""
+    posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
+    if posix.is_absolute() or windows.anchor or ".." in posix.parts or ".." in windows.parts:
+        raise ValueError(f"{relative!r} is not a path inside the engine directory")
+    return relative
+
+
+# A path relative to the engine directory, never leaving it.
+Inside = Annotated[str, AfterValidator(_inside)]
 
 
 class Validation(_Frozen):
@@ -54,9 +67,9 @@ class ComponentRecord(_Frozen):
     """One built network: its files, how it was built, and how well it matched torch."""
 
     name: str
-    onnx: str  # path relative to the engine directory
-    engine: str  # the file the backend loads
-    files: dict[str, int]  # every file of this component, relative path -> size in bytes
+    onnx: Inside  # path relative to the engine directory
+    engine: Inside  # the file the backend loads
+    files: dict[Inside, int]  # every file of this component, relative path -> size in bytes
     backend: str
     backend_version: str
     precision: Precision
@@ -68,7 +81,7 @@ class ComponentRecord(_Frozen):
     # Guarded fp16 builds only (older manifests have neither): the fp32 islands, and the fp32
     # graph the engine was compared with, relative to the engine directory.
     fp32_islands: list[Fp32Island] = []
-    reference_onnx: str | None = None
+    reference_onnx: Inside | None = None
     cleanup: GraphCleanup | None = None  # older manifests have none
 
 
@@ -108,10 +121,10 @@ class Manifest(_Frozen):
     build_options: BuildOptions
     export_options: ExportOptions
     components: dict[str, ComponentRecord]
-    tokenizer: str  # the first text encoder's
-    scheduler_config: str
+    tokenizer: Inside  # the first text encoder's
+    scheduler_config: Inside
     # Text-encoder component -> its tokenizer file; older manifests have none, and one encoder.
-    tokenizers: dict[str, str] = {}
+    tokenizers: dict[str, Inside] = {}
 
     @property
     def text_encoders(self) -> dict[str, str]:
@@ -158,8 +171,11 @@ def read_manifest(directory: Path) -> Manifest:
 
 def check_component_files(directory: Path, record: ComponentRecord) -> None:
     """Catch a missing or truncated file before a backend fails on it with a cryptic error."""
+    root = directory.resolve()
     for relative, size in record.files.items():
         path = directory / relative
+        if not path.resolve().is_relative_to(root):  # through a link
+            raise ArtifactError(f"{path} leads outside {directory}; rebuild the engines")
         if not path.is_file():
             raise ArtifactError(f"{path} is missing; rebuild the engines with `sdtrt build`")
         actual = path.stat().st_size

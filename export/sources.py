@@ -16,7 +16,7 @@ from typing import Literal
 
 from sdtrt.errors import ModelSourceError
 from sdtrt.export.presets import PRESETS, write_preset
-from sdtrt.export.single_file import convert_single_file, is_single_file
+from sdtrt.export.single_file import PICKLE, SAFETENSORS, convert_single_file, is_single_file
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # What a Stable Diffusion build reads from a hub repository (SDXL's second text encoder too);
@@ -91,6 +91,7 @@ def open_source(ref: str, allow_pickle: bool = False) -> Iterator[ModelFolder]:
             yield ModelFolder(path=folder, kind=kind, ref=str(path), name=path.stem)
     elif kind == "folder":
         path = Path(ref).expanduser().resolve()
+        check_no_pickles(path, allow_pickle)
         yield ModelFolder(path=path, kind=kind, ref=str(path), name=path.name)
     elif kind == "preset":
         with tempfile.TemporaryDirectory(prefix=f"sdtrt-{ref}-") as scratch:
@@ -99,6 +100,21 @@ def open_source(ref: str, allow_pickle: bool = False) -> Iterator[ModelFolder]:
             yield ModelFolder(path=folder, kind=kind, ref=ref, name=ref)
     else:
         yield ModelFolder(path=_download(ref), kind=kind, ref=ref, name=ref)
+
+
+def check_no_pickles(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a folder with a network only in pickle files (`.bin`, `.pt`): loading one can run
+    any code it holds. Where a folder also has `.safetensors`, those are what is loaded."""
+    if allow_pickle:
+        return
+    for part in sorted(p for p in folder.iterdir() if p.is_dir()):
+        suffixes = {f.suffix.lower() for f in part.iterdir() if f.is_file()}
+        if suffixes & set(PICKLE) and not suffixes & set(SAFETENSORS):
+            raise ModelSourceError(
+                f"{part} holds its weights only as a pickle, which can run arbitrary code when "
+                "loaded; convert it to .safetensors, or pass --allow-pickle if you trust its "
+                "source"
+            )
 
 
 def digest_files(root: Path, subfolders: Iterable[str]) -> str:

@@ -17,14 +17,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sdtrt.errors import InputError
 
 ImageInput: TypeAlias = Image.Image | np.ndarray | str | Path
+# 8192 x 8192: beyond any size the engines make, and 256 MiB decoded as RGBA. A small file can
+# declare a huge image (a decompression bomb): its size is checked before it is decoded.
+MAX_PIXELS = 8192 * 8192
 
 
 def open_image(path: str | Path, what: str = "image") -> Image.Image:
     """Read an image file fully, or fail with one line naming it."""
     try:
         with Image.open(path) as handle:
+            width, height = handle.size
+            if width * height > MAX_PIXELS:
+                raise InputError(
+                    f"{what} file {path} is {width}x{height} pixels; the most it may have is "
+                    f"{MAX_PIXELS} (8192x8192)"
+                )
             handle.load()
             return handle.copy()
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{what} file {path} declares more pixels than it may have") from error
     except FileNotFoundError as error:
         raise InputError(f"{what} file {path} does not exist") from error
     except (UnidentifiedImageError, OSError, ValueError) as error:

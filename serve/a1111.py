@@ -163,7 +163,7 @@ async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
     """A1111's txt2img: `seed` -1 is random; image i is seeded `seed + i`, as in A1111."""
     service = _service(request)
     options = request.app.state.options
-    check_limits(request, body.prompt, body.negative_prompt, body.steps)
+    check_limits(options, body.prompt, body.negative_prompt, body.steps)
     count = body.batch_size * body.n_iter
     if body.batch_size < 1 or body.n_iter < 1 or count > options.max_images:
         raise InputError(
@@ -186,14 +186,17 @@ async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
     job = service.submit(params, owner=owner_of(request))
     await wait_or_cancel(request, service, job)
     if job.state not in (JobState.SUCCEEDED, JobState.CANCELLED):
-        return failure_response(job)
-    # An interrupted job answers 200 with the images it finished (none here), as A1111 does.
-    pngs = job.result.pngs if job.result and body.send_images else []
-    return A1111Response(
-        images=[base64.b64encode(png).decode("ascii") for png in pngs],
-        parameters=body.model_dump(),
-        info=_info(service, body, job, sampler),
-    )
+        answer: Any = failure_response(job)
+    else:
+        # An interrupted job answers 200 with the images it finished (none here), as A1111 does.
+        pngs = job.result.pngs if job.result and body.send_images else []
+        answer = A1111Response(
+            images=[base64.b64encode(png).decode("ascii") for png in pngs],
+            parameters=body.model_dump(),
+            info=_info(service, body, job, sampler),
+        )
+    service.forget(job)
+    return answer
 
 
 @a1111_router.get("/samplers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 import uuid
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sdtrt.runtime.request import Request
+
+log = logging.getLogger(__name__)
 
 
 class JobState(str, enum.Enum):
@@ -91,6 +94,10 @@ class Job:
         return sum(self.call_steps)
 
     @property
+    def result_bytes(self) -> int:
+        return sum(len(png) for png in self.result.pngs) if self.result else 0
+
+    @property
     def images(self) -> int:
         return sum(call.batch for call in self.calls)
 
@@ -113,4 +120,7 @@ class Job:
         with self._listeners_lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a watcher's failure is its own, not the worker's
+                log.exception("a listener of job %s failed; the job goes on", self.id)

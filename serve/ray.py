@@ -25,9 +25,12 @@ from ray.serve.handle import DeploymentHandle
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.errors import InputError
 from sdtrt.serve.errors import NotAccepting, QueueFull
+from sdtrt.serve.guards import body_refusal, host_name, refusal
 from sdtrt.serve.jobs import GenerationParams, JobState
+from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.schemas import Txt2ImgRequest
 from sdtrt.serve.service import Service, default_workers, on_gpu
+from sdtrt.serve.v1 import check_limits
 from sdtrt.serve.waiting import job_changes
 
 _STATUS = {JobState.CANCELLED: 409, JobState.EXPIRED: 408, JobState.FAILED: 500}
@@ -37,11 +40,13 @@ _STATUS = {JobState.CANCELLED: 409, JobState.EXPIRED: 408, JobState.FAILED: 500}
 class SdtrtModel:
     """One replica: a warm Service; `generate` runs one request to the end."""
 
-    def __init__(self, directory: str, workers: int | None, queue: int, max_steps: int) -> None:
+    def __init__(
+        self, directory: str, workers: int | None, queue: int, options: ServeOptions
+    ) -> None:
         self.service = Service(directory, workers=workers, queue_size=queue)
         self.service.start()
         self.service.wait_ready()
-        self.max_steps = max_steps
+        self.options = options
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def check_health(self) -> None:
@@ -52,8 +57,7 @@ class SdtrtModel:
         """A /v1 txt2img body in, the /v1 answer (or an error with its status) out."""
         try:
             request = Txt2ImgRequest.model_validate(body)
-            if not 1 <= request.steps <= self.max_steps:
-                raise InputError(f"steps must be 1 to {self.max_steps}, got {request.steps}")
+            check_limits(self.options, request.prompt, request.negative_prompt, request.steps)
             params = GenerationParams(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,
@@ -82,6 +86,7 @@ class SdtrtModel:
         except asyncio.CancelledError:  # the HTTP client went away: Ray cancels this call
             self.service.cancel(job.id)
             raise
+        self.service.forget(job)  # answered here: nobody polls a Ray job
         if job.state is not JobState.SUCCEEDED or job.result is None:
             return {"status": _STATUS.get(job.state, 500), "detail": job.error, "id": job.id}
         return {
@@ -101,8 +106,9 @@ ingress_app = FastAPI(title="sdtrt on Ray Serve")
 @serve.deployment
 @serve.ingress(ingress_app)
 class SdtrtIngress:
-    def __init__(self, model: DeploymentHandle) -> None:
+    def __init__(self, model: DeploymentHandle, options: ServeOptions) -> None:
         self.model = model
+        self.options = options
 
     @ingress_app.get("/healthz")
     def healthz(self) -> dict[str, str]:
@@ -110,9 +116,18 @@ class SdtrtIngress:
 
     @ingress_app.post("/v1/txt2img")
     async def txt2img(self, request: Request) -> JSONResponse:
-        """The /v1 request and answer; the answer's X-Sdtrt-Replica header names the replica."""
+        """The /v1 request and answer; the answer's X-Sdtrt-Replica header names the replica.
+        Guarded as `sdtrt serve` is: host, origin, key, body size and type, then the limits."""
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        refused = refusal(request.method, request.url.path, headers, self.options)
+        if refused is not None:
+            return refused
+        raw = await request.body()
+        refused = body_refusal(raw, headers, self.options)
+        if refused is not None:
+            return refused
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             return JSONResponse({"detail": f"the body is not valid JSON: {error}"}, 422)
         if not isinstance(body, dict):
@@ -135,10 +150,14 @@ def build_app(
     max_steps: int = 150,
     autoscaling_config: dict[str, Any] | None = None,
     gpus_per_replica: float | None = None,
+    api_key: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> serve.Application:
     """The deployment graph for DIRECTORY. `autoscaling_config` (Ray's keys: min_replicas,
     max_replicas, target_ongoing_requests, ...) replaces the fixed `num_replicas`;
-    `gpus_per_replica` defaults to 1 on the GPU backends (one replica per GPU), 0 on the CPU."""
+    `gpus_per_replica` defaults to 1 on the GPU backends (one replica per GPU), 0 on the CPU.
+    `api_key` and `allowed_hosts` as `sdtrt serve`'s --api-key and --allowed-host; without
+    `allowed_hosts` any name is answered (Ray's proxy decides where it listens)."""
     directory = Path(directory).resolve()
     manifest = read_manifest(directory)
     workers = default_workers(manifest) if workers is None else workers
@@ -154,6 +173,12 @@ def build_app(
         options["num_replicas"] = num_replicas
     # @serve.deployment turns the classes into Deployments, which mypy cannot see.
     deployment: Any = SdtrtModel
-    model = deployment.options(**options).bind(str(directory), workers, queue, max_steps)
+    guards = ServeOptions(
+        api_key=api_key,
+        max_steps=max_steps,
+        host_names=None if not allowed_hosts else frozenset(),
+        allowed_hosts=frozenset(host_name(name) for name in allowed_hosts),
+    )
+    model = deployment.options(**options).bind(str(directory), workers, queue, guards)
     ingress: Any = SdtrtIngress
-    return ingress.options(ray_actor_options={"num_cpus": 0.25}).bind(model)
+    return ingress.options(ray_actor_options={"num_cpus": 0.25}).bind(model, guards)

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdtrt.errors import InputError
+from sdtrt.serve.guards import host_name
+from sdtrt.serve.options import ServeOptions, host_names_for, is_loopback
 from sdtrt.serve.service import Service
 
 if TYPE_CHECKING:
     import uvicorn
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -44,6 +36,54 @@ def check_port_free(host: str, port: int) -> None:
             ) from error
 
 
+def read_api_key(key: str | None, key_file: Path | None) -> str | None:
+    """The key from --api-key (or SDTRT_API_KEY) or from --api-key-file, which `ps` cannot show."""
+    if key is not None and key_file is not None:
+        raise InputError("give --api-key or --api-key-file, not both")
+    if key_file is not None:
+        try:
+            key = key_file.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read --api-key-file {key_file}: {error}") from error
+        if not key:
+            raise InputError(f"--api-key-file {key_file} is empty")
+    if key is not None and not key.strip():
+        raise InputError("--api-key must not be empty")
+    return key
+
+
+def uvicorn_config(
+    app: object,
+    host: str,
+    port: int,
+    forwarded_allow_ips: str | None = None,
+    drain_timeout_s: float = 30.0,
+    header_timeout_s: float = 10.0,
+    max_connections: int = 1000,
+) -> uvicorn.Config:
+    """How uvicorn runs the app: X-Forwarded-For and -Proto are read only from the proxies
+    named (else anyone could claim any address, and with it another client's jobs); a request's
+    headers must be in within `header_timeout_s`, and past `max_connections` open connections
+    new requests get 503 (so slow clients cannot hold the server's connections)."""
+    import uvicorn
+
+    from sdtrt.serve.connections import header_deadline_protocol
+
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        log_level="warning",
+        http=header_deadline_protocol(header_timeout_s),
+        limit_concurrency=max_connections,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        # On SIGTERM uvicorn stops accepting, lets open requests finish for this long, then runs
+        # the app's shutdown, which drains the jobs that nobody waits on.
+        timeout_graceful_shutdown=int(drain_timeout_s),
+    )
+
+
 def prepare(
     directory: Path,
     host: str = "127.0.0.1",
@@ -52,16 +92,21 @@ def prepare(
     queue: int = 16,
     api_key: str | None = None,
     max_steps: int = 150,
+    allowed_hosts: tuple[str, ...] = (),
+    forwarded_allow_ips: str | None = None,
 ) -> uvicorn.Server:
     """Check everything and make the server; `.run()` serves until SIGINT/SIGTERM, then drains."""
     import uvicorn
 
-    from sdtrt.serve.app import ServeOptions, create_app
+    from sdtrt.serve.app import create_app
 
     if api_key is not None and not api_key.strip():
         raise InputError("--api-key must not be empty")
     if max_steps < 1:
         raise InputError(f"--max-steps must be at least 1, got {max_steps}")
+    names = frozenset(host_name(name) for name in allowed_hosts)
+    if "" in names:
+        raise InputError("--allowed-host must not be empty")
     service = Service(directory, workers=workers, queue_size=queue)
     check_port_free(host, port)
     if api_key is None and not is_loopback(host):
@@ -70,15 +115,12 @@ def prepare(
             "the engines",
             host,
         )
-    options = ServeOptions(api_key=api_key, max_steps=max_steps)
-    app = create_app(service, options)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        # On SIGTERM uvicorn stops accepting, lets open requests finish for this long, then runs
-        # the app's shutdown, which drains the jobs that nobody waits on.
-        timeout_graceful_shutdown=int(options.drain_timeout_s),
+    options = ServeOptions(
+        api_key=api_key,
+        max_steps=max_steps,
+        host_names=host_names_for(host),
+        allowed_hosts=names,
     )
+    app = create_app(service, options)
+    config = uvicorn_config(app, host, port, forwarded_allow_ips, options.drain_timeout_s)
     return uvicorn.Server(config)

@@ -5,6 +5,11 @@ contexts and device buffers must not be shared between threads) and warms it wit
 generation before the service reports ready. Cancellation and deadlines are checked between
 denoising steps through the pipeline's step callback. `shutdown` drains: no new jobs, the
 queued and running ones finish (up to a timeout, after which they are cancelled).
+
+Workers are supervised: a job that fails outside sdtrt's own errors (a device error, say) makes
+its worker load the engines again, and the service is unready while no worker is warm; a worker
+that cannot load them again stops, and with none left the service fails (and says so on
+/readyz) instead of failing every job while it says ready.
 """
 
 from __future__ import annotations
@@ -14,31 +19,21 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest, read_manifest
-from sdtrt.errors import ArtifactError, InputError, SdtrtError, debugging
+from sdtrt.errors import ArtifactError, InputError, SdtrtError
 from sdtrt.runtime.arguments import MAX_SEED, make_request
-from sdtrt.runtime.pipeline import (
-    GenerationOutput,
-    Pipeline,
-    default_scheduler,
-    read_scheduler_config,
-)
+from sdtrt.runtime.pipeline import Pipeline, default_scheduler, read_scheduler_config
 from sdtrt.runtime.request import Request
-from sdtrt.serve.errors import (
-    DeadlineExceeded,
-    JobCancelled,
-    NotAccepting,
-    QueueFull,
-    UnknownJob,
-)
+from sdtrt.serve.errors import NotAccepting, QueueFull
+from sdtrt.serve.history import JobHistory
 from sdtrt.serve.jobs import GenerationParams, Job, JobState
 from sdtrt.serve.metrics import ServiceMetrics
-from sdtrt.serve.results import job_result
+from sdtrt.serve.running import run_job
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +69,8 @@ class Service:
         workers: int | None = None,
         queue_size: int = 16,
         history: int = 64,
+        history_bytes: int = 256 * 2**20,
+        history_ttl_s: float = 3600.0,
         warmup_steps: int = 2,
         loader: PipelineLoader = Pipeline.load,
     ) -> None:
@@ -88,15 +85,16 @@ class Service:
         if queue_size < 1:
             raise InputError(f"--queue must be at least 1, got {queue_size}")
         self.queue_size = queue_size
-        self._history = history
+        self._history = JobHistory(history, history_bytes, history_ttl_s)
         self._warmup_steps = warmup_steps
         self._loader = loader
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running = 0
-        self._warm = 0
+        self._warm = 0  # workers with a warm pipeline
+        self._alive = self.workers  # workers not given up
+        self._was_ready = False
         self._state = "created"  # created, starting, ready, draining, stopped, failed
         self._failure: str | None = None
         self._mean_run_s = 1.0  # running mean of job run time, for Retry-After
@@ -149,7 +147,7 @@ class Service:
         if any(thread.is_alive() for thread in self._threads):
             log.warning("jobs still running after %.0f s of draining; cancelling them", timeout)
             with self._lock:
-                for job in self._jobs.values():
+                for job in self._history.all():
                     job.cancel_requested.set()
                 while self._queue:
                     self._finish_locked(self._queue.popleft(), JobState.CANCELLED, "shut down")
@@ -183,22 +181,21 @@ class Service:
                     retry_after,
                 )
             job = Job(calls=calls, owner=owner, deadline=deadline)
-            self._jobs[job.id] = job
+            self._history.add(job)
             self._queue.append(job)
-            self._forget_old_locked()
+            self._history.trim()
             self._work_ready.notify()
         return job
 
-    def get(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise UnknownJob(f"no job with id {job_id!r}")
-        return job
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, to its `owner` only when one is given: to anyone else it does not exist."""
+        with self._lock:
+            return self._history.get(job_id, owner)
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel one job: dropped from the queue at once, or stopped after its current step."""
         with self._lock:
-            job = self.get(job_id)
+            job = self._history.get(job_id, owner)
             if job.state is JobState.QUEUED:
                 self._queue.remove(job)
                 self._finish_locked(job, JobState.CANCELLED, "cancelled")
@@ -214,9 +211,16 @@ class Service:
             except ValueError:
                 return None
 
+    def forget(self, job: Job) -> None:
+        """Drop a finished job whose client waited for it and has its answer: its images are
+        not kept a second time for a poll that will not come."""
+        with self._lock:
+            if job.state.finished:
+                self._history.forget(job)
+
     def jobs_of(self, owner: str) -> list[Job]:
         with self._lock:
-            return [job for job in self._jobs.values() if job.owner == owner]
+            return self._history.of(owner)
 
     @property
     def queue_depth(self) -> int:
@@ -261,38 +265,82 @@ class Service:
         return [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
 
     def _worker(self, index: int) -> None:
+        """Load and warm a pipeline, run jobs on it; replace it after a failure that may have
+        left it (or its device) broken. A worker whose pipeline cannot be loaded again stops,
+        and a service left with no worker fails: unready, rather than failing every job."""
+        started = False
+        while True:
+            try:
+                pipe = self._warm_pipeline()
+            except Exception as error:  # noqa: BLE001 - reported through readiness, not lost
+                self._worker_lost(index, error, started)
+                return
+            started = True
+            if self._serve_jobs(index, pipe):
+                return
+
+    def _warm_pipeline(self) -> Pipeline:
+        pipe = self._loader(self.directory)
         try:
-            pipe = self._loader(self.directory)
-        except Exception as error:  # noqa: BLE001 - reported through readiness, not lost
-            self._fail_start(index, error)
-            return
+            pipe(
+                "warm-up",
+                num_inference_steps=self._warmup_steps,
+                seed=0,
+                scheduler=self.default_scheduler,
+                output_type="np",
+            )
+        except BaseException:
+            pipe.close()
+            raise
+        return pipe
+
+    def _serve_jobs(self, index: int, pipe: Pipeline) -> bool:
+        """Run jobs until the service drains (True) or the pipeline must be replaced (False)."""
+        with self._lock:
+            self._warm += 1
+            # Ready first once every worker is warm; after a worker's restart, with one.
+            if self._state == "starting" and self._warm >= (1 if self._was_ready else self.workers):
+                self._state = "ready"
+                self._was_ready = True
+                self.metrics.ready.set(1)
+                self.ready_event.set()
         with pipe:
             try:
-                pipe(
-                    "warm-up",
-                    num_inference_steps=self._warmup_steps,
-                    seed=0,
-                    scheduler=self.default_scheduler,
-                    output_type="np",
-                )
-            except Exception as error:  # noqa: BLE001
-                self._fail_start(index, error)
-                return
-            with self._lock:
-                self._warm += 1
-                if self._warm == self.workers and self._state == "starting":
-                    self._state = "ready"
-                    self.metrics.ready.set(1)
-                    self.ready_event.set()
-            while (job := self._take()) is not None:
-                self._run(pipe, job)
-
-    def _fail_start(self, index: int, error: Exception) -> None:
-        message = str(error) if isinstance(error, SdtrtError) else repr(error)
-        log.error("worker %d could not start: %s", index, message)
+                while (job := self._take()) is not None:
+                    if not self._run(pipe, job):  # which left the worker cold
+                        log.warning("worker %d loads its engines again after that failure", index)
+                        return False
+            except Exception:  # noqa: BLE001 - a bug outside any job: replace the pipeline
+                log.exception("worker %d failed between jobs; it loads its engines again", index)
+                with self._lock:
+                    self._cool_locked()
+                return False
         with self._lock:
-            self._state = "failed"
-            self._failure = message
+            self._cool_locked()
+        return True
+
+    def _cool_locked(self) -> None:
+        """One worker fewer with a warm pipeline: unready with none, until one is warm again."""
+        self._warm -= 1
+        if self._warm == 0 and self._state == "ready":
+            self._state = "starting"
+            self.metrics.ready.set(0)
+
+    def _worker_lost(self, index: int, error: Exception, started: bool) -> None:
+        message = str(error) if isinstance(error, SdtrtError) else repr(error)
+        log.error("worker %d could not %s: %s", index, "restart" if started else "start", message)
+        with self._lock:
+            self._alive -= 1
+            # At start one failure fails the service (its engines cannot load); later, the
+            # service goes on with the workers it has left.
+            if not started or self._alive == 0:
+                self._state = "failed"
+                self._failure = message
+                self.metrics.ready.set(0)
+                while self._queue:  # nobody is left to run them
+                    failed = f"the service failed: {message}"
+                    self._finish_locked(self._queue.popleft(), JobState.FAILED, failed)
+                self._work_ready.notify_all()
         self.ready_event.set()
 
     def _take(self) -> Job | None:
@@ -308,63 +356,18 @@ class Service:
         job.changed()
         return job
 
-    def _run(self, pipe: Pipeline, job: Job) -> None:
+    def _run(self, pipe: Pipeline, job: Job) -> bool:
+        """Run the job to its end; False after a failure that may have broken the pipeline."""
+        outcome = run_job(pipe, job, self.manifest.model.name)
         assert job.started is not None
-        timings = {"queue": job.started - job.created}
-        outputs: list[GenerationOutput] = []
-        state, error = JobState.SUCCEEDED, None
-        try:
-            for index, call in enumerate(job.calls):
-                self._check(job)
-                outputs.append(self._call(pipe, job, index, call))
-            mark = time.perf_counter()
-            job.result = job_result(outputs, self.manifest.model.name, timings)
-            timings["encode"] = time.perf_counter() - mark
-        except JobCancelled:
-            state, error = JobState.CANCELLED, "cancelled"
-        except DeadlineExceeded as exceeded:
-            state, error = JobState.EXPIRED, str(exceeded)
-        except SdtrtError as failure:
-            if debugging():
-                log.error("job %s failed", job.id, exc_info=failure)
-            state, error = JobState.FAILED, str(failure)
-        except Exception as failure:  # noqa: BLE001 - one bad job must not kill the worker
-            log.exception("job %s failed", job.id)
-            state, error = JobState.FAILED, f"internal error: {failure!r}"
         with self._lock:
             self._running -= 1
             run_s = time.monotonic() - job.started
             self._mean_run_s += 0.2 * (run_s - self._mean_run_s)
-            self._finish_locked(job, state, error, timings)
-
-    def _check(self, job: Job) -> None:
-        if job.cancel_requested.is_set():
-            raise JobCancelled(f"job {job.id} was cancelled")
-        if job.deadline is not None and time.monotonic() > job.deadline:
-            raise DeadlineExceeded(f"job {job.id} passed its deadline")
-
-    def _call(self, pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutput:
-        done_before = job.step
-
-        def between_steps(i: int, total: int) -> None:
-            job.call_steps[index] = total
-            job.step = done_before + i + 1
-            job.changed()
-            self._check(job)
-
-        return pipe(
-            call.prompts,
-            negative_prompt=None if call.zero_negatives else call.negative_prompts,
-            height=call.height,
-            width=call.width,
-            num_inference_steps=call.steps,
-            guidance_scale=call.guidance_scale,
-            seed=call.seed,
-            scheduler=call.scheduler,
-            num_images_per_prompt=call.images_per_prompt,
-            noise=call.noise,
-            step_callback=between_steps,
-        )
+            if outcome.broken:  # unready before the job's client hears of the failure
+                self._cool_locked()
+            self._finish_locked(job, outcome.state, outcome.error, outcome.timings)
+        return not outcome.broken
 
     def _finish_locked(
         self,
@@ -383,9 +386,4 @@ class Service:
         self.metrics.jobs.labels(_OUTCOME[state]).inc()
         self.metrics.observe(timings)
         job.changed()
-
-    def _forget_old_locked(self) -> None:
-        """Keep at most `history` finished jobs, oldest dropped first."""
-        finished = [job_id for job_id, job in self._jobs.items() if job.state.finished]
-        for job_id in finished[: max(0, len(finished) - self._history)]:
-            del self._jobs[job_id]
+        self._history.trim()

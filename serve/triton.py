@@ -47,7 +47,10 @@ def config_text(name: str, instances: int, gpu: bool, max_steps: int) -> str:
     )
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     lines += ["]", f"instance_group [ {{ count: {instances} kind: {kind} }} ]"]
-    lines.append(f'parameters: {{ key: "max_steps" value: {{ string_value: "{max_steps}" }} }}')
+    # The limits `sdtrt serve` keeps, kept by the model (Triton's front end knows no prompts).
+    limits = {"max_steps": max_steps, "max_prompt_chars": 2000, "max_images": 16}
+    for key, value in limits.items():
+        lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     lines.append('parameters: { key: "engine_dir" value: { string_value: "engines" } }')
     return "\n".join(lines) + "\n"
 

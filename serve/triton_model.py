@@ -37,24 +37,35 @@ class TritonPythonModel:
         }
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.max_steps = int(parameters.get("max_steps", "150"))
+        self.max_prompt_chars = int(parameters.get("max_prompt_chars", "2000"))
+        self.max_images = int(parameters.get("max_images", "16"))
         self.pipe = Pipeline.load(version_dir / parameters.get("engine_dir", "engines"))
 
     def _generate(self, request: Any) -> list[Any]:
         steps = int(_value(request, "STEPS", 50))
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"STEPS must be 1 to {self.max_steps}, got {steps}")
+        prompt, negative = _value(request, "PROMPT", None), _value(request, "NEGATIVE_PROMPT", "")
+        for name, text in (("PROMPT", prompt), ("NEGATIVE_PROMPT", negative)):
+            if isinstance(text, str) and len(text) > self.max_prompt_chars:
+                raise InputError(
+                    f"{name} is {len(text)} characters; the limit is {self.max_prompt_chars}"
+                )
+        batch = int(_value(request, "BATCH", 1))
+        if not 1 <= batch <= self.max_images:
+            raise InputError(f"BATCH must be 1 to {self.max_images}, got {batch}")
         seed = _value(request, "SEED", -1)
         guidance = _value(request, "GUIDANCE", None)  # the model's default if absent
         result = self.pipe(
-            _value(request, "PROMPT", None),
-            negative_prompt=_value(request, "NEGATIVE_PROMPT", "") or None,
+            prompt,
+            negative_prompt=negative or None,
             num_inference_steps=steps,
             guidance_scale=None if guidance is None else float(guidance),
             seed=None if seed < 0 else int(seed),
             height=_value(request, "HEIGHT", None),
             width=_value(request, "WIDTH", None),
             scheduler=_value(request, "SCHEDULER", "") or None,
-            num_images_per_prompt=int(_value(request, "BATCH", 1)),
+            num_images_per_prompt=batch,
         )
         pixels = np.stack([np.asarray(image) for image in result.images])
         seed_used = np.array([result.request.seed], dtype=np.uint64)

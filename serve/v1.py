@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import scheduler_names
 from sdtrt.serve.jobs import GenerationParams, Job, JobState
+from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.schemas import (
     JobAccepted,
@@ -35,9 +36,8 @@ def _service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def check_limits(request: Request, prompt: str, negative: str, steps: int) -> None:
+def check_limits(options: ServeOptions, prompt: str, negative: str, steps: int) -> None:
     """The server's own limits, beyond what the engines can do."""
-    options = request.app.state.options
     for what, text in (("prompt", prompt), ("negative_prompt", negative)):
         if len(text) > options.max_prompt_chars:
             raise InputError(
@@ -115,7 +115,7 @@ async def txt2img(
 ) -> Txt2ImgResponse | JSONResponse:
     """Generate; waits for the images unless `wait=false`. A client that disconnects cancels."""
     service = _service(request)
-    check_limits(request, body.prompt, body.negative_prompt, body.steps)
+    check_limits(request.app.state.options, body.prompt, body.negative_prompt, body.steps)
     params = GenerationParams(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -134,30 +134,31 @@ async def txt2img(
         )
         return JSONResponse(accepted.model_dump(), status_code=202)
     await wait_or_cancel(request, service, job)
-    if job.state is not JobState.SUCCEEDED:
-        return failure_response(job)
-    return result_body(job)
+    answer = result_body(job) if job.state is JobState.SUCCEEDED else failure_response(job)
+    service.forget(job)
+    return answer
 
 
 @v1_router.get("/jobs/{job_id}")
 def job_status(job_id: str, request: Request) -> JobStatus:
-    """State, step i of n, queue position; the images once it succeeded."""
+    """State, step i of n, queue position; the images once it succeeded. Only the client that
+    submitted the job (same address, key and X-Client-Id) sees it; others get 404."""
     service = _service(request)
-    return status_body(service, service.get(job_id))
+    return status_body(service, service.get(job_id, owner_of(request)))
 
 
 @v1_router.delete("/jobs/{job_id}", status_code=202)
 def cancel_job(job_id: str, request: Request) -> JobStatus:
     """Cancel this job only: dropped if queued, stopped after its current step if running."""
     service = _service(request)
-    return status_body(service, service.cancel(job_id))
+    return status_body(service, service.cancel(job_id, owner_of(request)))
 
 
 @v1_router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: `progress` on each change, then one `done` with the final state."""
     service = _service(request)
-    job = service.get(job_id)
+    job = service.get(job_id, owner_of(request))
 
     async def stream() -> AsyncIterator[str]:
         seen = -1

@@ -6,16 +6,19 @@ import base64
 import io
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image
 
+from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve import Service
 from sdtrt.serve.app import ServeOptions, create_app
+from sdtrt.serve.server import uvicorn_config
 
 # Denoising steps for quick requests on the tiny engines (a few tens of ms each).
 QUICK_STEPS = 3
@@ -38,11 +41,14 @@ def live_server(
     workers: int = 1,
     queue: int = 4,
     history: int = 64,
+    forwarded_allow_ips: str | None = None,
+    loader: Callable[[Path], Any] = Pipeline.load,
+    header_timeout_s: float = 10.0,
 ) -> Iterator[LiveServer]:
     """uvicorn serving a fresh, warm service on a free loopback port, in a thread here."""
     import uvicorn
 
-    service = Service(engine_dir, workers=workers, queue_size=queue, history=history)
+    service = Service(engine_dir, workers=workers, queue_size=queue, history=history, loader=loader)
     app = create_app(service, options or ServeOptions())
     # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every response waits ~40 ms on the client's delayed ACK.
@@ -50,7 +56,9 @@ def live_server(
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+    config = uvicorn_config(
+        app, "127.0.0.1", port, forwarded_allow_ips, 10, header_timeout_s=header_timeout_s
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

@@ -71,3 +71,28 @@ def test_missing_and_truncated_component_files(engine_copy):
     engine.unlink()
     with pytest.raises(ArtifactError, match="is missing"):
         check_component_files(engine_copy, record)
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../../outside.onnx", "unet/../../x", "C:\\models\\x", "..\\x"]
+)
+def test_a_manifest_cannot_point_outside_its_directory(engine_copy, path):
+    """Engines handed over by someone else must not make the runtime read other files."""
+
+    def point(m):
+        m["components"]["unet"]["engine"] = path
+
+    _rewrite(engine_copy, point)
+    with pytest.raises(ArtifactError, match="is not a path inside the engine directory"):
+        read_manifest(engine_copy)
+
+
+def test_a_link_out_of_the_directory_is_refused(engine_copy, tmp_path):
+    record = read_manifest(engine_copy).components["unet"]
+    engine = engine_copy / record.engine
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(engine.read_bytes())
+    engine.unlink()
+    engine.symlink_to(outside)
+    with pytest.raises(ArtifactError, match="leads outside"):
+        check_component_files(engine_copy, record)

@@ -53,3 +53,28 @@ def test_unknown_preset():
     message = str(caught.value)
     assert message.startswith("unknown preset 'huge'; choose one of: tiny, tiny-inpaint, ")
     assert all(name in message for name in ("tiny-sdxl-refiner", "sd15", "sdxl"))
+
+
+def test_a_folder_with_pickled_weights_needs_allow_pickle(tiny_model_dir, tmp_path):
+    """A .bin network can run any code as it loads: refused in one line, nothing written."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from sdtrt.cli import app
+    from sdtrt.export.sources import check_no_pickles
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), folder / "unet" / "diffusion_pytorch_model.bin")
+    check_no_pickles(folder, allow_pickle=False)  # beside .safetensors, a .bin is not read
+    weights.unlink()
+    result = CliRunner().invoke(app, ["build", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--allow-pickle" in lines[0] and "unet" in lines[0]
+    assert not (tmp_path / "out").exists()
+    check_no_pickles(folder, allow_pickle=True)

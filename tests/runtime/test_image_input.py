@@ -135,3 +135,12 @@ def test_an_inpainting_model_needs_image_and_mask(tiny_inpaint_engine_dir):
         for kwargs in ({}, {"image": picture(64, 64)}):
             with pytest.raises(InputError, match="this is an inpainting model"):
                 pipe("a cat", **kwargs)
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path):
+    """A decompression bomb: a small file whose pixels would fill the memory."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8200, 8200)).save(bomb)
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(InputError, match=r"is 8200x8200 pixels; the most it may have is"):
+        open_image(bomb)

@@ -39,7 +39,7 @@ CASES: list[tuple[str, str, str, object, dict[str, str], int, str]] = [
     ("unknown field", "POST", V1, {**GOOD, "sampler": "euler"}, {}, 422, "unknown field"),
     ("bad JSON", "POST", V1, b'{"prompt": ', {}, 422, "not valid JSON"),
     ("JSON array body", "POST", V1, b"[1, 2]", {}, 422, "JSON object"),
-    ("not JSON at all", "POST", V1, b"hello", {"Content-Type": "text/plain"}, 422, "JSON object"),
+    ("not JSON at all", "POST", V1, b"hello", {"Content-Type": "text/plain"}, 415, "must be JSON"),
     ("huge body", "POST", V1, {**GOOD, "negative_prompt": "x" * 100_000}, {}, 413, "limit"),
     ("prompt too long", "POST", V1, {**GOOD, "prompt": "y" * 3000}, {}, 400, "characters"),
     ("A1111 unknown sampler", "POST", A1111, {"prompt": "x", "sampler_name": "Magic"}, {}, 400,

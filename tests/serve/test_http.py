@@ -143,7 +143,7 @@ def test_readyz_is_503_until_warm(tiny_engine_dir: Path) -> None:
         return Pipeline.load(directory)
 
     service = Service(tiny_engine_dir, workers=1, loader=slow_loader)
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service), base_url="http://localhost") as client:
         assert client.get("/readyz").status_code == 503
         refused = client.post("/v1/txt2img", json=QUICK)
         assert refused.status_code == 503 and "warming up" in refused.json()["detail"]

@@ -121,7 +121,9 @@ def test_model_takes_steps_guidance_seed_and_size_per_request(
     good = request(PROMPT="a fox", STEPS=3, GUIDANCE=5.0, SEED=9, HEIGHT=48, WIDTH=64)
     bad = request(PROMPT="a fox", STEPS=0)
     off_grid = request(PROMPT="a fox", HEIGHT=33)
-    answers = model.execute([good, bad, off_grid])
+    too_long = request(PROMPT="y" * 3000, STEPS=2)
+    too_many = request(PROMPT="a fox", STEPS=2, BATCH=99)
+    answers = model.execute([good, bad, off_grid, too_long, too_many])
     model.finalize()
     assert answers[0].error is None
     with Pipeline.load(tiny_engine_dir) as pipe:
@@ -133,6 +135,8 @@ def test_model_takes_steps_guidance_seed_and_size_per_request(
     assert answers[0].outputs["SEED_USED"].tolist() == [9]
     assert "STEPS must be 1 to 150" in answers[1].error.message()
     assert "multiple of" in answers[2].error.message()
+    assert "PROMPT is 3000 characters; the limit is 2000" in answers[3].error.message()
+    assert "BATCH must be 1 to 16" in answers[4].error.message()
 
 
 def test_cli_export_and_refusal(tiny_engine_dir: Path, tmp_path: Path) -> None:
