@@ -22,6 +22,7 @@ from sdtrt.errors import InputError, SdtrtError, debugging, first_line
 from sdtrt.serve.a1111 import a1111_router
 from sdtrt.serve.errors import NotAccepting, QueueFull, UnknownJob
 from sdtrt.serve.guards import Guard, problem
+from sdtrt.serve.openai_images import openai_router
 from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import v1_router
@@ -127,6 +128,7 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
         return HTMLResponse(page)
 
     app.include_router(v1_router)
+    app.include_router(openai_router)
     app.include_router(a1111_router)
     app.add_middleware(Guard, options=options)
     return app
