@@ -184,7 +184,7 @@ class Pipeline:
             image,
             mask_image,
             strength,
-            denoiser=self._denoiser,
+            denoiser=self._denoiser.io,
             model=self.manifest.model,
             padding_mask_crop=padding_mask_crop,
         )

@@ -8,6 +8,7 @@ arrays in [0, 1] are resized by nearest neighbour, as torch's `interpolate` does
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TypeAlias
 
@@ -25,22 +26,34 @@ MAX_PIXELS = 8192 * 8192
 def open_image(path: str | Path, what: str = "image") -> Image.Image:
     """Read an image file fully, or fail with one line naming it."""
     try:
-        with Image.open(path) as handle:
+        return _decoded(path, f"{what} file {path}")
+    except FileNotFoundError as error:
+        raise InputError(f"{what} file {path} does not exist") from error
+
+
+def decode_image(data: bytes, what: str = "image") -> Image.Image:
+    """An image from the bytes of its file (PNG, JPEG, WebP...), or one line saying why not."""
+    return _decoded(io.BytesIO(data), what)
+
+
+def _decoded(source: str | Path | io.BytesIO, named: str) -> Image.Image:
+    try:
+        with Image.open(source) as handle:
             width, height = handle.size
             if width * height > MAX_PIXELS:
                 raise InputError(
-                    f"{what} file {path} is {width}x{height} pixels; the most it may have is "
+                    f"{named} is {width}x{height} pixels; the most it may have is "
                     f"{MAX_PIXELS} (8192x8192)"
                 )
             handle.load()
             return handle.copy()
     except Image.DecompressionBombError as error:
-        raise InputError(f"{what} file {path} declares more pixels than it may have") from error
-    except FileNotFoundError as error:
-        raise InputError(f"{what} file {path} does not exist") from error
+        raise InputError(f"{named} declares more pixels than it may have") from error
+    except FileNotFoundError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "not an image"
-        raise InputError(f"{what} file {path} cannot be read as an image ({reason})") from error
+        raise InputError(f"{named} cannot be read as an image ({reason})") from error
 
 
 def _as_pil_or_array(value: ImageInput, what: str) -> Image.Image | np.ndarray:

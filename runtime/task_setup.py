@@ -19,6 +19,7 @@ from PIL import Image
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest, ModelInfo
 from sdtrt.engine.ranges import check_image_size
+from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.noise import NoiseSource
@@ -64,12 +65,13 @@ def load_inputs(
     mask_image: ImageInput | None,
     strength: float | None,
     *,
-    denoiser: Engine,
+    denoiser: ComponentIO,
     model: ModelInfo,
     padding_mask_crop: int | None = None,
 ) -> ImageInputs | None:
     """The call's images, or None for text to image. A mask or strength without an image is
-    an error, and so is anything but inpainting on an inpainting model."""
+    an error, and so is anything but inpainting on an inpainting model (`denoiser`: its
+    network's inputs, as an engine or the manifest records them)."""
     if denoiser_channels(denoiser) == INPAINT_CHANNELS and (image is None or mask_image is None):
         raise InputError(
             "this is an inpainting model: give it an image and a mask (--image and --mask; "
@@ -145,8 +147,8 @@ def output_size(
     return asked
 
 
-def denoiser_channels(denoiser: Engine) -> int:
-    return int(denoiser.io.input("sample").shape[1])
+def denoiser_channels(denoiser: ComponentIO) -> int:
+    return int(denoiser.input("sample").shape[1])
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ def _inpaint(
     strength: float,
 ) -> Task:
     request, model, source = setup.request, setup.model, setup.source
-    channels = denoiser_channels(setup.denoiser)
+    channels = denoiser_channels(setup.denoiser.io)
     if channels not in (model.latent_channels, INPAINT_CHANNELS):
         raise ArtifactError(
             f"the denoiser takes {channels} input channels; inpainting needs "

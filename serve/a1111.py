@@ -14,12 +14,14 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from PIL import ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdtrt import __version__
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import resolve_scheduler_name
-from sdtrt.serve.jobs import GenerationParams, Job, JobState
+from sdtrt.serve.encoding import image_from_base64
+from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import check_limits, failure_response
@@ -71,6 +73,23 @@ class A1111Txt2Img(BaseModel):
     height: int | None = Field(None, description="The model's native size if unset.")
     send_images: bool = True
     styles: list[str] | None = None
+
+
+class A1111Img2Img(A1111Txt2Img):
+    """A1111's StableDiffusionProcessingImg2Img keys that change the image here. Its output is
+    `width` x `height` (the image resized to it, A1111's resize mode 0) or, unset, the size of
+    the image (inpainting: the model's own). `inpainting_fill` other than 1 ("original") and
+    `resize_mode` are accepted and ignored: the masked area always starts from the image."""
+
+    init_images: list[str] = Field(description="The image to start from (only the first is read).")
+    mask: str | None = Field(None, description="White where to inpaint.")
+    denoising_strength: float = 0.75
+    mask_blur: int = Field(4, description="Radius of the Gaussian blur over the mask, pixels.")
+    inpainting_mask_invert: int = Field(0, description="1: inpaint where the mask is black.")
+    inpaint_full_res: bool = Field(
+        True, description="Inpaint the masked area (and its padding) at the full output size."
+    )
+    inpaint_full_res_padding: int = 32
 
 
 class A1111Response(BaseModel):
@@ -145,7 +164,7 @@ def _info(service: Service, body: A1111Txt2Img, job: Job, sampler: str) -> str:
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": getattr(body, "denoising_strength", None),
         "extra_generation_params": {"Schedule type": body.scheduler or "Automatic"},
         "index_of_first_image": 0,
         "infotexts": job.result.infotexts if job.result else [],
@@ -161,6 +180,36 @@ def _info(service: Service, body: A1111Txt2Img, job: Job, sampler: str) -> str:
 @a1111_router.post("/txt2img")
 async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
     """A1111's txt2img: `seed` -1 is random; image i is seeded `seed + i`, as in A1111."""
+    return await _generate(request, body, None)
+
+
+@a1111_router.post("/img2img")
+async def img2img(body: A1111Img2Img, request: Request) -> Any:
+    """A1111's img2img: image to image, or inpainting with `mask`; seeds as for txt2img."""
+    return await _generate(request, body, _image_task(body))
+
+
+def _image_task(body: A1111Img2Img) -> ImageTask:
+    if not body.init_images:
+        raise InputError("init_images must hold the image to start from")
+    image = image_from_base64(body.init_images[0], "init_images[0]")
+    mask = None
+    if body.mask is not None:
+        mask = image_from_base64(body.mask, "mask").convert("L")
+        if body.inpainting_mask_invert:
+            mask = ImageOps.invert(mask)
+        if body.mask_blur > 0:
+            mask = mask.filter(ImageFilter.GaussianBlur(body.mask_blur))
+    full_res = mask is not None and body.inpaint_full_res
+    return ImageTask(
+        image=image,
+        mask=mask,
+        strength=body.denoising_strength,
+        padding_mask_crop=max(0, body.inpaint_full_res_padding) if full_res else None,
+    )
+
+
+async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None) -> Any:
     service = _service(request)
     options = request.app.state.options
     check_limits(options, body.prompt, body.negative_prompt, body.steps)
@@ -182,6 +231,7 @@ async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
         scheduler=map_sampler(sampler, body.scheduler),
         images=count,
         per_image_seeds=True,
+        task=task,
     )
     job = service.submit(params, owner=owner_of(request))
     await wait_or_cancel(request, service, job)
@@ -192,7 +242,8 @@ async def txt2img(body: A1111Txt2Img, request: Request) -> Any:
         pngs = job.result.pngs if job.result and body.send_images else []
         answer = A1111Response(
             images=[base64.b64encode(png).decode("ascii") for png in pngs],
-            parameters=body.model_dump(),
+            # The images are not echoed back, as A1111 does without include_init_images.
+            parameters=body.model_dump() | ({"init_images": None, "mask": None} if task else {}),
             info=_info(service, body, job, sampler),
         )
     service.forget(job)

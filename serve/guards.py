@@ -24,6 +24,12 @@ from sdtrt.serve.options import ServeOptions
 # Static, data-free routes a browser must load before it can send a key.
 OPEN_PATHS = ("/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Routes whose bodies carry images, allowed ServeOptions.max_image_body_bytes.
+IMAGE_ROUTES = ("/v1/img2img", "/sdapi/v1/img2img")
+
+
+def body_limit(path: str, options: ServeOptions) -> int:
+    return options.max_image_body_bytes if path in IMAGE_ROUTES else options.max_body_bytes
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -67,7 +73,7 @@ def refusal(
                 "missing or wrong API key; send the header 'Authorization: Bearer KEY'",
                 {"WWW-Authenticate": "Bearer"},
             )
-    limit = options.max_body_bytes
+    limit = body_limit(path, options)
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return problem(413, f"the body is over the {limit}-byte limit")
@@ -75,11 +81,12 @@ def refusal(
 
 
 def body_refusal(
-    body: bytes, headers: Mapping[str, str], options: ServeOptions
+    path: str, body: bytes, headers: Mapping[str, str], options: ServeOptions
 ) -> JSONResponse | None:
     """The answer to a body too big, or not JSON (None: go on)."""
-    if len(body) > options.max_body_bytes:
-        return problem(413, f"the body is over the {options.max_body_bytes}-byte limit")
+    limit = body_limit(path, options)
+    if len(body) > limit:
+        return problem(413, f"the body is over the {limit}-byte limit")
     if body and not is_json(headers.get("content-type", "")):
         return problem(415, "the body must be JSON, sent as Content-Type: application/json")
     return None
@@ -121,12 +128,12 @@ class Guard:
         if refused is not None:
             await refused(scope, receive, send)
             return
-        messages = await self._read_body(receive)
+        messages = await self._read_body(receive, body_limit(scope["path"], self.options))
         if isinstance(messages, JSONResponse):
             await messages(scope, receive, send)
             return
         body = b"".join(message.get("body", b"") for message in messages)
-        refused = body_refusal(body, headers, self.options)
+        refused = body_refusal(scope["path"], body, headers, self.options)
         if refused is not None:
             await refused(scope, receive, send)
             return
@@ -136,7 +143,7 @@ class Guard:
 
         await self.app(scope, replay, send)
 
-    async def _read_body(self, receive: Receive) -> list[Message] | JSONResponse:
+    async def _read_body(self, receive: Receive, limit: int) -> list[Message] | JSONResponse:
         """The request's messages up to the end of its body, or the refusal of a body too big
         or too slow (without a declared length, a chunked body is counted as it comes)."""
         options = self.options
@@ -157,7 +164,7 @@ class Guard:
             if message["type"] != "http.request":
                 return messages
             size += len(message.get("body", b""))
-            if size > options.max_body_bytes:
-                return problem(413, f"the body is over the {options.max_body_bytes}-byte limit")
+            if size > limit:
+                return problem(413, f"the body is over the {limit}-byte limit")
             if not message.get("more_body", False):
                 return messages

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from sdtrt.runtime.request import Request
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,17 @@ class JobState(str, enum.Enum):
     @property
     def finished(self) -> bool:
         return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """Image to image (an image) and inpainting (an image and a mask): what every call of the
+    job starts from. `strength` None: diffusers' default for the model and task."""
+
+    image: Image.Image
+    mask: Image.Image | None = None
+    strength: float | None = None
+    padding_mask_crop: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class GenerationParams:
     scheduler: str | None = None
     images: int = 1
     per_image_seeds: bool = False
+    task: ImageTask | None = None  # None: text to image
 
 
 @dataclass
@@ -67,6 +81,7 @@ class Job:
     calls: list[Request]
     owner: str
     deadline: float | None  # time.monotonic() value, or None
+    task: ImageTask | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     step: int = 0  # denoising steps done, over all calls

@@ -14,6 +14,7 @@ WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
 class ServeOptions:
     api_key: str | None = None
     max_body_bytes: int = 64 * 1024
+    max_image_body_bytes: int = 32 * 2**20  # on the routes that take images
     body_timeout_s: float = 30.0  # for the whole body to arrive once the headers have
     max_steps: int = 150
     max_prompt_chars: int = 2000

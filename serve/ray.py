@@ -123,7 +123,7 @@ class SdtrtIngress:
         if refused is not None:
             return refused
         raw = await request.body()
-        refused = body_refusal(raw, headers, self.options)
+        refused = body_refusal(request.url.path, raw, headers, self.options)
         if refused is not None:
             return refused
         try:

@@ -62,6 +62,7 @@ def check(job: Job) -> None:
 
 def _call(pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutput:
     done_before = job.step
+    task = job.task
 
     def between_steps(i: int, total: int) -> None:
         job.call_steps[index] = total
@@ -81,4 +82,8 @@ def _call(pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutp
         num_images_per_prompt=call.images_per_prompt,
         noise=call.noise,
         step_callback=between_steps,
+        image=None if task is None else task.image,
+        mask_image=None if task is None else task.mask,
+        strength=None if task is None else task.strength,
+        padding_mask_crop=None if task is None else task.padding_mask_crop,
     )

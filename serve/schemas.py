@@ -51,6 +51,22 @@ class Txt2ImgRequest(BaseModel):
     )
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """Image to image, or inpainting with a mask: the `run` command's `--image`, `--mask`,
+    `--strength` and `--padding-mask-crop`, images as base64 (or `data:` URLs)."""
+
+    image: Annotated[str, Strict()] = Field(description="The image to start from, base64.")
+    mask: Annotated[str, Strict()] | None = Field(
+        None, description="White where to inpaint, base64; image to image without one."
+    )
+    strength: Number | None = Field(
+        None, description="How much to change the image, (0, 1]; diffusers' default if unset."
+    )
+    padding_mask_crop: Int | None = Field(
+        None, description="Inpaint the mask's surroundings (this margin in pixels) at full size."
+    )
+
+
 class Txt2ImgResponse(BaseModel):
     id: str
     images: list[str] = Field(description="Base64 PNGs with their settings in `parameters`.")

@@ -14,7 +14,6 @@ that cannot load them again stops, and with none left the service fails (and say
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -26,13 +25,12 @@ from pathlib import Path
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError, SdtrtError
-from sdtrt.runtime.arguments import MAX_SEED, make_request
 from sdtrt.runtime.pipeline import Pipeline, default_scheduler, read_scheduler_config
-from sdtrt.runtime.request import Request
 from sdtrt.serve.errors import NotAccepting, QueueFull
 from sdtrt.serve.history import JobHistory
 from sdtrt.serve.jobs import GenerationParams, Job, JobState
 from sdtrt.serve.metrics import ServiceMetrics
+from sdtrt.serve.planning import plan_calls
 from sdtrt.serve.running import run_job
 
 log = logging.getLogger(__name__)
@@ -167,7 +165,7 @@ class Service:
             raise NotAccepting(self._not_ready_message())
         if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
             raise InputError(f"deadline must be a positive number of seconds, got {deadline_s}")
-        calls = self._plan(params)
+        calls = plan_calls(self.manifest, self.default_scheduler, params)
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         with self._lock:
             if self._state != "ready":
@@ -180,7 +178,7 @@ class Service:
                     f"the queue is full ({self.queue_size} jobs waiting); retry in {retry_after} s",
                     retry_after,
                 )
-            job = Job(calls=calls, owner=owner, deadline=deadline)
+            job = Job(calls=calls, owner=owner, deadline=deadline, task=params.task)
             self._history.add(job)
             self._queue.append(job)
             self._history.trim()
@@ -238,31 +236,6 @@ class Service:
         if self._state in ("draining", "stopped"):
             return "the service is shutting down and takes no new jobs"
         return "the service is warming up; retry in a few seconds"
-
-    def _plan(self, params: GenerationParams) -> list[Request]:
-        """The pipeline calls for a job, each checked against the engines' ranges."""
-        per_call = 1 if params.per_image_seeds else params.images
-        if params.images < 1:
-            raise InputError(f"the number of images must be at least 1, got {params.images}")
-        first = make_request(
-            manifest=self.manifest,
-            default_scheduler=self.default_scheduler,
-            prompt=params.prompt,
-            # None, not "": SDXL conditions on zeros without a negative prompt.
-            negative_prompt=params.negative_prompt or None,
-            height=params.height,
-            width=params.width,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance,
-            seed=params.seed,
-            scheduler=params.scheduler,
-            num_images_per_prompt=per_call,
-        )
-        if not params.per_image_seeds:
-            return [first]
-        if first.seed + params.images - 1 > MAX_SEED:
-            raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
-        return [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
 
     def _worker(self, index: int) -> None:
         """Load and warm a pipeline, run jobs on it; replace it after a failure that may have

@@ -12,10 +12,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import scheduler_names
-from sdtrt.serve.jobs import GenerationParams, Job, JobState
+from sdtrt.serve.encoding import image_from_base64
+from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.schemas import (
+    Img2ImgRequest,
     JobAccepted,
     JobStatus,
     ServiceInfo,
@@ -114,6 +116,34 @@ async def txt2img(
     ] = True,
 ) -> Txt2ImgResponse | JSONResponse:
     """Generate; waits for the images unless `wait=false`. A client that disconnects cancels."""
+    return await _generate(request, body, None, wait)
+
+
+@v1_router.post(
+    "/img2img",
+    response_model=Txt2ImgResponse,
+    responses={202: {"model": JobAccepted}, 429: {}, 400: {}, 422: {}},
+)
+async def img2img(
+    body: Img2ImgRequest,
+    request: Request,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 with the job id at once, poll /v1/jobs/{id}.")
+    ] = True,
+) -> Txt2ImgResponse | JSONResponse:
+    """Image to image, or inpainting with a mask; otherwise as /v1/txt2img."""
+    task = ImageTask(
+        image=image_from_base64(body.image, "image"),
+        mask=None if body.mask is None else image_from_base64(body.mask, "mask"),
+        strength=body.strength,
+        padding_mask_crop=body.padding_mask_crop,
+    )
+    return await _generate(request, body, task, wait)
+
+
+async def _generate(
+    request: Request, body: Txt2ImgRequest, task: ImageTask | None, wait: bool
+) -> Txt2ImgResponse | JSONResponse:
     service = _service(request)
     check_limits(request.app.state.options, body.prompt, body.negative_prompt, body.steps)
     params = GenerationParams(
@@ -126,6 +156,7 @@ async def txt2img(
         width=body.width,
         scheduler=body.scheduler,
         images=body.batch,
+        task=task,
     )
     job = service.submit(params, owner=owner_of(request), deadline_s=body.deadline)
     if not wait:

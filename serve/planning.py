@@ -1,0 +1,60 @@
+"""A job's pipeline calls, built and checked when it is submitted: a request the engines cannot
+make is refused then (400), not when a worker reaches it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sdtrt.engine.manifest import Manifest
+from sdtrt.errors import InputError
+from sdtrt.runtime.arguments import MAX_SEED, make_request
+from sdtrt.runtime.families import family_of
+from sdtrt.runtime.request import Request
+from sdtrt.runtime.task_setup import load_inputs, output_size
+from sdtrt.runtime.tasks import check_strength
+from sdtrt.serve.jobs import GenerationParams
+
+
+def plan_calls(
+    manifest: Manifest, default_scheduler: str, params: GenerationParams
+) -> list[Request]:
+    """The pipeline calls for a job, each checked against the engines' ranges (and, for image
+    to image and inpainting, its images against the model)."""
+    if params.images < 1:
+        raise InputError(f"the number of images must be at least 1, got {params.images}")
+    task = params.task
+    family = family_of(manifest.model)
+    inputs = load_inputs(
+        None if task is None else task.image,
+        None if task is None else task.mask,
+        None if task is None else task.strength,
+        denoiser=manifest.components[family.denoiser].io,
+        model=manifest.model,
+        padding_mask_crop=None if task is None else task.padding_mask_crop,
+    )
+    height, width = output_size(inputs, manifest, params.height, params.width)
+    first = make_request(
+        manifest=manifest,
+        default_scheduler=default_scheduler,
+        prompt=params.prompt,
+        # None, not "": SDXL conditions on zeros without a negative prompt.
+        negative_prompt=params.negative_prompt or None,
+        height=height,
+        width=width,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance,
+        seed=params.seed,
+        scheduler=params.scheduler,
+        num_images_per_prompt=1 if params.per_image_seeds else params.images,
+        inpainting=inputs is not None and inputs.kind == "inpaint",
+    )
+    if task is not None and inputs is not None:
+        strength = task.strength
+        if strength is None:
+            strength = family.default_strength(manifest.model, inputs.kind)
+        check_strength(strength, first.steps)
+    if not params.per_image_seeds:
+        return [first]
+    if first.seed + params.images - 1 > MAX_SEED:
+        raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
+    return [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
