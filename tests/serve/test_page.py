@@ -121,3 +121,49 @@ def test_the_seed_shown_remakes_the_image(page: Any) -> None:
     page.click("#images figcaption button.seed")  # the caption's seed, back into the field
     expect(page.locator("#seed")).to_have_value(biggest)
     assert not np.array_equal(_pixels(page), first)
+
+
+def test_image_to_image_and_a_painted_mask(
+    page: Any, tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    """Upload an image, generate from it; paint a mask over it, inpaint: each the pipeline's own
+    image for what the page sent."""
+    from playwright.sync_api import expect
+
+    from sdtrt.runtime.pipeline import Pipeline
+
+    y, x = np.mgrid[0:64, 0:64]
+    photo = Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8))
+    photo.save(tmp_path / "photo.png")
+    page.fill("#prompt", "a lighthouse")
+    page.fill("#steps", "3")
+    page.fill("#seed", "42")
+    page.click("#image-task summary")
+    page.set_input_files("#init-image", str(tmp_path / "photo.png"))
+    expect(page.locator("#canvases")).to_be_visible()
+    page.fill("#strength", "0.6")
+    with page.expect_request(lambda request: "/v1/img2img" in request.url) as moved:
+        _generate(page, images_before=0)
+    sent = moved.value.post_data_json
+    assert sent["mask"] is None and sent["strength"] == 0.6
+    first = _pixels(page)
+
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6, steps=12)
+    page.mouse.up()
+    with page.expect_request(lambda request: "/v1/img2img" in request.url) as painted:
+        _generate(page, images_before=1)
+    mask_url = painted.value.post_data_json["mask"]
+    mask = Image.open(io.BytesIO(base64.b64decode(mask_url.partition(",")[2])))
+    pixels = np.asarray(mask.convert("L"))
+    assert mask.size == (64, 64) and 0 < (pixels > 127).mean() < 0.5  # the stroke, not all
+    second = _pixels(page)
+
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        common = dict(num_inference_steps=3, seed=42, guidance_scale=7.5, height=64, width=64)
+        direct = pipe("a lighthouse", image=photo, strength=0.6, **common)
+        np.testing.assert_array_equal(first, np.asarray(direct.images[0]))
+        direct = pipe("a lighthouse", image=photo, mask_image=mask, strength=0.6, **common)
+        np.testing.assert_array_equal(second, np.asarray(direct.images[0]))
