@@ -33,7 +33,13 @@ from sdtrt.runtime.postprocess import postprocess, to_pil
 from sdtrt.runtime.preprocess import ImageInput
 from sdtrt.runtime.prompt_encoder import PromptEncoder
 from sdtrt.runtime.request import Request, SizeConditioning
-from sdtrt.runtime.task_setup import TaskSetup, load_inputs, make_image_task, output_size
+from sdtrt.runtime.task_setup import (
+    ImageInputs,
+    TaskSetup,
+    load_inputs,
+    make_image_task,
+    output_size,
+)
 from sdtrt.runtime.tasks import Task, check_fraction
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
@@ -223,6 +229,35 @@ class Pipeline:
                 negative_aesthetic_score=negative_aesthetic_score,
             ),
         )
+        return self.run(
+            request,
+            inputs,
+            strength=strength,
+            latents=latents,
+            output_type=output_type,
+            step_callback=step_callback,
+            denoising_start=denoising_start,
+            denoising_end=denoising_end,
+            started=started,
+        )
+
+    def run(
+        self,
+        request: Request,
+        inputs: ImageInputs | None = None,
+        *,
+        strength: float | None = None,
+        latents: np.ndarray | None = None,
+        output_type: Literal["pil", "np", "latent"] = "pil",
+        step_callback: StepCallback | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        started: float | None = None,
+    ) -> GenerationOutput:
+        """A call whose request is already made and checked (`make_request`, and `load_inputs`
+        for its images): what the call above runs, and what a server that checked a request
+        when it took it runs without building it again."""
+        started = time.perf_counter() if started is None else started
         self.prompt_encoder.check(request)
         timings = Timings()
         source = make_noise(request.noise, request.seed)

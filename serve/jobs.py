@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from sdtrt.runtime.request import Request
+from sdtrt.runtime.request import Request, SizeConditioning
+from sdtrt.runtime.task_setup import ImageInputs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class GenerationParams:
     images: int = 1
     per_image_seeds: bool = False
     task: ImageTask | None = None  # None: text to image
+    # SDXL: the second text encoder's prompts, and the micro-conditioning (diffusers' names).
+    prompt_2: str | None = None
+    negative_prompt_2: str | None = None
+    sizes: SizeConditioning | None = None
 
 
 @dataclass
@@ -81,7 +86,8 @@ class Job:
     calls: list[Request]
     owner: str
     deadline: float | None  # time.monotonic() value, or None
-    task: ImageTask | None = None
+    inputs: ImageInputs | None = None  # image to image and inpainting: the images, loaded
+    strength: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     step: int = 0  # denoising steps done, over all calls

@@ -4,20 +4,26 @@ make is refused then (400), not when a worker reaches it."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.arguments import MAX_SEED, make_request
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.request import Request
-from sdtrt.runtime.task_setup import load_inputs, output_size
+from sdtrt.runtime.task_setup import ImageInputs, load_inputs, output_size
 from sdtrt.runtime.tasks import check_strength
 from sdtrt.serve.jobs import GenerationParams
 
 
-def plan_calls(
-    manifest: Manifest, default_scheduler: str, params: GenerationParams
-) -> list[Request]:
+@dataclass(frozen=True)
+class Plan:
+    calls: list[Request]  # each made and checked once, run as they are
+    inputs: ImageInputs | None  # image to image and inpainting: the images, loaded
+    strength: float | None
+
+
+def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationParams) -> Plan:
     """The pipeline calls for a job, each checked against the engines' ranges (and, for image
     to image and inpainting, its images against the model)."""
     if params.images < 1:
@@ -46,15 +52,20 @@ def plan_calls(
         seed=params.seed,
         scheduler=params.scheduler,
         num_images_per_prompt=1 if params.per_image_seeds else params.images,
+        prompt_2=params.prompt_2,
+        negative_prompt_2=params.negative_prompt_2,
         inpainting=inputs is not None and inputs.kind == "inpaint",
+        sizes=params.sizes,
     )
     if task is not None and inputs is not None:
-        strength = task.strength
-        if strength is None:
-            strength = family.default_strength(manifest.model, inputs.kind)
-        check_strength(strength, first.steps)
+        chosen = task.strength
+        if chosen is None:
+            chosen = family.default_strength(manifest.model, inputs.kind)
+        check_strength(chosen, first.steps)
+    strength = None if task is None else task.strength
     if not params.per_image_seeds:
-        return [first]
+        return Plan([first], inputs, strength)
     if first.seed + params.images - 1 > MAX_SEED:
         raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
-    return [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
+    calls = [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
+    return Plan(calls, inputs, strength)

@@ -62,7 +62,6 @@ def check(job: Job) -> None:
 
 def _call(pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutput:
     done_before = job.step
-    task = job.task
 
     def between_steps(i: int, total: int) -> None:
         job.call_steps[index] = total
@@ -70,20 +69,5 @@ def _call(pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutp
         job.changed()
         check(job)
 
-    return pipe(
-        call.prompts,
-        negative_prompt=None if call.zero_negatives else call.negative_prompts,
-        height=call.height,
-        width=call.width,
-        num_inference_steps=call.steps,
-        guidance_scale=call.guidance_scale,
-        seed=call.seed,
-        scheduler=call.scheduler,
-        num_images_per_prompt=call.images_per_prompt,
-        noise=call.noise,
-        step_callback=between_steps,
-        image=None if task is None else task.image,
-        mask_image=None if task is None else task.mask,
-        strength=None if task is None else task.strength,
-        padding_mask_crop=None if task is None else task.padding_mask_crop,
-    )
+    # The request made when the job was submitted, run as it is.
+    return pipe.run(call, job.inputs, strength=job.strength, step_callback=between_steps)

@@ -23,6 +23,9 @@ def _seed_from_text(value: object) -> object:
 Seed = Annotated[Int, BeforeValidator(_seed_from_text)]
 
 
+Pair = Annotated[tuple[Int, Int], Field(description="Two whole numbers.")]
+
+
 class Txt2ImgRequest(BaseModel):
     """The `sdtrt run` command's parameters."""
 
@@ -49,6 +52,18 @@ class Txt2ImgRequest(BaseModel):
     deadline: Number | None = Field(
         None, description="Seconds after which the job is stopped between two steps."
     )
+    # SDXL, with diffusers' names and meanings; refused by other models.
+    prompt_2: Annotated[str, Strict()] | None = Field(
+        None, description="SDXL: the second text encoder's prompt; the prompt if unset."
+    )
+    negative_prompt_2: Annotated[str, Strict()] | None = Field(
+        None, description="SDXL: the second text encoder's negative prompt."
+    )
+    original_size: Pair | None = Field(None, description="SDXL: [height, width] conditioning.")
+    crops_coords_top_left: Pair | None = Field(None, description="SDXL: [top, left] conditioning.")
+    target_size: Pair | None = Field(None, description="SDXL: [height, width] conditioning.")
+    aesthetic_score: Number | None = Field(None, description="SDXL refiners: 6 if unset.")
+    negative_aesthetic_score: Number | None = Field(None, description="SDXL refiners: 2.5.")
 
 
 class Img2ImgRequest(Txt2ImgRequest):

@@ -165,7 +165,7 @@ class Service:
             raise NotAccepting(self._not_ready_message())
         if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
             raise InputError(f"deadline must be a positive number of seconds, got {deadline_s}")
-        calls = plan_calls(self.manifest, self.default_scheduler, params)
+        plan = plan_calls(self.manifest, self.default_scheduler, params)
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         with self._lock:
             if self._state != "ready":
@@ -178,7 +178,13 @@ class Service:
                     f"the queue is full ({self.queue_size} jobs waiting); retry in {retry_after} s",
                     retry_after,
                 )
-            job = Job(calls=calls, owner=owner, deadline=deadline, task=params.task)
+            job = Job(
+                calls=plan.calls,
+                owner=owner,
+                deadline=deadline,
+                inputs=plan.inputs,
+                strength=plan.strength,
+            )
             self._history.add(job)
             self._queue.append(job)
             self._history.trim()

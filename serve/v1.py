@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from sdtrt.errors import InputError
+from sdtrt.runtime.request import SizeConditioning
 from sdtrt.runtime.schedulers import scheduler_names
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
@@ -141,6 +142,19 @@ async def img2img(
     return await _generate(request, body, task, wait)
 
 
+def _sizes(body: Txt2ImgRequest) -> SizeConditioning | None:
+    """SDXL's micro-conditioning where the request sets any of it."""
+    names = (
+        "original_size",
+        "crops_coords_top_left",
+        "target_size",
+        "aesthetic_score",
+        "negative_aesthetic_score",
+    )
+    given = {name: getattr(body, name) for name in names if getattr(body, name) is not None}
+    return SizeConditioning(**given) if given else None
+
+
 async def _generate(
     request: Request, body: Txt2ImgRequest, task: ImageTask | None, wait: bool
 ) -> Txt2ImgResponse | JSONResponse:
@@ -157,6 +171,9 @@ async def _generate(
         scheduler=body.scheduler,
         images=body.batch,
         task=task,
+        prompt_2=body.prompt_2,
+        negative_prompt_2=body.negative_prompt_2,
+        sizes=_sizes(body),
     )
     job = service.submit(params, owner=owner_of(request), deadline_s=body.deadline)
     if not wait:

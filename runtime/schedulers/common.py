@@ -69,9 +69,7 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
         (image-to-image): diffusers' `timesteps[t_start * order:]` with `set_begin_index`."""
         return plan, skipped_steps * self.order
 
-    def add_noise(
-        self, original: np.ndarray, noise: np.ndarray, i: int, plan: PlanT
-    ) -> np.ndarray:
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, i: int, plan: PlanT) -> np.ndarray:
         """`original` noised to the level the UNet sees at call `i`: the forward process
         q(x_t | x_0) at that call's timestep, Ho et al. 2020, eq. 4."""
         alpha_prod = plan.alphas_cumprod[int(self.timesteps(plan)[i])]  # type: ignore[attr-defined]

@@ -133,9 +133,7 @@ class SigmaScheduler(Scheduler[PlanT, StateT]):
         sigma = plan.sigmas[i]
         return sample / (sigma**2 + 1) ** np.float32(0.5)
 
-    def add_noise(
-        self, original: np.ndarray, noise: np.ndarray, i: int, plan: PlanT
-    ) -> np.ndarray:
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, i: int, plan: PlanT) -> np.ndarray:
         """x + sigma * noise at call `i`'s sigma (the variance-exploding form of q(x_t | x_0))."""
         return (original + noise * plan.sigmas[i]).astype(np.float32, copy=False)
 

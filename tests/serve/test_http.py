@@ -248,3 +248,38 @@ def test_sdxl_engines_serve_with_the_models_defaults(preset_build) -> None:
     assert image.convert("RGB").tobytes() == direct.tobytes()  # type: ignore[union-attr]
     from_a1111 = decode_png(a1111.json()["images"][0])
     assert from_a1111.convert("RGB").tobytes() == direct.tobytes()  # type: ignore[union-attr]
+
+
+def test_sdxl_prompt_2_and_size_conditioning(preset_build, tiny_engine_dir: Path) -> None:
+    _, engines = preset_build("tiny-sdxl")
+    body = {
+        "prompt": "a red fox",
+        "prompt_2": "oil on canvas",
+        "negative_prompt_2": "blurry",
+        "original_size": [512, 384],
+        "crops_coords_top_left": [16, 0],
+        "target_size": [64, 64],
+        "steps": 3,
+        "seed": 5,
+    }
+    with live_server(engines) as live, live.client() as client:
+        response = client.post("/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    with Pipeline.load(engines) as pipe:
+        direct = pipe(
+            "a red fox",
+            prompt_2="oil on canvas",
+            negative_prompt_2="blurry",
+            original_size=(512, 384),
+            crops_coords_top_left=(16, 0),
+            target_size=(64, 64),
+            num_inference_steps=3,
+            seed=5,
+        ).images[0]
+        plain = pipe("a red fox", num_inference_steps=3, seed=5).images[0]
+    image = decode_png(response.json()["images"][0]).convert("RGB")
+    assert image.tobytes() == direct.tobytes()  # type: ignore[union-attr]
+    assert image.tobytes() != plain.tobytes()  # type: ignore[union-attr]
+    with live_server(tiny_engine_dir) as live, live.client() as client:  # SD 1.x: refused
+        refused = client.post("/v1/txt2img", json={"prompt": "x", "prompt_2": "y", "steps": 2})
+    assert refused.status_code == 400 and "prompt_2" in refused.json()["detail"]

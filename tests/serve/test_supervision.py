@@ -23,10 +23,13 @@ class FlakyPipeline:
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe = pipe
 
-    def __call__(self, prompt: Any, **kwargs: Any) -> Any:
-        if prompt == [BREAKS.prompt]:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    def __call__(self, prompt: Any, **kwargs: Any) -> Any:  # the warm-up
         return self.pipe(prompt, **kwargs)
+
+    def run(self, request: Any, *args: Any, **kwargs: Any) -> Any:  # the jobs
+        if request.prompts == [BREAKS.prompt]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.pipe.run(request, *args, **kwargs)
 
     def close(self) -> None:
         self.pipe.close()
