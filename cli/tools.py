@@ -132,6 +132,13 @@ def serve(
             "here); repeatable; '*' answers any name."
         ),
     ] = None,
+    lora_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="LoRA .safetensors files, by file name: <lora:NAME:WEIGHT> in A1111 prompts, "
+            "/v1's `loras`."
+        ),
+    ] = None,
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
@@ -159,6 +166,7 @@ def serve(
             max_steps,
             tuple(allowed_host or ()),
             forwarded_allow_ips,
+            lora_dir,
         )
         shown = f"[{host}]" if ":" in host else host
         out.print(f"serving {directory} on http://{shown}:{port} (ready once /readyz says so)")

@@ -22,6 +22,7 @@ from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import resolve_scheduler_name
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
+from sdtrt.serve.loras import take_tags
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import check_limits, failure_response
@@ -220,8 +221,9 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
             f"got {body.batch_size} x {body.n_iter}"
         )
     sampler = body.sampler_name or body.sampler_index
+    prompt, weights = take_tags(body.prompt)
     params = GenerationParams(
-        prompt=body.prompt,
+        prompt=prompt,
         negative_prompt=body.negative_prompt,
         steps=body.steps,
         guidance=body.cfg_scale,
@@ -232,6 +234,7 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
         images=count,
         per_image_seeds=True,
         task=task,
+        loras=request.app.state.loras.sources(weights),
     )
     job = service.submit(params, owner=owner_of(request))
     await wait_or_cancel(request, service, job)
@@ -329,6 +332,22 @@ def progress(request: Request) -> dict[str, Any]:
         "current_image": None,
         "textinfo": None,
     }
+
+
+@a1111_router.get("/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRAs of --lora-dir, for `<lora:NAME:WEIGHT>` in prompts."""
+    files = request.app.state.loras.files
+    return [
+        {"name": name, "alias": name, "path": str(path), "metadata": {}}
+        for name, path in files.items()
+    ]
+
+
+@a1111_router.post("/refresh-loras")
+def refresh_loras(request: Request) -> None:
+    """Read --lora-dir again (new files become usable by name)."""
+    request.app.state.loras.refresh()
 
 
 @a1111_router.get("/scripts")

@@ -22,6 +22,7 @@ from sdtrt.errors import InputError, SdtrtError, debugging, first_line
 from sdtrt.serve.a1111 import a1111_router
 from sdtrt.serve.errors import NotAccepting, QueueFull, UnknownJob
 from sdtrt.serve.guards import Guard, problem
+from sdtrt.serve.loras import LoraLibrary
 from sdtrt.serve.openai_images import openai_router
 from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.service import Service
@@ -72,6 +73,7 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
     )
     app.state.service = service
     app.state.options = options
+    app.state.loras = LoraLibrary(options.lora_dir)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from sdtrt.engine.weights.lora import LoraSource
 from sdtrt.runtime.request import Request, SizeConditioning
 from sdtrt.runtime.task_setup import ImageInputs
 
@@ -66,6 +67,7 @@ class GenerationParams:
     prompt_2: str | None = None
     negative_prompt_2: str | None = None
     sizes: SizeConditioning | None = None
+    loras: tuple[LoraSource, ...] = ()  # applied for this job; () the built weights
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Job:
     deadline: float | None  # time.monotonic() value, or None
     inputs: ImageInputs | None = None  # image to image and inpainting: the images, loaded
     strength: float | None = None
+    loras: tuple[LoraSource, ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     step: int = 0  # denoising steps done, over all calls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 # The names a loopback server answers to: a page from any other name reached it by DNS rebinding.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -26,6 +27,7 @@ class ServeOptions:
     # --allowed-host: more names answered, and pages from them may post (a proxy's public name);
     # "*" answers any name.
     allowed_hosts: frozenset[str] = frozenset()
+    lora_dir: Path | None = None  # LoRAs by file name, for <lora:NAME:W> and /v1's `loras`
 
 
 def host_names_for(address: str) -> frozenset[str] | None:

@@ -30,6 +30,8 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         raise InputError(f"the number of images must be at least 1, got {params.images}")
     task = params.task
     family = family_of(manifest.model)
+    if params.loras and not family.switches_loras:
+        raise InputError("LoRAs switch on SD 1.x and 2.x engines; SDXL LoRAs are not supported yet")
     inputs = load_inputs(
         None if task is None else task.image,
         None if task is None else task.mask,

@@ -33,6 +33,10 @@ def run_job(pipe: Pipeline, job: Job, model_name: str) -> Outcome:
     timings = {"queue": job.started - job.created}
     outputs: list[GenerationOutput] = []
     try:
+        if pipe.loras != job.loras:  # switched only when this job asks for another set
+            mark = time.perf_counter()
+            pipe.set_loras(job.loras)
+            timings["lora_switch"] = time.perf_counter() - mark
         for index, call in enumerate(job.calls):
             check(job)
             outputs.append(_call(pipe, job, index, call))

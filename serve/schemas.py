@@ -52,6 +52,9 @@ class Txt2ImgRequest(BaseModel):
     deadline: Number | None = Field(
         None, description="Seconds after which the job is stopped between two steps."
     )
+    loras: dict[str, Number] | None = Field(
+        None, description="LoRAs of the server's --lora-dir by name, with their weights."
+    )
     # SDXL, with diffusers' names and meanings; refused by other models.
     prompt_2: Annotated[str, Strict()] | None = Field(
         None, description="SDXL: the second text encoder's prompt; the prompt if unset."

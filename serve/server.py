@@ -94,6 +94,7 @@ def prepare(
     max_steps: int = 150,
     allowed_hosts: tuple[str, ...] = (),
     forwarded_allow_ips: str | None = None,
+    lora_dir: Path | None = None,
 ) -> uvicorn.Server:
     """Check everything and make the server; `.run()` serves until SIGINT/SIGTERM, then drains."""
     import uvicorn
@@ -120,6 +121,7 @@ def prepare(
         max_steps=max_steps,
         host_names=host_names_for(host),
         allowed_hosts=names,
+        lora_dir=lora_dir,
     )
     app = create_app(service, options)
     config = uvicorn_config(app, host, port, forwarded_allow_ips, options.drain_timeout_s)

@@ -184,6 +184,7 @@ class Service:
                 deadline=deadline,
                 inputs=plan.inputs,
                 strength=plan.strength,
+                loras=params.loras,
             )
             self._history.add(job)
             self._queue.append(job)

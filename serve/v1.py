@@ -174,6 +174,7 @@ async def _generate(
         prompt_2=body.prompt_2,
         negative_prompt_2=body.negative_prompt_2,
         sizes=_sizes(body),
+        loras=request.app.state.loras.sources(body.loras or {}),
     )
     job = service.submit(params, owner=owner_of(request), deadline_s=body.deadline)
     if not wait:
