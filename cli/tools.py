@@ -103,7 +103,13 @@ def doctor() -> None:
 
 @app.command()
 def serve(
-    directory: Annotated[Path, typer.Argument(help="Engine directory written by `sdtrt build`.")],
+    directories: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Engine directories written by `sdtrt build`, a model each; the first is the "
+            "default, the others load when a request names them."
+        ),
+    ],
     host: Annotated[
         str, typer.Option(help="Address to listen on; any but loopback should have --api-key.")
     ] = "127.0.0.1",
@@ -139,6 +145,13 @@ def serve(
             "/v1's `loras`."
         ),
     ] = None,
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="GiB the models' engines may hold; the least recently used idle ones are "
+            "unloaded to make room. Default: three quarters of this machine's memory."
+        ),
+    ] = None,
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
@@ -157,7 +170,7 @@ def serve(
                 "pip install 'sdtrt[serve]'"
             ) from error
         server = prepare(
-            directory,
+            directories,
             host,
             port,
             workers,
@@ -167,9 +180,11 @@ def serve(
             tuple(allowed_host or ()),
             forwarded_allow_ips,
             lora_dir,
+            memory_budget,
         )
         shown = f"[{host}]" if ":" in host else host
-        out.print(f"serving {directory} on http://{shown}:{port} (ready once /readyz says so)")
+        served = ", ".join(str(directory) for directory in directories)
+        out.print(f"serving {served} on http://{shown}:{port} (ready once /readyz says so)")
         server.run()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from typing import Any
 
@@ -18,15 +19,17 @@ from PIL import ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdtrt import __version__
+from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.schedulers import resolve_scheduler_name
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.loras import take_tags
+from sdtrt.serve.models import ModelSet
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import check_limits, failure_response
-from sdtrt.serve.waiting import wait_or_cancel
+from sdtrt.serve.waiting import service_for, wait_or_cancel
 
 a1111_router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
 
@@ -99,8 +102,19 @@ class A1111Response(BaseModel):
     info: str
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+def _models(request: Request) -> ModelSet:
+    return request.app.state.models  # type: ignore[no-any-return]
+
+
+def _checkpoint(title: str) -> str:
+    """A model's name from an A1111 checkpoint title, "NAME [HASH]"."""
+    return re.sub(r"\s*\[[0-9a-f]+\]$", "", title.strip())
+
+
+def _asked_model(body: A1111Txt2Img) -> str | None:
+    settings = body.model_extra.get("override_settings") if body.model_extra else None
+    title = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
+    return _checkpoint(title) if isinstance(title, str) else None
 
 
 def map_sampler(sampler: str, schedule: str | None) -> str:
@@ -129,12 +143,12 @@ def map_sampler(sampler: str, schedule: str | None) -> str:
     raise InputError(f"unknown schedule type '{schedule}'; choose Automatic or Karras")
 
 
-def _model_hash(service: Service) -> str:
-    return service.manifest.source.content_hash.split(":")[-1]
+def _model_hash(manifest: Manifest) -> str:
+    return manifest.source.content_hash.split(":")[-1]
 
 
-def _model_title(service: Service) -> str:
-    return f"{service.manifest.model.name} [{_model_hash(service)[:10]}]"
+def _model_title(name: str, manifest: Manifest) -> str:
+    return f"{name} [{_model_hash(manifest)[:10]}]"
 
 
 def _info(service: Service, body: A1111Txt2Img, job: Job, sampler: str) -> str:
@@ -160,7 +174,7 @@ def _info(service: Service, body: A1111Txt2Img, job: Job, sampler: str) -> str:
         "restore_faces": False,
         "face_restoration_model": None,
         "sd_model_name": service.manifest.model.name,
-        "sd_model_hash": _model_hash(service)[:10],
+        "sd_model_hash": _model_hash(service.manifest)[:10],
         "sd_vae_name": None,
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
@@ -211,7 +225,7 @@ def _image_task(body: A1111Img2Img) -> ImageTask:
 
 
 async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None) -> Any:
-    service = _service(request)
+    service = await service_for(request, _asked_model(body))
     options = request.app.state.options
     check_limits(options, body.prompt, body.negative_prompt, body.steps)
     count = body.batch_size * body.n_iter
@@ -267,25 +281,31 @@ def schedulers() -> list[dict[str, Any]]:
 
 @a1111_router.get("/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
-    service = _service(request)
-    name = service.manifest.model.name
-    model = {
-        "title": _model_title(service),
-        "model_name": name,
-        "hash": _model_hash(service)[:10],
-        "sha256": _model_hash(service),
-        "filename": name,
-        "config": None,
-    }
-    return [model]
+    """Every model this server serves, its default first."""
+    models = _models(request)
+    listed = []
+    for name in models.names:
+        manifest = models.manifest(name)
+        listed.append(
+            {
+                "title": _model_title(name, manifest),
+                "model_name": name,
+                "hash": _model_hash(manifest)[:10],
+                "sha256": _model_hash(manifest),
+                "filename": str(models.models[name].directory),
+                "config": None,
+            }
+        )
+    return listed
 
 
 @a1111_router.get("/options")
 def get_options(request: Request) -> dict[str, Any]:
-    service = _service(request)
+    models = _models(request)
+    manifest = models.manifest(None)
     return {
-        "sd_model_checkpoint": _model_title(service),
-        "sd_checkpoint_hash": _model_hash(service),
+        "sd_model_checkpoint": _model_title(models.default, manifest),
+        "sd_checkpoint_hash": _model_hash(manifest),
         "samples_format": "png",
         "CLIP_stop_at_last_layers": 1,
         "eta_noise_seed_delta": 0,
@@ -295,19 +315,24 @@ def get_options(request: Request) -> dict[str, Any]:
 
 @a1111_router.post("/options")
 def set_options(settings: dict[str, Any], request: Request) -> None:
-    """Accepted for compatibility; the only checkpoint is the one being served."""
-    service = _service(request)
+    """`sd_model_checkpoint` chooses the model A1111 requests draw with unless they say
+    otherwise (as in A1111, for every client); the other settings are accepted and ignored."""
     wanted = settings.get("sd_model_checkpoint")
-    names = (_model_title(service), service.manifest.model.name, _model_hash(service)[:10])
-    if wanted is not None and wanted not in names:
-        raise InputError(f"this server serves only {_model_title(service)}, not {wanted!r}")
+    if wanted is not None:
+        models = _models(request)
+        models.default = models.name_of(_checkpoint(str(wanted)))
 
 
 @a1111_router.get("/progress")
 def progress(request: Request) -> dict[str, Any]:
     """The caller's latest unfinished job (A1111 reports its single global job)."""
-    service = _service(request)
-    jobs = [job for job in service.jobs_of(owner_of(request)) if not job.state.finished]
+    owner = owner_of(request)
+    jobs = [
+        job
+        for service in _models(request).started()
+        for job in service.jobs_of(owner)
+        if not job.state.finished
+    ]
     job = jobs[-1] if jobs else None
     fraction, eta = 0.0, 0.0
     if job is not None and job.started is not None and job.step > 0:
@@ -358,8 +383,8 @@ def scripts() -> dict[str, list[str]]:
 @a1111_router.post("/interrupt")
 def interrupt(request: Request) -> dict[str, Any]:
     """Stop the caller's own queued and running jobs; other clients' jobs go on."""
-    service = _service(request)
-    for job in service.jobs_of(owner_of(request)):
-        if not job.state.finished:
-            service.cancel(job.id)
+    for service in _models(request).started():
+        for job in service.jobs_of(owner_of(request)):
+            if not job.state.finished:
+                service.cancel(job.id)
     return {}

@@ -23,6 +23,7 @@ from sdtrt.serve.a1111 import a1111_router
 from sdtrt.serve.errors import NotAccepting, QueueFull, UnknownJob
 from sdtrt.serve.guards import Guard, problem
 from sdtrt.serve.loras import LoraLibrary
+from sdtrt.serve.models import ModelSet
 from sdtrt.serve.openai_images import openai_router
 from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.service import Service
@@ -52,18 +53,20 @@ def _validation_line(error: RequestValidationError) -> str:
     return f"{where or 'body'}: {message}{more}"
 
 
-def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI:
+def create_app(served: Service | ModelSet, options: ServeOptions | None = None) -> FastAPI:
+    """The app over one service, or over a set of models (the first the default)."""
     options = options or ServeOptions()
+    models = ModelSet.of(served) if isinstance(served, Service) else served
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if options.manage_service:
-            service.start()
+            models.start()
         yield
         if options.manage_service:
             import anyio.to_thread
 
-            await anyio.to_thread.run_sync(service.shutdown, options.drain_timeout_s)
+            await anyio.to_thread.run_sync(models.shutdown, options.drain_timeout_s)
 
     app = FastAPI(
         title="sdtrt",
@@ -71,7 +74,7 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
         description="Stable Diffusion engines as a service: /v1 API, A1111-compatible /sdapi/v1.",
         lifespan=lifespan,
     )
-    app.state.service = service
+    app.state.models = models
     app.state.options = options
     app.state.loras = LoraLibrary(options.lora_dir)
 
@@ -113,6 +116,7 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
     @app.get("/readyz", tags=["probes"])
     def readyz() -> JSONResponse:
         """200 once every worker has loaded and warmed up; 503 before, and while draining."""
+        service = models.get(None)
         if service.state == "ready":
             return JSONResponse({"status": "ready"})
         body = {"status": service.state, "detail": service.failure or service.state}
@@ -121,7 +125,8 @@ def create_app(service: Service, options: ServeOptions | None = None) -> FastAPI
     @app.get("/metrics", tags=["probes"])
     def metrics() -> Response:
         """Prometheus text format: queue depth, running, jobs by outcome, seconds per stage."""
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = models.get(None).metrics.registry  # the default model's
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     page = resources.files("sdtrt.serve").joinpath("static/index.html").read_text("utf-8")
 

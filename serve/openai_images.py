@@ -23,9 +23,8 @@ from sdtrt.serve.errors import NotAccepting, QueueFull
 from sdtrt.serve.jobs import GenerationParams, JobState
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.schemas import Int, Number, Seed
-from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import check_limits
-from sdtrt.serve.waiting import wait_or_cancel
+from sdtrt.serve.waiting import service_for, wait_or_cancel
 
 openai_router = APIRouter(prefix="/v1/images", tags=["OpenAI images API"])
 
@@ -72,10 +71,7 @@ def _size(text: str | None) -> tuple[int | None, int | None]:
     return int(height), int(width)
 
 
-def _check(body: ImagesGeneration, service: Service) -> None:
-    served = service.manifest.model.name
-    if body.model is not None and body.model != served:
-        raise InputError(f"this server serves the model {served!r}, not {body.model!r}")
+def _check(body: ImagesGeneration) -> None:
     if body.response_format == "url":
         raise InputError("response_format must be b64_json: this server keeps no image files")
     if body.output_format not in (None, "png"):
@@ -87,7 +83,6 @@ def _check(body: ImagesGeneration, service: Service) -> None:
 @openai_router.post("/generations")
 async def generations(request: Request) -> JSONResponse:
     """Images from a prompt, as OpenAI's `images.generate` asks for them."""
-    service: Service = request.app.state.service
     options = request.app.state.options
     try:
         body = ImagesGeneration.model_validate(await request.json())
@@ -98,7 +93,8 @@ async def generations(request: Request) -> JSONResponse:
     except ValueError:
         return _error(400, "the body must be a JSON object")
     try:
-        _check(body, service)
+        service = await service_for(request, body.model)
+        _check(body)
         check_limits(options, body.prompt, body.negative_prompt, body.steps)
         if not 1 <= body.n <= options.max_images:
             raise InputError(f"n must be 1 to {options.max_images}, got {body.n}")

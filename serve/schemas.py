@@ -52,6 +52,9 @@ class Txt2ImgRequest(BaseModel):
     deadline: Number | None = Field(
         None, description="Seconds after which the job is stopped between two steps."
     )
+    model: Annotated[str, Strict()] | None = Field(
+        None, description="Which of the server's models draws; its first if unset."
+    )
     loras: dict[str, Number] | None = Field(
         None, description="LoRAs of the server's --lora-dir by name, with their weights."
     )
@@ -119,6 +122,7 @@ class SizeInfo(BaseModel):
 
 class ServiceInfo(BaseModel):
     model: str
+    models: list[str] = Field(description="Every model this server serves, the default first.")
     sizes: SizeInfo
     max_batch: int
     schedulers: list[str]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdtrt.errors import InputError
 from sdtrt.serve.guards import host_name
+from sdtrt.serve.models import ModelSet
 from sdtrt.serve.options import ServeOptions, host_names_for, is_loopback
 from sdtrt.serve.service import Service
 
@@ -84,8 +86,15 @@ def uvicorn_config(
     )
 
 
+def _budget(gib: float | None) -> int:
+    """The memory the models' engines may hold: as asked, else three quarters of this machine's."""
+    import psutil
+
+    return int(gib * 2**30) if gib is not None else int(0.75 * psutil.virtual_memory().total)
+
+
 def prepare(
-    directory: Path,
+    directories: Path | Sequence[Path],
     host: str = "127.0.0.1",
     port: int = 7860,
     workers: int | None = None,
@@ -95,6 +104,7 @@ def prepare(
     allowed_hosts: tuple[str, ...] = (),
     forwarded_allow_ips: str | None = None,
     lora_dir: Path | None = None,
+    memory_budget_gib: float | None = None,
 ) -> uvicorn.Server:
     """Check everything and make the server; `.run()` serves until SIGINT/SIGTERM, then drains."""
     import uvicorn
@@ -108,7 +118,20 @@ def prepare(
     names = frozenset(host_name(name) for name in allowed_hosts)
     if "" in names:
         raise InputError("--allowed-host must not be empty")
-    service = Service(directory, workers=workers, queue_size=queue)
+    if memory_budget_gib is not None and not memory_budget_gib > 0:
+        raise InputError(
+            f"--memory-budget must be a positive number of GiB, got {memory_budget_gib}"
+        )
+    folders = [directories] if isinstance(directories, Path) else list(directories)
+    if not folders:
+        raise InputError("name at least one engine directory to serve")
+    models = ModelSet(
+        folders,
+        lambda folder: Service(folder, workers=workers, queue_size=queue),
+        workers=workers,
+        budget_bytes=_budget(memory_budget_gib),
+    )
+    models.check_default()  # its settings checked now; it starts with the app
     check_port_free(host, port)
     if api_key is None and not is_loopback(host):
         log.warning(
@@ -123,6 +146,6 @@ def prepare(
         allowed_hosts=names,
         lora_dir=lora_dir,
     )
-    app = create_app(service, options)
+    app = create_app(models, options)
     config = uvicorn_config(app, host, port, forwarded_allow_ips, options.drain_timeout_s)
     return uvicorn.Server(config)

@@ -27,7 +27,7 @@ from sdtrt.serve.schemas import (
     Txt2ImgResponse,
 )
 from sdtrt.serve.service import Service
-from sdtrt.serve.waiting import job_changes, wait_or_cancel
+from sdtrt.serve.waiting import job_changes, service_for, wait_or_cancel
 
 v1_router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -35,8 +35,9 @@ v1_router = APIRouter(prefix="/v1", tags=["v1"])
 _FAILURE_STATUS = {JobState.CANCELLED: 409, JobState.EXPIRED: 408, JobState.FAILED: 500}
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+def _job(request: Request, job_id: str) -> tuple[Service, Job]:
+    """The job and its model's service, to the client that submitted it only."""
+    return request.app.state.models.find_job(job_id, owner_of(request))  # type: ignore[no-any-return]
 
 
 def check_limits(options: ServeOptions, prompt: str, negative: str, steps: int) -> None:
@@ -80,13 +81,20 @@ def status_body(service: Service, job: Job) -> JobStatus:
 
 
 @v1_router.get("/info")
-def info(request: Request) -> ServiceInfo:
-    """What these engines can make: sizes, batch, schedulers; and the server's limits."""
-    service = _service(request)
+def info(
+    request: Request,
+    model: Annotated[
+        str | None, Query(description="A model of this server; the default's.")
+    ] = None,
+) -> ServiceInfo:
+    """What a model's engines can make: sizes, batch, schedulers; and the server's limits."""
+    models = request.app.state.models
+    service = models.get(model)
     ranges = service.manifest.ranges
     options = request.app.state.options
     return ServiceInfo(
-        model=service.manifest.model.name,
+        model=models.name_of(model),
+        models=models.names,
         sizes=SizeInfo(
             min=ranges.size.min,
             opt=ranges.size.opt,
@@ -158,7 +166,7 @@ def _sizes(body: Txt2ImgRequest) -> SizeConditioning | None:
 async def _generate(
     request: Request, body: Txt2ImgRequest, task: ImageTask | None, wait: bool
 ) -> Txt2ImgResponse | JSONResponse:
-    service = _service(request)
+    service = await service_for(request, body.model)
     check_limits(request.app.state.options, body.prompt, body.negative_prompt, body.steps)
     params = GenerationParams(
         prompt=body.prompt,
@@ -192,22 +200,21 @@ async def _generate(
 def job_status(job_id: str, request: Request) -> JobStatus:
     """State, step i of n, queue position; the images once it succeeded. Only the client that
     submitted the job (same address, key and X-Client-Id) sees it; others get 404."""
-    service = _service(request)
-    return status_body(service, service.get(job_id, owner_of(request)))
+    service, job = _job(request, job_id)
+    return status_body(service, job)
 
 
 @v1_router.delete("/jobs/{job_id}", status_code=202)
 def cancel_job(job_id: str, request: Request) -> JobStatus:
     """Cancel this job only: dropped if queued, stopped after its current step if running."""
-    service = _service(request)
-    return status_body(service, service.cancel(job_id, owner_of(request)))
+    service, job = _job(request, job_id)
+    return status_body(service, service.cancel(job.id, owner_of(request)))
 
 
 @v1_router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: `progress` on each change, then one `done` with the final state."""
-    service = _service(request)
-    job = service.get(job_id, owner_of(request))
+    service, job = _job(request, job_id)
 
     async def stream() -> AsyncIterator[str]:
         seen = -1

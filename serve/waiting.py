@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from fastapi import Request
 
 from sdtrt.serve.jobs import Job
@@ -45,3 +46,17 @@ async def wait_or_cancel(request: Request, service: Service, job: Job) -> None:
         if await request.is_disconnected():
             service.cancel(job.id)
             return
+
+
+# How long a request waits for a model it named to load and warm up.
+MODEL_LOAD_TIMEOUT_S = 600.0
+
+
+async def service_for(request: Request, model: str | None = None) -> Service:
+    """The service of the model a request names (None: the default), waiting for it to load
+    if this request started it."""
+    models = request.app.state.models
+    service: Service = models.get(model)
+    if models.loading_on_demand(service):
+        await anyio.to_thread.run_sync(service.wait_ready, MODEL_LOAD_TIMEOUT_S)
+    return service

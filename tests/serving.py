@@ -6,7 +6,7 @@ import base64
 import io
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from PIL import Image
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve import Service
 from sdtrt.serve.app import ServeOptions, create_app
+from sdtrt.serve.models import ModelSet
 from sdtrt.serve.server import uvicorn_config
 
 # Denoising steps for quick requests on the tiny engines (a few tens of ms each).
@@ -27,7 +28,8 @@ QUICK_STEPS = 3
 @dataclass
 class LiveServer:
     url: str
-    service: Service
+    service: Service  # the default model's
+    models: ModelSet
 
     def client(self, **kwargs: object) -> httpx.Client:
         options: dict[str, object] = {"timeout": 60, **kwargs}
@@ -44,12 +46,18 @@ def live_server(
     forwarded_allow_ips: str | None = None,
     loader: Callable[[Path], Any] = Pipeline.load,
     header_timeout_s: float = 10.0,
+    more_models: Sequence[Path] = (),
+    budget_bytes: int | None = None,
 ) -> Iterator[LiveServer]:
-    """uvicorn serving a fresh, warm service on a free loopback port, in a thread here."""
+    """uvicorn serving a fresh, warm service on a free loopback port, in a thread here; with
+    `more_models`, those engine directories too, loaded on first use."""
     import uvicorn
 
-    service = Service(engine_dir, workers=workers, queue_size=queue, history=history, loader=loader)
-    app = create_app(service, options or ServeOptions())
+    def make(folder: Path) -> Service:
+        return Service(folder, workers=workers, queue_size=queue, history=history, loader=loader)
+
+    models = ModelSet([engine_dir, *more_models], make, workers, budget_bytes)
+    app = create_app(models, options or ServeOptions())
     # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every response waits ~40 ms on the client's delayed ACK.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -63,13 +71,14 @@ def live_server(
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
+        service = models.get(None)
         service.wait_ready(120)
-        yield LiveServer(url=f"http://127.0.0.1:{port}", service=service)
+        yield LiveServer(url=f"http://127.0.0.1:{port}", service=service, models=models)
     finally:
         server.should_exit = True
         thread.join(30)
         listener.close()
-        service.shutdown(5)
+        models.shutdown(5)
 
 
 def decode_png(b64: str) -> Image.Image:

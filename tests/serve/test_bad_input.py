@@ -51,7 +51,7 @@ CASES: list[tuple[str, str, str, object, dict[str, str], int, str]] = [
     ("A1111 too many images", "POST", A1111, {"prompt": "x", "batch_size": 8, "n_iter": 8}, {},
      400, "batch_size x n_iter"),
     ("A1111 other checkpoint", "POST", "/sdapi/v1/options",
-     {"sd_model_checkpoint": "sdxl.safetensors"}, {}, 400, "serves only"),
+     {"sd_model_checkpoint": "sdxl.safetensors"}, {}, 400, "unknown model 'sdxl.safetensors'"),
     ("unknown job", "GET", "/v1/jobs/0123", None, {}, 404, "no job"),
     ("unknown route", "GET", "/v2/everything", None, {}, 404, "Not Found"),
     ("wrong method", "PUT", V1, GOOD, {}, 405, "Method Not Allowed"),

@@ -52,7 +52,7 @@ def test_images_generate_matches_the_pipeline(server: LiveServer, tiny_engine_di
     [
         ({"size": "65x65"}, "multiple of"),
         ({"size": "big"}, "WIDTHxHEIGHT"),
-        ({"model": "dall-e-3"}, "serves the model 'tiny'"),
+        ({"model": "dall-e-3"}, "unknown model 'dall-e-3'; this server has: tiny"),
         ({"response_format": "url"}, "b64_json"),
         ({"n": 99}, "n must be 1 to 16"),
         ({"extra_body": {"stepz": 3}}, "stepz"),

@@ -167,3 +167,34 @@ def test_image_to_image_and_a_painted_mask(
         np.testing.assert_array_equal(first, np.asarray(direct.images[0]))
         direct = pipe("a lighthouse", image=photo, mask_image=mask, strength=0.6, **common)
         np.testing.assert_array_equal(second, np.asarray(direct.images[0]))
+
+
+def test_the_page_picks_the_model(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+    from serving import live_server
+
+    shutil.copytree(tiny_engine_dir, tmp_path / "second")
+    with live_server(tiny_engine_dir, more_models=[tmp_path / "second"]) as live:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = browser.new_page()
+                page.goto(live.url + "/")
+                expect(page.locator("#status")).to_have_text("ready", timeout=30_000)
+                assert page.locator("#model-select option").all_inner_texts() == [
+                    "tiny",
+                    "second",
+                ]
+                page.select_option("#model-select", "second")
+                expect(page.locator("#status")).to_have_text("ready")
+                page.fill("#steps", "2")
+                with page.expect_request(lambda r: "/v1/txt2img" in r.url) as sent:
+                    _generate(page, images_before=0)
+                assert sent.value.post_data_json["model"] == "second"
+                assert live.models.models["second"].service is not None
+            finally:
+                browser.close()

@@ -23,6 +23,9 @@ class FlakyPipeline:
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe = pipe
 
+    def __getattr__(self, name: str) -> Any:  # the rest of the pipeline, as it is
+        return getattr(self.pipe, name)
+
     def __call__(self, prompt: Any, **kwargs: Any) -> Any:  # the warm-up
         return self.pipe(prompt, **kwargs)
 
