@@ -98,3 +98,56 @@ def test_service_overhead_bench(tiny_engine_dir: Path) -> None:
         service.shutdown(10)
     print("\n" + overhead.describe())
     assert overhead.runs == 40 and overhead.median_pipeline_ms > 0
+
+
+def test_mixed_tasks_over_two_models(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    """Text to image, image to image and inpainting over /v1 and the A1111 API, on two models
+    at once, eight clients at a time: only 200 or 429, each task's bytes the same every time,
+    and memory flat over 200 requests."""
+    import base64
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    shutil.copytree(tiny_engine_dir, tmp_path / "second")
+    buffer = io.BytesIO()
+    y, x = np.mgrid[0:64, 0:64]
+    Image.fromarray(np.stack([x * 4, y * 4, x + y], -1).astype(np.uint8)).save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, "PNG")
+    masked = base64.b64encode(buffer.getvalue()).decode()
+    base = {"prompt": "mixed", "steps": 2, "seed": 3, "height": 32, "width": 32}
+    tasks = [
+        ("/v1/txt2img", base),
+        ("/v1/txt2img", {**base, "model": "second"}),
+        ("/v1/img2img", {**base, "height": 64, "width": 64, "image": image, "strength": 0.7}),
+        ("/v1/img2img", {**base, "model": "second", "image": image, "mask": masked}),
+        ("/sdapi/v1/txt2img", {**base, "override_settings": {"sd_model_checkpoint": "second"}}),
+    ]
+    process = psutil.Process()
+    with live_server(tiny_engine_dir, more_models=[tmp_path / "second"], history=8) as live:
+        with live.client(limits=httpx.Limits(max_connections=16)) as client:
+            references = [client.post(path, json=body).json()["images"][0] for path, body in tasks]
+
+            def send(i: int) -> tuple[int, httpx.Response]:
+                path, body = tasks[i % len(tasks)]
+                return i, client.post(path, json=body)
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(send, range(40)))  # settles the allocators and the history
+                before = process.memory_info().rss
+                answers = list(pool.map(send, range(200)))
+                after = process.memory_info().rss
+    statuses = Counter(answer.status_code for _, answer in answers)
+    growth = (after - before) / 2**20
+    print(f"\nmixed load, 2 models: {dict(statuses)}, RSS growth {growth:.1f} MiB")
+    assert set(statuses) <= {200, 429} and statuses[200] >= len(tasks)
+    for i, answer in answers:
+        if answer.status_code == 200:
+            assert answer.json()["images"][0] == references[i % len(tasks)], tasks[i % 5][0]
+    assert growth < SERVE_RSS_GROWTH_MIB
