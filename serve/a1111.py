@@ -27,6 +27,7 @@ from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.loras import take_tags
 from sdtrt.serve.models import ModelSet
 from sdtrt.serve.owners import owner_of
+from sdtrt.serve.refiner import refined
 from sdtrt.serve.service import Service
 from sdtrt.serve.v1 import check_limits, failure_response
 from sdtrt.serve.waiting import service_for, wait_or_cancel
@@ -77,6 +78,8 @@ class A1111Txt2Img(BaseModel):
     height: int | None = Field(None, description="The model's native size if unset.")
     send_images: bool = True
     styles: list[str] | None = None
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
 
 
 class A1111Img2Img(A1111Txt2Img):
@@ -250,8 +253,13 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
         task=task,
         loras=request.app.state.loras.sources(weights),
     )
-    job = service.submit(params, owner=owner_of(request))
-    await wait_or_cancel(request, service, job)
+    refiner = body.refiner_checkpoint
+    if refiner and refiner != "None":  # A1111's web UI sends "None" for no refiner
+        switch_at = body.refiner_switch_at
+        service, job = await refined(request, service, params, _checkpoint(refiner), switch_at)
+    else:
+        job = service.submit(params, owner=owner_of(request))
+        await wait_or_cancel(request, service, job)
     if job.state not in (JobState.SUCCEEDED, JobState.CANCELLED):
         answer: Any = failure_response(job)
     else:

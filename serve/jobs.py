@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from sdtrt.engine.weights.lora import LoraSource
@@ -68,6 +69,12 @@ class GenerationParams:
     negative_prompt_2: str | None = None
     sizes: SizeConditioning | None = None
     loras: tuple[LoraSource, ...] = ()  # applied for this job; () the built weights
+    # SDXL's ensemble of experts (diffusers' names): the base model stops at `denoising_end`
+    # and hands its latents over; the refiner starts at `denoising_start` from `latents`, one
+    # array per call.
+    denoising_end: float | None = None
+    denoising_start: float | None = None
+    latents: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -76,6 +83,7 @@ class JobResult:
     seeds: list[int]
     infotexts: list[str]
     timings: dict[str, float]  # seconds per stage, summed over the job's pipeline calls
+    latents: list[np.ndarray] = field(default_factory=list)  # per call, where it ends early
 
 
 Listener = Callable[[], None]
@@ -88,9 +96,12 @@ class Job:
     calls: list[Request]
     owner: str
     deadline: float | None  # time.monotonic() value, or None
-    inputs: ImageInputs | None = None  # image to image and inpainting: the images, loaded
+    # Per call, what it starts from (image to image, inpainting, a refiner's latents): loaded.
+    call_inputs: list[ImageInputs | None] = field(default_factory=list)
     strength: float | None = None
     loras: tuple[LoraSource, ...] = ()
+    denoising_start: float | None = None
+    denoising_end: float | None = None  # set: the job's result is latents, not images
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     step: int = 0  # denoising steps done, over all calls

@@ -12,14 +12,14 @@ from sdtrt.runtime.arguments import MAX_SEED, make_request
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.request import Request
 from sdtrt.runtime.task_setup import ImageInputs, load_inputs, output_size
-from sdtrt.runtime.tasks import check_strength
+from sdtrt.runtime.tasks import check_fraction, check_strength
 from sdtrt.serve.jobs import GenerationParams
 
 
 @dataclass(frozen=True)
 class Plan:
     calls: list[Request]  # each made and checked once, run as they are
-    inputs: ImageInputs | None  # image to image and inpainting: the images, loaded
+    call_inputs: list[ImageInputs | None]  # per call, the images (or latents) it starts from
     strength: float | None
 
 
@@ -32,14 +32,29 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     family = family_of(manifest.model)
     if params.loras and not family.switches_loras:
         raise InputError("LoRAs switch on SD 1.x and 2.x engines; SDXL LoRAs are not supported yet")
-    inputs = load_inputs(
-        None if task is None else task.image,
-        None if task is None else task.mask,
-        None if task is None else task.strength,
-        denoiser=manifest.components[family.denoiser].io,
-        model=manifest.model,
-        padding_mask_crop=None if task is None else task.padding_mask_crop,
+    denoiser = manifest.components[family.denoiser].io
+    handed = None  # a refiner's: the base model's latents, one array per call
+    if params.latents is not None:
+        handed = [
+            load_inputs(a, None, None, denoiser=denoiser, model=manifest.model)
+            for a in params.latents
+        ]
+    inputs = (
+        handed[0]
+        if handed
+        else load_inputs(
+            None if task is None else task.image,
+            None if task is None else task.mask,
+            None if task is None else task.strength,
+            denoiser=denoiser,
+            model=manifest.model,
+            padding_mask_crop=None if task is None else task.padding_mask_crop,
+        )
     )
+    check_fraction(params.denoising_start, "denoising_start")
+    check_fraction(params.denoising_end, "denoising_end")
+    if params.denoising_start is not None and inputs is None:
+        raise InputError("denoising_start continues from an image or latents")
     height, width = output_size(inputs, manifest, params.height, params.width)
     first = make_request(
         manifest=manifest,
@@ -59,15 +74,17 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         inpainting=inputs is not None and inputs.kind == "inpaint",
         sizes=params.sizes,
     )
-    if task is not None and inputs is not None:
+    if task is not None and inputs is not None and params.denoising_start is None:
         chosen = task.strength
         if chosen is None:
             chosen = family.default_strength(manifest.model, inputs.kind)
         check_strength(chosen, first.steps)
     strength = None if task is None else task.strength
-    if not params.per_image_seeds:
-        return Plan([first], inputs, strength)
-    if first.seed + params.images - 1 > MAX_SEED:
-        raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
-    calls = [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
-    return Plan(calls, inputs, strength)
+    calls = [first]
+    if params.per_image_seeds:
+        if first.seed + params.images - 1 > MAX_SEED:
+            raise InputError(f"seed {first.seed} + {params.images} images passes 2**64 - 1")
+        calls = [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
+    if handed is not None and len(handed) != len(calls):
+        raise InputError(f"{len(handed)} latents handed over for {len(calls)} calls")
+    return Plan(calls, handed or [inputs] * len(calls), strength)

@@ -3,6 +3,8 @@ spent per stage, summed over its pipeline calls."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from sdtrt.runtime.pipeline import GenerationOutput
 from sdtrt.runtime.timings import Timings
 from sdtrt.serve.encoding import infotext, png_bytes
@@ -23,14 +25,17 @@ def stage_seconds(t: Timings) -> dict[str, float]:
 
 def job_result(outputs: list[GenerationOutput], model: str, timings: dict[str, float]) -> JobResult:
     """The result of a job whose calls gave `outputs`; adds their stages to `timings`."""
-    pngs, seeds, texts = [], [], []
+    pngs, seeds, texts, latents = [], [], [], []
     for output in outputs:
         request = output.request
-        for index, image in enumerate(output.images):
+        if isinstance(output.images, np.ndarray):  # latents, handed on to a refiner
+            latents.append(output.images)
+            seeds += [request.seed] * len(output.images)
+        for index, image in enumerate(output.images if isinstance(output.images, list) else []):
             text = infotext(request, model, index)
             pngs.append(png_bytes(image, text))  # type: ignore[arg-type]
             seeds.append(request.seed)
             texts.append(text)
         for stage, seconds in stage_seconds(output.timings).items():
             timings[stage] = timings.get(stage, 0.0) + seconds
-    return JobResult(pngs=pngs, seeds=seeds, infotexts=texts, timings=timings)
+    return JobResult(pngs=pngs, seeds=seeds, infotexts=texts, timings=timings, latents=latents)

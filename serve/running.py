@@ -74,4 +74,12 @@ def _call(pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutp
         check(job)
 
     # The request made when the job was submitted, run as it is.
-    return pipe.run(call, job.inputs, strength=job.strength, step_callback=between_steps)
+    return pipe.run(
+        call,
+        job.call_inputs[index],
+        strength=job.strength,
+        output_type="pil" if job.denoising_end is None else "latent",
+        denoising_start=job.denoising_start,
+        denoising_end=job.denoising_end,
+        step_callback=between_steps,
+    )

@@ -69,6 +69,12 @@ class Txt2ImgRequest(BaseModel):
     crops_coords_top_left: Pair | None = Field(None, description="SDXL: [top, left] conditioning.")
     target_size: Pair | None = Field(None, description="SDXL: [height, width] conditioning.")
     aesthetic_score: Number | None = Field(None, description="SDXL refiners: 6 if unset.")
+    refiner: Annotated[str, Strict()] | None = Field(
+        None, description="SDXL: a refiner model of this server finishes the image."
+    )
+    refiner_switch_at: Number | None = Field(
+        None, description="SDXL: the fraction of the steps the base model takes; 0.8 if unset."
+    )
     negative_aesthetic_score: Number | None = Field(None, description="SDXL refiners: 2.5.")
 
 

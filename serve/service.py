@@ -182,9 +182,11 @@ class Service:
                 calls=plan.calls,
                 owner=owner,
                 deadline=deadline,
-                inputs=plan.inputs,
+                call_inputs=plan.call_inputs,
                 strength=plan.strength,
                 loras=params.loras,
+                denoising_start=params.denoising_start,
+                denoising_end=params.denoising_end,
             )
             self._history.add(job)
             self._queue.append(job)

@@ -17,6 +17,7 @@ from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.options import ServeOptions
 from sdtrt.serve.owners import owner_of
+from sdtrt.serve.refiner import refined
 from sdtrt.serve.schemas import (
     Img2ImgRequest,
     JobAccepted,
@@ -184,6 +185,16 @@ async def _generate(
         sizes=_sizes(body),
         loras=request.app.state.loras.sources(body.loras or {}),
     )
+    if body.refiner is not None:
+        if not wait:
+            raise InputError("a request with a refiner waits for its images: leave wait=true")
+        switch_at = 0.8 if body.refiner_switch_at is None else body.refiner_switch_at
+        service, job = await refined(
+            request, service, params, body.refiner, switch_at, body.deadline
+        )
+        answer = result_body(job) if job.state is JobState.SUCCEEDED else failure_response(job)
+        service.forget(job)
+        return answer
     job = service.submit(params, owner=owner_of(request), deadline_s=body.deadline)
     if not wait:
         accepted = JobAccepted(

@@ -79,3 +79,39 @@ def test_two_directories_of_one_name_are_refused(tiny_engine_dir: Path, tmp_path
     shutil.copytree(tiny_engine_dir, tmp_path / tiny_engine_dir.name)
     with pytest.raises(InputError, match="both called"):
         ModelSet([tiny_engine_dir, tmp_path / tiny_engine_dir.name], Service)
+
+
+def test_a_refiner_finishes_what_the_base_model_began(preset_build) -> None:
+    """SDXL's ensemble of experts over /v1 and A1111: the base model to 80 % of the steps, the
+    refiner from there, as diffusers' denoising_end and denoising_start do it."""
+    _, base = preset_build("tiny-sdxl")
+    _, refiner = preset_build("tiny-sdxl-refiner")
+    request = {"prompt": "a red fox", "steps": 5, "seed": 5, "refiner": "tiny-sdxl-refiner"}
+    a1111 = {
+        "prompt": "a red fox",
+        "steps": 5,
+        "seed": 5,
+        "cfg_scale": 5,
+        "sampler_name": "Euler",
+        "refiner_checkpoint": "tiny-sdxl-refiner",
+        "refiner_switch_at": 0.6,
+    }
+    with live_server(base, more_models=[refiner]) as live, live.client() as client:
+        v1 = client.post("/v1/txt2img", json=request)
+        from_a1111 = client.post("/sdapi/v1/txt2img", json=a1111)
+        unknown = client.post("/v1/txt2img", json={**request, "refiner": "nope"})
+    assert v1.status_code == from_a1111.status_code == 200, v1.text
+    assert unknown.status_code == 400 and "unknown model 'nope'" in unknown.json()["detail"]
+    with Pipeline.load(base) as first, Pipeline.load(refiner) as second:
+
+        def ensemble(switch_at: float, **settings: object) -> np.ndarray:
+            common = dict(num_inference_steps=5, seed=5, **settings)
+            latents = first("a red fox", denoising_end=switch_at, output_type="latent", **common)
+            finished = second(
+                "a red fox", image=latents.images, denoising_start=switch_at, **common
+            )
+            return np.asarray(finished.images[0])
+
+        np.testing.assert_array_equal(_pixels(v1.json()["images"][0]), ensemble(0.8))
+        expected = ensemble(0.6, guidance_scale=5, scheduler="euler")
+        np.testing.assert_array_equal(_pixels(from_a1111.json()["images"][0]), expected)
