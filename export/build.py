@@ -78,7 +78,8 @@ def build(
         calibration_users = (*loaded.text_encoders, denoiser, "vae_decoder") if calibrated else ()
         # Only what the asked networks are exported from stays loaded from here on.
         release_modules(loaded, (*components, *calibration_users))
-        memory = build_memory_needed(loaded, components, build_options.guarded)
+        quantized = denoiser if calibrated else None
+        memory = build_memory_needed(loaded, components, build_options.guarded, quantized)
         with ArtifactWriter(output) as writer:
             # The cheap parts first, so that a bad tokenizer fails the build in seconds.
             tokenizers = {

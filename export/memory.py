@@ -39,6 +39,11 @@ BACKEND_COPIES = 1.5
 # The fp16 guard also runs the fp32 graph and fp16 candidates tensor by tensor: a guarded SD
 # 1.5 build peaked at 10.5 GiB, 2.6 copies of its UNet beside the VAE and the libraries.
 GUARDED_COPIES = 3.0
+# A w8a8 UNet is quantized by NNCF, which runs the fp32 engine over the calibration inputs with
+# its statistics taken from every layer: a whole SD 1.5 w8a8 build peaked at 13.5 GiB, 3.6 of its
+# UNet's weights beside the libraries, and SDXL's at 1024x1024 passed 24 GiB there (killed for
+# memory after 2.5 copies of its 9.6 GiB, still growing).
+QUANTIZE_COPIES = 3.6
 LIBRARIES_BYTES = 2 * GIB
 MEASURED_SD15 = int(5.0 * GIB)
 MEASURED_SD15_GUARDED = int(10.5 * GIB)
@@ -56,12 +61,11 @@ class MemoryNeed:
 
 
 def build_memory_needed(
-    loaded: Any, components: tuple[str, ...], guarded: bool = False
+    loaded: Any, components: tuple[str, ...], guarded: bool = False, quantized: str | None = None
 ) -> dict[str, MemoryNeed]:
     """Per component: what its build holds at its peak, with the torch modules of the
     components built after it still loaded (see release_modules); `guarded`: an fp16 build
-    with the fp16 guard."""
-    copies = GUARDED_COPIES if guarded else BACKEND_COPIES
+    with the fp16 guard; `quantized`: the component a w8a8 build quantizes."""
     sizes = {
         name: _fp32_bytes(module)
         for name in set(MODULE_OF.values())
@@ -76,6 +80,9 @@ def build_memory_needed(
         weights = sizes[MODULE_OF[component]]
         inline = weights if weights < INLINE_LIMIT else 0
         exporting = modules(components[index:]) + inline + EXPORT_ACTIVATIONS * weights
+        copies = GUARDED_COPIES if guarded else BACKEND_COPIES
+        if component == quantized:
+            copies = QUANTIZE_COPIES
         building = modules(components[index + 1 :]) + copies * weights
         peak = int(LIBRARIES_BYTES + max(exporting, building))
         needs[component] = MemoryNeed(component, peak, weights)

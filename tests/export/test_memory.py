@@ -75,3 +75,15 @@ def test_modules_no_network_needs_any_more_are_released():
     assert family.unet is not None and family.vae is not None
     alone = build_memory_needed(family, ("unet", "vae_decoder"))["unet"]
     assert alone.peak == build_memory_needed(_family(SDXL), SDXL_COMPONENTS)["unet"].peak
+
+
+def test_a_w8a8_build_that_cannot_fit_is_refused_before_it_calibrates():
+    """NNCF's quantization of an SDXL UNet passed 24 GiB here (killed for memory an hour into
+    the build): such a build is refused before its calibration runs; SD 1.5's fits."""
+    sdxl = build_memory_needed(_family(SDXL), SDXL_COMPONENTS, quantized="unet")
+    assert sdxl["unet"].peak > 24 * GIB
+    with pytest.raises(BuildError, match="building the unet of sdxl needs about"):
+        check_build_memory(sdxl["unet"], "sdxl", total=int(23.4 * GIB))
+    check_build_memory(sdxl["vae_decoder"], "sdxl", total=int(23.4 * GIB))  # float networks
+    sd15 = build_memory_needed(_family(SD15), SD_COMPONENTS, quantized="unet")
+    assert 13.5 * GIB < sd15["unet"].peak < 16 * GIB  # measured 13.5 GiB, whole build
