@@ -289,7 +289,7 @@ def schedulers() -> list[dict[str, Any]]:
 
 @a1111_router.get("/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
-    """Every model this server serves, its default first."""
+    """Every model this server serves (file names are its folders', not paths)."""
     models = _models(request)
     listed = []
     for name in models.names:
@@ -300,7 +300,7 @@ def sd_models(request: Request) -> list[dict[str, Any]]:
                 "model_name": name,
                 "hash": _model_hash(manifest)[:10],
                 "sha256": _model_hash(manifest),
-                "filename": str(models.models[name].directory),
+                "filename": models.models[name].directory.name,
                 "config": None,
             }
         )
