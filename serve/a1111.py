@@ -252,6 +252,7 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
         per_image_seeds=True,
         task=task,
         loras=request.app.state.loras.sources(weights),
+        prompt_syntax="a1111",  # what A1111's clients write: (word:1.2), [word], BREAK
     )
     refiner = body.refiner_checkpoint
     if refiner and refiner != "None":  # A1111's web UI sends "None" for no refiner

@@ -69,6 +69,7 @@ class GenerationParams:
     negative_prompt_2: str | None = None
     sizes: SizeConditioning | None = None
     loras: tuple[LoraSource, ...] = ()  # applied for this job; () the built weights
+    prompt_syntax: str = "diffusers"  # "a1111": A1111's weights, BREAK and long prompts
     # SDXL's ensemble of experts (diffusers' names): the base model stops at `denoising_end`
     # and hands its latents over; the refiner starts at `denoising_start` from `latents`, one
     # array per call.

@@ -73,6 +73,7 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         negative_prompt_2=params.negative_prompt_2,
         inpainting=inputs is not None and inputs.kind == "inpaint",
         sizes=params.sizes,
+        prompt_syntax=params.prompt_syntax,
     )
     if task is not None and inputs is not None and params.denoising_start is None:
         chosen = task.strength

@@ -99,3 +99,24 @@ def test_interrupt_stops_only_the_callers_job(server: LiveServer) -> None:
         alice.post("/sdapi/v1/interrupt")
         waiter.join(30)
     assert answers["a"].status_code == 200 and answers["a"].json()["images"] == []
+
+
+def test_prompts_are_read_in_a1111_syntax(server: LiveServer, tiny_engine_dir) -> None:  # type: ignore[no-untyped-def]
+    """What A1111's clients write, `(word:1.4)` and `[word]`, weighs as it does in A1111."""
+    import numpy as np
+    from serving import decode_png
+
+    from sdtrt.runtime.pipeline import Pipeline
+
+    prompt = "a (red:1.4) fox in the [snow]"
+    body = {"prompt": prompt, "seed": 8, "steps": 3, "sampler_name": "Euler", **SIZE}
+    with server.client() as client:
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    pixels = np.asarray(decode_png(answer.json()["images"][0]).convert("RGB"))
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        settings = dict(num_inference_steps=3, seed=8, guidance_scale=7.0, scheduler="euler")
+        weighted = pipe(prompt, prompt_syntax="a1111", **settings, **SIZE).images[0]
+        literal = pipe(prompt, **settings, **SIZE).images[0]
+    np.testing.assert_array_equal(pixels, np.asarray(weighted))
+    assert not np.array_equal(pixels, np.asarray(literal))
