@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from serving import LiveServer, live_server
 
 from sdtrt.serve import GenerationParams, Service
@@ -100,6 +101,7 @@ def test_service_overhead_bench(tiny_engine_dir: Path) -> None:
     assert overhead.runs == 40 and overhead.median_pipeline_ms > 0
 
 
+@pytest.mark.slow  # 240 requests on two models: ~50 s on two cores
 def test_mixed_tasks_over_two_models(tiny_engine_dir: Path, tmp_path: Path) -> None:
     """Text to image, image to image and inpainting over /v1 and the A1111 API, on two models
     at once, eight clients at a time: only 200 or 429, each task's bytes the same every time,

@@ -81,6 +81,7 @@ def test_two_directories_of_one_name_are_refused(tiny_engine_dir: Path, tmp_path
         ModelSet([tiny_engine_dir, tmp_path / tiny_engine_dir.name], Service)
 
 
+@pytest.mark.slow  # builds the tiny SDXL refiner besides the base: ~50 s on two cores
 def test_a_refiner_finishes_what_the_base_model_began(preset_build) -> None:
     """SDXL's ensemble of experts over /v1 and A1111: the base model to 80 % of the steps, the
     refiner from there, as diffusers' denoising_end and denoising_start do it."""
