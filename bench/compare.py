@@ -31,6 +31,7 @@ from sdtrt.errors import InputError
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import resolve_scheduler_name
+from sdtrt.runtime.skip_guidance import LAYER_MASK
 
 
 class CompareReport(BaseModel):
@@ -99,12 +100,13 @@ def _unet_rounds(
 
 
 def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str, np.ndarray]:
-    """A guided UNet call's inputs (one row per image where the UNet embeds the guidance):
-    the latents, one timestep, text states, and SDXL's pooled prompt and size numbers."""
+    """A guided denoiser call's inputs (one row per image where the UNet embeds the guidance):
+    the latents, one timestep, text states, and SDXL's pooled prompt and size numbers or SD 3's
+    pooled prompts and layer mask."""
     model, rng = pipe.manifest.model, np.random.default_rng(0)
     f = model.vae_scale_factor
     rows = batch if model.guidance_embedding_dim is not None else 2 * batch
-    io = pipe.engines["unet"].io
+    io = pipe.engines[pipe.family.denoiser].io
     # One prompt's worth of text states: the smallest the build accepts beyond the batch.
     context = io.profile["encoder_hidden_states"].min
     feeds = {
@@ -117,6 +119,9 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
         ),
     }
     for spec in io.inputs[3:]:
+        if spec.name == LAYER_MASK:  # SD 3: every layer runs
+            feeds[spec.name] = np.ones((int(spec.shape[0]),), np.float32)
+            continue
         width_of = int(spec.shape[1])
         if spec.name == "time_ids":
             ids = [height, width, 0, 0, *([height, width] if width_of == 6 else [6.0])]
@@ -146,11 +151,12 @@ def _unet_contenders(
     CPU engines the CPU runtimes on the same graph, to be loaded one at a time (beside CUDA
     engines they would compare a GPU with a CPU, and onnxruntime-cuda's graph has CUDA-only
     kernels)."""
-    record = pipe.manifest.components["unet"]
+    denoiser = pipe.family.denoiser
+    record = pipe.manifest.components[denoiser]
     target = torch_process.target
-    engine = pipe.engines["unet"]
+    engine = pipe.engines[denoiser]
     resident = {
-        engine_label(pipe.manifest): clocked(lambda: engine.infer(feeds)),
+        engine_label(pipe.manifest, denoiser): clocked(lambda: engine.infer(feeds)),
         target.label("torch eager"): torch_process.unet(feeds),
     }
     if torch_compile:
@@ -182,11 +188,16 @@ def compare(
         )
         scheduler = resolve_scheduler_name(options.scheduler or pipe.default_scheduler)
         feeds = _unet_feeds(pipe, height, width, options.batch)
-        ours_label = engine_label(pipe.manifest)
-        record = pipe.manifest.components["unet"]
+        denoiser = pipe.family.denoiser
+        ours_label = engine_label(pipe.manifest, denoiser)
+        record = pipe.manifest.components[denoiser]
         target = torch_target(record.backend, record.precision)
+        # Text encoders the engines were built without (SD 3's T5), which diffusers then
+        # runs without too: both make the same image.
+        dropped = [e for e in pipe.family.t5_encoders if e not in pipe.manifest.components]
+        dropped += [e.replace("text_encoder", "tokenizer") for e in dropped]
         progress("loading diffusers")
-        with TorchProcess(folder, scheduler, target) as torch_process:
+        with TorchProcess(folder, scheduler, target, tuple(dropped)) as torch_process:
             resident, loaders = _unet_contenders(
                 pipe=pipe,
                 torch_process=torch_process,

@@ -58,7 +58,11 @@ def torch_target(backend: str, precision: Precision) -> TorchTarget:
 class TorchReference:
     """diffusers' pipeline for the model folder, with the benchmark's scheduler, on `target`."""
 
-    def __init__(self, folder: str, scheduler: str, target: TorchTarget) -> None:
+    def __init__(
+        self, folder: str, scheduler: str, target: TorchTarget, dropped: tuple[str, ...] = ()
+    ) -> None:
+        """`dropped`: modules of the folder that sdtrt's engines were built without (SD 3's
+        T5), which diffusers then runs without too."""
         import diffusers
         import torch
 
@@ -71,14 +75,18 @@ class TorchReference:
             else {}
         )
         # Safetensors only: a folder's pickled .bin weights could run code as they load.
+        self.dtype = torch.float16 if target.precision is Precision.FP16 else torch.float32
         pipe = diffusers.DiffusionPipeline.from_pretrained(
-            folder, use_safetensors=True, **unchecked
+            folder,
+            use_safetensors=True,
+            torch_dtype=self.dtype,  # not a bf16 folder's own: it would be cast afterwards
+            **unchecked,
+            **dict.fromkeys(dropped),
         )
         pipe.set_progress_bar_config(disable=True)
         choice = SCHEDULERS[scheduler]
         cls = getattr(diffusers, choice.cls.diffusers_name)
         pipe.scheduler = cls.from_config({**pipe.scheduler.config, **choice.overrides})
-        self.dtype = torch.float16 if target.precision is Precision.FP16 else torch.float32
         if target.device == "cuda" and target.precision is Precision.FP32:
             # fp32 means fp32 here as in sdtrt's CUDA engines: no TF32 rounding.
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -95,15 +103,19 @@ class TorchReference:
         return result
 
     def unet(self, feeds: dict[str, np.ndarray], compiled: bool = False) -> Timed:
-        """One UNet call; compiled with torch.compile (inductor) when asked, which compiles on
-        the first call and raises there where it cannot work here."""
+        """One denoiser call (a UNet; SD 3's transformer); compiled with torch.compile
+        (inductor) when asked, which compiles on the first call and raises there where it
+        cannot work here."""
         import torch
 
-        module: Any = torch.compile(self.pipe.unet) if compiled else self.pipe.unet
         tensors = {
             name: torch.from_numpy(array).to(self.target.device, self.dtype)
             for name, array in feeds.items()
         }
+        transformer = getattr(self.pipe, "transformer", None)
+        if transformer is not None:
+            return self._transformer(transformer, tensors, compiled)
+        module: Any = torch.compile(self.pipe.unet) if compiled else self.pipe.unet
         added = {k: tensors[k] for k in ("text_embeds", "time_ids") if k in tensors}
         sample, timestep, context = (
             tensors[name] for name in ("sample", "timestep", "encoder_hidden_states")
@@ -117,6 +129,24 @@ class TorchReference:
                     context,
                     timestep_cond=tensors.get("timestep_cond"),
                     added_cond_kwargs=added or None,
+                )
+                return self._finished(output)
+
+        return call
+
+    def _transformer(self, transformer: Any, tensors: dict[str, Any], compiled: bool) -> Timed:
+        """SD 3's transformer call, every layer run (sdtrt's `layer_mask` of ones)."""
+        import torch
+
+        module: Any = torch.compile(transformer) if compiled else transformer
+
+        def call() -> object:
+            with torch.inference_mode():
+                output = module(
+                    hidden_states=tensors["sample"],
+                    timestep=tensors["timestep"],
+                    encoder_hidden_states=tensors["encoder_hidden_states"],
+                    pooled_projections=tensors["pooled_projections"],
                 )
                 return self._finished(output)
 

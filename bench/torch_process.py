@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 class TorchProcess:
     """The parent's side: a child process holding diffusers' pipeline on `target`."""
 
-    def __init__(self, folder: str, scheduler: str, target: TorchTarget) -> None:
+    def __init__(
+        self, folder: str, scheduler: str, target: TorchTarget, dropped: tuple[str, ...] = ()
+    ) -> None:
+        """`dropped`: modules diffusers loads without (see TorchReference)."""
         missing = [m for m in ("torch", "diffusers") if importlib.util.find_spec(m) is None]
         if missing:
             raise InputError(
@@ -61,6 +64,7 @@ class TorchProcess:
                 scheduler=scheduler,
                 device=target.device,
                 precision=target.precision.value,
+                dropped=list(dropped),
             )
         except BaseException:
             self.close()
@@ -152,7 +156,9 @@ class _Child:
         op = request["op"]
         if op == "load":
             target = TorchTarget(request["device"], Precision(request["precision"]))
-            self.reference = TorchReference(request["folder"], request["scheduler"], target)
+            self.reference = TorchReference(
+                request["folder"], request["scheduler"], target, tuple(request.get("dropped", ()))
+            )
             return {}
         if op == "time":
             started = time.perf_counter()

@@ -25,6 +25,19 @@ from sdtrt.cli.common import (
 from sdtrt.errors import InputError
 
 
+def _layers(text: str | None) -> list[int] | None:
+    """`7,8,9` as layer numbers."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise InputError(
+            "--skip-guidance-layers takes layer numbers separated by commas, like 7,8,9; "
+            f"got {text!r}"
+        ) from error
+
+
 def _output_paths(output: Path, count: int) -> list[Path]:
     if output.suffix.lower() != ".png":
         raise InputError(f"the output must be a .png file, got {output}")
@@ -114,7 +127,24 @@ def run(
     ] = None,
     prompt_2: Annotated[
         str | None,
-        typer.Option(help="SDXL: the prompt for the second text encoder; --prompt's if unset."),
+        typer.Option(
+            help="SDXL and SD 3: the prompt for the second text encoder; --prompt's if unset."
+        ),
+    ] = None,
+    prompt_3: Annotated[
+        str | None,
+        typer.Option(help="SD 3: the prompt for T5, the third text encoder; --prompt's if unset."),
+    ] = None,
+    max_sequence_length: Annotated[
+        int | None,
+        typer.Option(help="SD 3: T5's tokens, up to 512; diffusers' 256 if unset."),
+    ] = None,
+    skip_guidance_layers: Annotated[
+        str | None,
+        typer.Option(
+            help="SD 3: skip-layer guidance over these transformer layers, e.g. 7,8,9 (SD 3.5 "
+            "Medium's recommendation), from 1% to 20% of the steps at scale 2.8."
+        ),
     ] = None,
     refiner: Annotated[
         Path | None,
@@ -159,6 +189,9 @@ def run(
                     prompt_syntax=prompt_syntax,
                     clip_skip=clip_skip,
                     prompt_2=prompt_2,
+                    prompt_3=prompt_3,
+                    max_sequence_length=max_sequence_length,
+                    skip_guidance_layers=_layers(skip_guidance_layers),
                     **task,
                 )
 
@@ -208,7 +241,7 @@ def run(
                     raise InputError(f"cannot write {path}: {error.strerror}") from error
                 out.print(f"wrote {path}")
         if refined is None:
-            out.print(timing_table(result))
+            out.print(timing_table(result, denoiser=pipe.family.denoiser))
         else:
             out.print(timing_table(result, "base model timings"))
             out.print(timing_table(refined, "refiner timings"))

@@ -33,7 +33,7 @@ def preset(
         str,
         typer.Argument(
             help="Preset name: tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, tiny-sdxl, "
-            "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, sd15 or sdxl."
+            "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, sd15 or sdxl."
         ),
     ],
     directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
@@ -76,8 +76,8 @@ def build(
         typer.Argument(
             help="A diffusers folder; a single-file checkpoint (.safetensors, or .ckpt with "
             "--allow-pickle); a preset (tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, "
-            "tiny-sdxl, tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, sd15, sdxl); "
-            "or a hub id."
+            "tiny-sdxl, tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, sd15, "
+            "sdxl); or a hub id."
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine directory to write.")],

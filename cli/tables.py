@@ -67,8 +67,9 @@ def profiles_table(manifest: Manifest) -> Table:
     return table
 
 
-def timing_table(result: GenerationOutput, title: str = "timings") -> Table:
-    """Per-stage time of one generation, per step where it repeats."""
+def timing_table(result: GenerationOutput, title: str = "timings", denoiser: str = "unet") -> Table:
+    """Per-stage time of one generation, per step where it repeats; `denoiser` names the
+    network each step calls (SD 3's transformer)."""
     timings = result.timings
     steps = len(timings.unet)
     table = Table(title=title)
@@ -78,7 +79,7 @@ def timing_table(result: GenerationOutput, title: str = "timings") -> Table:
     rows = [
         ("tokenizer", timings.tokenize, None),
         ("text encoder", timings.text_encoder, None),
-        (f"unet x {steps}", sum(timings.unet), sum(timings.unet) / steps),
+        (f"{denoiser} x {steps}", sum(timings.unet), sum(timings.unet) / steps),
         (f"scheduler + guidance x {steps}", sum(timings.scheduler), sum(timings.scheduler) / steps),
         ("vae decoder", timings.vae_decoder, None),
         ("total", timings.total, None),

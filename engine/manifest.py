@@ -15,9 +15,10 @@ from sdtrt.engine.tensors import ComponentIO
 from sdtrt.errors import ArtifactError
 
 FORMAT_VERSION = 1
-# ModelInfo.family: SD 1.x/2.x (latent consistency models among them), and SDXL.
+# ModelInfo.family: SD 1.x/2.x (latent consistency models among them), SDXL, and SD 3.
 STABLE_DIFFUSION = "stable-diffusion"
 STABLE_DIFFUSION_XL = "stable-diffusion-xl"
+STABLE_DIFFUSION_3 = "stable-diffusion-3"
 
 
 class _Frozen(BaseModel):
@@ -103,6 +104,12 @@ class ModelInfo(_Frozen):
     force_zeros_for_empty_prompt: bool = False
     # SDXL refiner: an aesthetic score in place of the target size among the time ids.
     requires_aesthetics_score: bool = False
+    # SD 3: the width of the transformer's text tokens (T5's; CLIP's states are padded to it),
+    # and the longest T5 sequence its engines take.
+    joint_attention_dim: int | None = None
+    max_sequence_length: int | None = None
+    patch_size: int | None = None  # the transformer's latent patches
+    transformer_layers: int | None = None  # its joint blocks, which skip-layer guidance skips
 
 
 class SourceInfo(_Frozen):

@@ -22,7 +22,7 @@ from sdtrt.export.families import KNOWN_COMPONENTS, Family, load_family
 from sdtrt.export.lora_merge import loras_digest, merge_loras
 from sdtrt.export.memory import build_memory_needed, release_modules
 from sdtrt.export.sources import digest_files, open_source
-from sdtrt.export.tokenizer_export import export_tokenizer
+from sdtrt.export.tokenizer_export import export_t5_tokenizer, export_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def build(
         export_options = export_options.model_copy(update={"components": components})
         info = loaded.info()
         ranges = resolve_ranges(
-            build_options, info.native_size, info.vae_scale_factor, backend.fixed_shapes
+            build_options, info.native_size, loaded.size_step, backend.fixed_shapes
         )
         digests = _digests(loaded, source.path)
         if export_options.loras and not loaded.merges_loras:
@@ -74,7 +74,7 @@ def build(
         denoiser = loaded.denoiser
         calibrated = build_options.precision is Precision.W8A8 and denoiser in components
         if calibrated:
-            check_calibratable(loaded.makes_images_from_text)
+            check_calibratable(loaded.makes_images_from_text, denoiser)
         calibration_users = (*loaded.text_encoders, denoiser, "vae_decoder") if calibrated else ()
         # Only what the asked networks are exported from stays loaded from here on.
         release_modules(loaded, (*components, *calibration_users))
@@ -85,13 +85,14 @@ def build(
             tokenizers = {
                 encoder: f"{loaded.TOKENIZER_FOLDERS[encoder]}/{TOKENIZER_FILE_NAME}"
                 for encoder in loaded.text_encoders
+                if encoder in components or encoder not in loaded.OPTIONAL_TEXT_ENCODERS
             }
             for encoder, relative in tokenizers.items():
-                export_tokenizer(
-                    source.path / loaded.TOKENIZER_FOLDERS[encoder],
-                    writer.staging / relative,
-                    info.text_max_length,
-                )
+                folder = source.path / loaded.TOKENIZER_FOLDERS[encoder]
+                if encoder in loaded.T5_ENCODERS:
+                    export_t5_tokenizer(folder, writer.staging / relative)
+                else:
+                    export_tokenizer(folder, writer.staging / relative, info.text_max_length)
             (writer.staging / SCHEDULER_FILE).parent.mkdir(exist_ok=True)
             scheduler_config = loaded.scheduler_config()
             write_json(writer.staging / SCHEDULER_FILE, scheduler_config)
@@ -185,7 +186,7 @@ def _calibrate(
 
     calibration = calibration_set(
         pipeline,
-        loaded.unet,
+        loaded.denoiser_module,
         ranges,
         encode=functools.partial(loaded.prompt_arguments, pipeline),
         release=release_text_encoders,

@@ -19,6 +19,7 @@ import torch
 from sdtrt.engine.doctor import installed_version
 from sdtrt.engine.ranges import BuildRanges
 from sdtrt.errors import InputError
+from sdtrt.export.precision import W8A8_COMPONENTS
 
 # Varied subjects, media and lighting, so that the text states span more than one kind of prompt.
 PROMPTS = (
@@ -130,8 +131,14 @@ def _record(
     return recorded
 
 
-def check_calibratable(makes_images_from_text: bool) -> None:
-    """InputError, in one line, for a model without a text-to-image pipeline."""
+def check_calibratable(makes_images_from_text: bool, denoiser: str = "unet") -> None:
+    """InputError, in one line, for a model without a text-to-image pipeline, or whose
+    denoiser w8a8 does not quantize (export/precision.py)."""
+    if denoiser not in W8A8_COMPONENTS:
+        raise InputError(
+            f"--precision w8a8 quantizes UNets (SD 1.x, 2.x and SDXL); this model's {denoiser} "
+            "is not calibrated yet: build it with --precision bf16 or int8"
+        )
     if not makes_images_from_text:
         raise InputError(
             "--precision w8a8 calibrates on text-to-image runs, which this model cannot make "

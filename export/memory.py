@@ -22,7 +22,9 @@ GIB = 1024**3
 MODULE_OF = {
     "text_encoder": "text_encoder",
     "text_encoder_2": "text_encoder_2",
+    "text_encoder_3": "text_encoder_3",
     "unet": "unet",
+    "transformer": "transformer",
     "vae_decoder": "vae",
     "vae_encoder": "vae",
 }

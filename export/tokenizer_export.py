@@ -73,3 +73,43 @@ def export_tokenizer(source: Path, target: Path, max_positions: int) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     backend.save(str(target))
     return length
+
+
+# T5's lengths to check the written tokenizer at: truncating a long prompt, and SD 3's default.
+T5_PROBE_LENGTHS = (77, 256)
+
+
+def export_t5_tokenizer(source: Path, target: Path) -> None:
+    """Write `source`'s T5 tokenizer (SD 3's third) to `target`, without padding: each call
+    pads to its own max_sequence_length (runtime/t5.py), as diffusers asks of its tokenizer."""
+    import transformers
+    from tokenizers import Tokenizer
+
+    try:
+        reference = transformers.T5TokenizerFast.from_pretrained(source)  # type: ignore[attr-defined]
+    except Exception as error:  # transformers raises many types for unreadable tokenizer files
+        raise ModelSourceError(
+            f"the T5 tokenizer in {source} cannot be loaded: {first_line(error)}"
+        ) from error
+    if reference.pad_token_id is None or reference.eos_token_id is None:
+        raise ModelSourceError(f"the T5 tokenizer in {source} has no pad or end token")
+    backend = Tokenizer.from_str(reference.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    for length in T5_PROBE_LENGTHS:
+        sized = Tokenizer.from_str(backend.to_str())
+        sized.enable_truncation(max_length=length)
+        sized.enable_padding(
+            length=length, pad_id=reference.pad_token_id, pad_token=reference.pad_token
+        )
+        for prompt in PROBE_PROMPTS:
+            expected = reference(
+                prompt, padding="max_length", max_length=length, truncation=True
+            ).input_ids
+            if sized.encode(prompt).ids != list(expected):
+                raise BuildError(
+                    f"the T5 tokenizer in {source} does not convert faithfully (prompt "
+                    f"{prompt[:40]!r} gets different token ids); report this with its files"
+                )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    backend.save(str(target))

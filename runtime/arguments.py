@@ -14,7 +14,8 @@ from sdtrt.runtime.families import family_of
 from sdtrt.runtime.noise import NOISE_KINDS
 from sdtrt.runtime.prompt_syntax import PROMPT_SYNTAXES
 from sdtrt.runtime.request import Request, SizeConditioning
-from sdtrt.runtime.schedulers import resolve_scheduler_name, scheduler_names
+from sdtrt.runtime.schedulers import SCHEDULERS, resolve_scheduler_name, scheduler_names
+from sdtrt.runtime.skip_guidance import SkipLayers
 
 # Seeds a user types may be any 64-bit number; random ones are drawn from 32 bits, as the A1111 web
 # UI and its clients draw them, so that every client (JavaScript's numbers stop being exact at
@@ -67,31 +68,47 @@ def make_request(
     prompt_2: str | Sequence[str] | None = None,
     negative_prompt_2: str | Sequence[str] | None = None,
     sizes: SizeConditioning | None = None,
-    inpainting: bool = False,
+    task: str = "txt2img",
+    prompt_3: str | Sequence[str] | None = None,
+    negative_prompt_3: str | Sequence[str] | None = None,
+    max_sequence_length: int | None = None,
+    skip_layers: SkipLayers | None = None,
 ) -> Request:
+    """`task`: "txt2img", "img2img" or "inpaint", for the defaults diffusers' pipeline for it
+    has."""
     prompts = _as_prompts(prompt, "prompt")
     negatives = _negatives(negative_prompt, len(prompts), "negative_prompt")
     model = manifest.model
     family = family_of(model)
     family.check_arguments(
-        model, {"prompt_2": prompt_2, "negative_prompt_2": negative_prompt_2, "sizes": sizes}
+        model,
+        {
+            "prompt_2": prompt_2,
+            "negative_prompt_2": negative_prompt_2,
+            "sizes": sizes,
+            "prompt_3": prompt_3,
+            "negative_prompt_3": negative_prompt_3,
+            "max_sequence_length": max_sequence_length,
+            "skip_guidance_layers": skip_layers,
+            "prompt_syntax": None if prompt_syntax == "diffusers" else prompt_syntax,
+        },
     )
-    prompts_2 = None if prompt_2 is None else _as_prompts(prompt_2, "prompt_2")
-    if prompts_2 is not None and len(prompts_2) != len(prompts):
-        if len(prompts_2) != 1:
-            raise InputError(
-                f"got {len(prompts_2)} prompt_2 for {len(prompts)} prompts; give one per prompt"
-            )
-        prompts_2 = prompts_2 * len(prompts)
+    prompts_2 = _per_prompt(prompt_2, len(prompts), "prompt_2")
+    prompts_3 = _per_prompt(prompt_3, len(prompts), "prompt_3")
     negatives_2 = (
         None
         if negative_prompt_2 is None
         else _negatives(negative_prompt_2, len(prompts), "negative_prompt_2")
     )
+    negatives_3 = (
+        None
+        if negative_prompt_3 is None
+        else _negatives(negative_prompt_3, len(prompts), "negative_prompt_3")
+    )
     if num_inference_steps is None:
-        num_inference_steps = family.default_steps(model)
+        num_inference_steps = family.default_steps(model, task)
     if guidance_scale is None:
-        guidance_scale = family.default_guidance(model, inpainting)
+        guidance_scale = family.default_guidance(model, task)
     native_height, native_width = manifest.model.native_size
     height = native_height if height is None else int(height)
     width = native_width if width is None else int(width)
@@ -114,6 +131,22 @@ def make_request(
         isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0
     ):
         raise InputError(f"clip skip must be a whole number of at least 0, got {clip_skip}")
+    if skip_layers is not None:
+        skip_layers.check(model.transformer_layers)
+        if task != "txt2img":
+            raise InputError(
+                "skip-layer guidance is for text to image, where diffusers' SD 3 pipeline has it"
+            )
+    chosen = _scheduler(scheduler, default_scheduler)
+    if SCHEDULERS[chosen].cls.flow_matching != family.flow_matching:
+        kind = "flow-matching" if family.flow_matching else "noise-predicting"
+        names = [
+            n for n in scheduler_names() if SCHEDULERS[n].cls.flow_matching == family.flow_matching
+        ]
+        raise InputError(
+            f"{chosen} does not sample this {model.family} model, which takes {kind} "
+            f"schedulers: {', '.join(names)}"
+        )
     request = Request(
         prompts=prompts,
         negative_prompts=negatives,
@@ -122,19 +155,49 @@ def make_request(
         steps=num_inference_steps,
         guidance_scale=float(guidance_scale),
         images_per_prompt=num_images_per_prompt,
-        scheduler=_scheduler(scheduler, default_scheduler),
+        scheduler=chosen,
         seed=random_seed() if seed is None else int(seed),
         noise=noise,  # type: ignore[arg-type]
         prompt_syntax=prompt_syntax,  # type: ignore[arg-type]
         clip_skip=clip_skip,
         prompts_2=prompts_2,
         negative_prompts_2=negatives_2,
+        prompts_3=prompts_3,
+        negative_prompts_3=negatives_3,
+        max_sequence_length=_sequence_length(max_sequence_length, model.max_sequence_length),
+        skip_layers=skip_layers,
         zero_negatives=model.force_zeros_for_empty_prompt and negative_prompt is None,
         sizes=_check_sizes(sizes or SizeConditioning()),
         guidance_embedded=model.guidance_embedding_dim is not None,
     )
     check_batch(manifest.ranges, request.batch, request.guided)
     return request
+
+
+def _per_prompt(value: str | Sequence[str] | None, prompts: int, what: str) -> list[str] | None:
+    """A second or third encoder's prompts, one per prompt (one given serves all)."""
+    if value is None:
+        return None
+    given = _as_prompts(value, what)
+    if len(given) == prompts:
+        return given
+    if len(given) != 1:
+        raise InputError(f"got {len(given)} {what} for {prompts} prompts; give one per prompt")
+    return given * prompts
+
+
+# T5's length when a call gives none: diffusers' SD 3 pipelines' default.
+DEFAULT_SEQUENCE_LENGTH = 256
+
+
+def _sequence_length(asked: int | None, most: int | None) -> int:
+    if asked is None or most is None:
+        return DEFAULT_SEQUENCE_LENGTH
+    if isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= most:
+        raise InputError(
+            f"max_sequence_length must be a whole number from 1 to {most}, got {asked!r}"
+        )
+    return asked
 
 
 def _negatives(value: str | Sequence[str] | None, prompts: int, what: str) -> list[str]:

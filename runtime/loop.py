@@ -13,10 +13,12 @@ import numpy as np
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest
+from sdtrt.runtime.families import family_of
 from sdtrt.runtime.noise import NoiseSource
 from sdtrt.runtime.numerics import check_step
 from sdtrt.runtime.request import Request
 from sdtrt.runtime.schedulers import create_scheduler
+from sdtrt.runtime.skip_guidance import SkipLayerGuidance
 from sdtrt.runtime.tasks import Task, cutoff_timestep
 from sdtrt.runtime.timings import Timings
 
@@ -37,10 +39,13 @@ def denoise(
     timings: Timings,
     step_callback: StepCallback | None = None,
     denoising_end: float | None = None,
+    skip_guidance: SkipLayerGuidance | None = None,
 ) -> np.ndarray:
     """The latents after the loop: from the task's start to the end of the schedule, or to
     `denoising_end` of it (SDXL's base model handing over to a refiner)."""
-    scheduler = create_scheduler(request.scheduler, dict(scheduler_config))
+    family = family_of(manifest.model)
+    config = family.scheduler_config(scheduler_config, request, manifest.model)
+    scheduler = create_scheduler(request.scheduler, config)
     begins = task.start(scheduler, scheduler.plan(request.steps))
     plan, latents = begins.plan, begins.latents
     timesteps = scheduler.timesteps(plan)
@@ -79,6 +84,10 @@ def denoise(
             prediction = np.subtract(conditional, unconditional)
             prediction *= guidance
             prediction += unconditional
+            if skip_guidance is not None and skip_guidance.active(i - begins.begin):
+                prediction = skip_guidance.apply(
+                    denoiser, prediction, conditional, model_input, timestep
+                )
         latents, state = scheduler.step(prediction, i, latents, plan, state, source.randn)
         latents = task.blend(latents, scheduler, plan, i)
         check_step(latents, i, end, manifest)

@@ -6,10 +6,9 @@ Pipeline serves concurrent requests from several threads.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,13 +17,18 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from sdtrt.engine.backends import load_component
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.engine.weights.lora import LORA_COMPONENTS, LoraSource, as_lora_source
 from sdtrt.engine.weights.switch import load_with_initializers, lora_initializers
-from sdtrt.errors import ArtifactError, InputError
+from sdtrt.errors import InputError
 from sdtrt.runtime.arguments import make_request
+from sdtrt.runtime.engine_directory import (
+    default_scheduler,
+    load_engine,
+    load_tokenizers,
+    read_scheduler_config,
+)
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.loop import StepCallback, denoise
 from sdtrt.runtime.noise import NoiseSource, make_noise
@@ -33,6 +37,8 @@ from sdtrt.runtime.postprocess import postprocess, to_pil
 from sdtrt.runtime.preprocess import ImageInput
 from sdtrt.runtime.prompt_encoder import PromptEncoder
 from sdtrt.runtime.request import Request, SizeConditioning
+from sdtrt.runtime.skip_guidance import SkipLayerGuidance, skip_layers
+from sdtrt.runtime.t5 import T5PromptTokenizer
 from sdtrt.runtime.task_setup import (
     ImageInputs,
     TaskSetup,
@@ -57,32 +63,6 @@ class GenerationOutput:
     strength: float | None = None  # of an input image; None for text to image
 
 
-def _load_engine(directory: Path, manifest: Manifest, name: str, backend: str | None) -> Engine:
-    record = manifest.components.get(name)
-    if record is None:
-        raise ArtifactError(f"{directory} has no {name} engine; rebuild it with `sdtrt build`")
-    if backend is not None and backend != record.backend:
-        raise ArtifactError(
-            f"{directory} holds {record.backend} engines, not {backend}; "
-            f"rebuild with `sdtrt build --backend {backend}`"
-        )
-    return load_component(directory, record)
-
-
-def read_scheduler_config(directory: Path, manifest: Manifest) -> dict[str, Any]:
-    """The scheduler config an engine directory was built with."""
-    path = directory / manifest.scheduler_config
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} cannot be read ({error}); rebuild the engines") from error
-
-
-def default_scheduler(scheduler_config: Mapping[str, Any]) -> str:
-    """The diffusers class the model's own scheduler config names."""
-    return str(scheduler_config.get("_class_name", "PNDMScheduler"))
-
-
 def _sizes(**given: Any) -> SizeConditioning | None:
     """SDXL's micro-conditioning when the call sets any of it; None leaves the defaults."""
     chosen = {name: value for name, value in given.items() if value is not None}
@@ -98,7 +78,7 @@ class Pipeline:
         directory: Path,
         manifest: Manifest,
         engines: dict[str, Engine],
-        tokenizers: dict[str, PromptTokenizer],
+        tokenizers: dict[str, PromptTokenizer | T5PromptTokenizer],
         scheduler_config: dict[str, Any],
         backend: str | None = None,
     ) -> None:
@@ -121,14 +101,12 @@ class Pipeline:
         directory = Path(directory)
         manifest = read_manifest(directory)
         scheduler_config = read_scheduler_config(directory, manifest)
-        tokenizers = {
-            name: PromptTokenizer(directory / relative)
-            for name, relative in manifest.text_encoders.items()
-        }
+        family = family_of(manifest.model)
+        tokenizers = load_tokenizers(directory, manifest)
         engines: dict[str, Engine] = {}
         try:
-            for name in (*tokenizers, family_of(manifest.model).denoiser, DECODER):
-                engines[name] = _load_engine(directory, manifest, name, backend)
+            for name in (*tokenizers, family.denoiser, DECODER):
+                engines[name] = load_engine(directory, manifest, name, backend)
         except BaseException:
             for engine in engines.values():
                 engine.close()
@@ -169,6 +147,13 @@ class Pipeline:
         denoising_start: float | None = None,
         denoising_end: float | None = None,
         padding_mask_crop: int | None = None,
+        prompt_3: str | Sequence[str] | None = None,
+        negative_prompt_3: str | Sequence[str] | None = None,
+        max_sequence_length: int | None = None,
+        skip_guidance_layers: Sequence[int] | None = None,
+        skip_layer_guidance_scale: float = 2.8,
+        skip_layer_guidance_start: float = 0.01,
+        skip_layer_guidance_stop: float = 0.2,
     ) -> GenerationOutput:
         """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`.
         Steps and guidance default to those of diffusers' pipeline for the model (50 steps;
@@ -184,6 +169,10 @@ class Pipeline:
         on the base model, then `image=those latents, denoising_start=0.8` on the refiner.
         `padding_mask_crop=N` inpaints the mask's surroundings (N px of margin, grown to the
         output's aspect ratio) at the output size and pastes the result back into the image.
+        SD 3 models take StableDiffusion3Pipeline's `prompt_2` and `prompt_3` (T5's),
+        their negatives, `max_sequence_length` (T5's tokens, 256 unless given) and its
+        skip-layer guidance (`skip_guidance_layers=[7, 8, 9]` and its scale, start and stop);
+        their defaults are 28 steps at guidance 7.0 (image to image and inpainting: 50).
         """
         started = time.perf_counter()
         inputs = load_inputs(
@@ -220,7 +209,16 @@ class Pipeline:
             clip_skip=clip_skip,
             prompt_2=prompt_2,
             negative_prompt_2=negative_prompt_2,
-            inpainting=inputs is not None and inputs.kind == "inpaint",
+            task="txt2img" if inputs is None else inputs.kind,
+            prompt_3=prompt_3,
+            negative_prompt_3=negative_prompt_3,
+            max_sequence_length=max_sequence_length,
+            skip_layers=skip_layers(
+                skip_guidance_layers,
+                skip_layer_guidance_scale,
+                skip_layer_guidance_start,
+                skip_layer_guidance_stop,
+            ),
             sizes=_sizes(
                 original_size=original_size,
                 crops_coords_top_left=crops_coords_top_left,
@@ -288,15 +286,21 @@ class Pipeline:
             timings=timings,
             step_callback=step_callback,
             denoising_end=denoising_end,
+            skip_guidance=(
+                SkipLayerGuidance(request.skip_layers, conditioning, request.batch, request.steps)
+                if request.skip_layers is not None and request.guided
+                else None
+            ),
         )
         if output_type == "latent":
             timings.total = time.perf_counter() - started
             return GenerationOutput(latents, request, timings, task.strength)
         mark = time.perf_counter()
         model = self.manifest.model
-        decoded = self.engines[DECODER].infer(
-            {"latent": latents / np.float32(model.vae_scaling_factor)}
-        )["image"]
+        latents = latents / np.float32(model.vae_scaling_factor)
+        if model.vae_shift_factor is not None:
+            latents = latents + np.float32(model.vae_shift_factor)
+        decoded = self.engines[DECODER].infer({"latent": latents})["image"]
         check_image(decoded, self.manifest)  # never a black PNG from an fp16 overflow
         images = postprocess(decoded)
         timings.vae_decoder = time.perf_counter() - mark
@@ -338,7 +342,7 @@ class Pipeline:
         """The engines, the VAE encoder among them where the directory has one."""
         with self._opening:
             if ENCODER not in self.engines and ENCODER in self.manifest.components:
-                self.engines[ENCODER] = _load_engine(
+                self.engines[ENCODER] = load_engine(
                     self.directory, self.manifest, ENCODER, self.backend
                 )
         return self.engines

@@ -18,6 +18,7 @@ from sdtrt.engine.manifest import ModelInfo
 from sdtrt.runtime.conditioning import TextConditioner, TokenChunk
 from sdtrt.runtime.families import EncodedText, family_of
 from sdtrt.runtime.request import Request
+from sdtrt.runtime.t5 import T5Conditioner, T5PromptTokenizer
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
@@ -28,18 +29,25 @@ class PromptEncoder:
     def __init__(
         self,
         encoders: Mapping[str, Engine],
-        tokenizers: Mapping[str, PromptTokenizer],
+        tokenizers: Mapping[str, PromptTokenizer | T5PromptTokenizer],
         model: ModelInfo,
         max_chunks: int,
     ) -> None:
         """`encoders` and `tokenizers` by text-encoder component, in the order the denoiser
-        joins their states; `max_chunks`: the text-encoder lengths it was built to attend to."""
+        joins their states (CLIP's, then T5's); `max_chunks`: the text-encoder lengths it was
+        built to attend to."""
         self.model = model
         self.family = family_of(model)
         self.conditioners = {
-            name: TextConditioner(encoders[name], tokenizers[name], max_chunks)
-            for name in tokenizers
+            name: TextConditioner(encoders[name], tokenizer, max_chunks)
+            for name, tokenizer in tokenizers.items()
+            if isinstance(tokenizer, PromptTokenizer)
         }
+        self.t5 = [
+            T5Conditioner(encoders[name], tokenizer)
+            for name, tokenizer in tokenizers.items()
+            if isinstance(tokenizer, T5PromptTokenizer)
+        ]
 
     def check(self, request: Request) -> None:
         """Refuse what these engines cannot do before any of them runs."""
@@ -79,6 +87,11 @@ class PromptEncoder:
             )
             for conditioner, encoder_chunks in zip(self.conditioners.values(), chunks, strict=True)
         ]
+        prompts_3 = request.prompts_3 or request.prompts
+        negatives_3 = request.negative_prompts_3 or request.negative_prompts
+        texts_3 = (negatives_3 + prompts_3) if encode_negatives else list(prompts_3)
+        for t5 in self.t5:
+            encoded.append(EncodedText(t5.encode(texts_3, request.max_sequence_length), None))
         timings.text_encoder = time.perf_counter() - mark
         return encoded
 

@@ -103,6 +103,11 @@ def parse_prompt(prompt: str) -> list[Fragment]:
     return _join_equal_weights(pieces) or [Fragment("")]
 
 
+def is_plain(prompt: str) -> bool:
+    """Whether `prompt` reads the same in both syntaxes: no weights, escapes or BREAK."""
+    return parse_prompt(prompt) == [Fragment(prompt)]
+
+
 def _join_equal_weights(pieces: list[Fragment]) -> list[Fragment]:
     joined: list[Fragment] = []
     for piece in pieces:

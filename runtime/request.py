@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sdtrt.runtime.noise import NoiseKind
 from sdtrt.runtime.prompt_syntax import PromptSyntax
+from sdtrt.runtime.skip_guidance import SkipLayers
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class Request:
     # SDXL: the second text encoder's prompts (diffusers' prompt_2), the first's by default.
     prompts_2: list[str] | None = None
     negative_prompts_2: list[str] | None = None
+    # SD 3: T5's prompts (diffusers' prompt_3), the first's by default, and T5's length.
+    prompts_3: list[str] | None = None
+    negative_prompts_3: list[str] | None = None
+    max_sequence_length: int = 256
+    skip_layers: SkipLayers | None = None  # SD 3's skip-layer guidance
     # SDXL with force_zeros_for_empty_prompt and no negative prompt: zero conditioning.
     zero_negatives: bool = False
     sizes: SizeConditioning = SizeConditioning()

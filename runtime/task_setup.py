@@ -183,12 +183,14 @@ def make_image_task(
     request, model = setup.request, setup.model
     if denoising_start is not None and inputs.mask is not None:
         raise InputError("denoising_start is for image to image, not inpainting")
+    family = family_of(model)
     if inputs.latents is not None:
+        strength = _strength(strength, inputs, setup, denoising_start)
         return ImageToImage(
             _latents_for(inputs.latents, request.batch),
             None if denoising_start is not None else setup.draw_latents(),
-            _strength(strength, inputs, setup, denoising_start),
-            request.steps,
+            strength,
+            family.skipped_steps(request.steps, strength),
             denoising_start,
         )
     encoder = setup.engines.get("vae_encoder")
@@ -208,7 +210,11 @@ def make_image_task(
         image_latents = encode_image(encoder, pixels, model, setup.source)
         noise = None if denoising_start is not None else setup.draw_latents()
         return ImageToImage(
-            repeat_to(image_latents, request.batch), noise, strength, request.steps, denoising_start
+            repeat_to(image_latents, request.batch),
+            noise,
+            strength,
+            family.skipped_steps(request.steps, strength),
+            denoising_start,
         )
     image, mask = inputs.image, inputs.mask
     if inputs.padding_mask_crop is None:
@@ -247,10 +253,11 @@ def _strength(
 ) -> float:
     """The strength asked for, else diffusers' default for the model and task; denoising_start
     takes its place where given, as in diffusers."""
+    family, steps = family_of(setup.model), setup.request.steps
     if strength is None:
-        strength = family_of(setup.model).default_strength(setup.model, inputs.kind)
+        strength = family.default_strength(setup.model, inputs.kind)
     if denoising_start is None:
-        check_strength(strength, setup.request.steps)
+        check_strength(strength, steps, family.skipped_steps)
     return strength
 
 
@@ -284,7 +291,7 @@ def _inpaint(
         noise=noise,
         mask=repeat_to(latent_mask, request.batch),
         strength=strength,
-        steps=request.steps,
+        skipped=family_of(model).skipped_steps(request.steps, strength),
         image_latents=image_latents,
         masked_latents=repeat_to(masked_latents, request.batch) if dedicated else None,
         from_noise=from_noise,

@@ -52,12 +52,8 @@ class Task:
         return latents
 
 
-def skipped_steps(steps: int, strength: float) -> int:
-    """Steps that strength leaves out: diffusers' `t_start` in `get_timesteps`."""
-    return max(steps - min(int(steps * strength), steps), 0)
-
-
-def check_strength(strength: float, steps: int) -> None:
+def check_strength(strength: float, steps: int, skipped_steps: Callable[[int, float], int]) -> None:
+    """`skipped_steps`: the family's count of the steps a strength leaves out."""
     if (
         isinstance(strength, bool)
         or not isinstance(strength, (int, float))
@@ -66,8 +62,8 @@ def check_strength(strength: float, steps: int) -> None:
         raise InputError(f"strength must be a number in (0, 1], got {strength}")
     if steps - skipped_steps(steps, strength) < 1:
         raise InputError(
-            f"strength {strength} with {steps} steps leaves no step to run "
-            f"(int(steps x strength) = 0); raise the strength or the steps"
+            f"strength {strength} with {steps} steps leaves no step to run; raise the strength "
+            "or the steps"
         )
 
 
@@ -97,14 +93,15 @@ class ImageToImage(Task):
         image_latents: np.ndarray,
         noise: np.ndarray | None,
         strength: float,
-        steps: int,
+        skipped: int,
         denoising_start: float | None = None,
     ) -> None:
+        """`skipped`: the steps `strength` leaves out (the family's `skipped_steps`)."""
         super().__init__(image_latents if noise is None else noise)
         self.image_latents = image_latents
         self.noise = noise
         self.strength = None if denoising_start is not None else strength
-        self.skipped = skipped_steps(steps, strength)
+        self.skipped = skipped
         self.denoising_start = denoising_start
 
     def start(self, scheduler: Scheduler[Any, Any], plan: Any) -> LoopStart:
@@ -138,7 +135,7 @@ class Inpaint(Task):
         noise: np.ndarray,
         mask: np.ndarray,
         strength: float,
-        steps: int,
+        skipped: int,
         image_latents: np.ndarray | None,
         masked_latents: np.ndarray | None,
         from_noise: bool,
@@ -147,7 +144,7 @@ class Inpaint(Task):
         self.noise = noise
         self.mask = mask  # (batch, 1, h, w): 1 where the image is repainted
         self.strength = strength
-        self.skipped = skipped_steps(steps, strength)
+        self.skipped = skipped
         self.image_latents = image_latents  # needed to start from the image, or to blend
         self.from_noise = from_noise  # strength 1 or latents given: start from noise alone
         if masked_latents is not None:
@@ -178,11 +175,14 @@ def encode_image(
     encoder: Engine, pixels: np.ndarray, model: ModelInfo, source: NoiseSource
 ) -> np.ndarray:
     """VAE latents of `pixels` (1, 3, H, W): a sample of the encoder's diagonal Gaussian drawn
-    from `source` (diffusers' `latent_dist.sample(generator)`), times the scaling factor."""
+    from `source` (diffusers' `latent_dist.sample(generator)`), less the shift factor where
+    the VAE has one, times the scaling factor."""
     moments = encoder.infer({"image": pixels})["latent_moments"]
     mean, log_variance = np.split(moments, 2, axis=1)
     std = np.exp(np.float32(0.5) * np.clip(log_variance, -30.0, 20.0))
     sample = mean + std * source.randn(mean.shape)
+    if model.vae_shift_factor is not None:  # SD 3's VAE centres its latents
+        sample = sample - np.float32(model.vae_shift_factor)
     latents = sample * np.float32(model.vae_scaling_factor)
     return latents.astype(np.float32, copy=False)
 

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdtrt import __version__
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
-from sdtrt.runtime.schedulers import resolve_scheduler_name
+from sdtrt.runtime.families import family_of
+from sdtrt.serve.a1111_dialect import SAMPLERS, SCHEDULE_TYPES, prompt_syntax_for, scheduler_for
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.loras import take_tags
@@ -33,29 +34,6 @@ from sdtrt.serve.v1 import check_limits, failure_response
 from sdtrt.serve.waiting import service_for, wait_or_cancel
 
 a1111_router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
-
-# A1111 sampler name -> (sdtrt scheduler, A1111's aliases).
-SAMPLERS: dict[str, tuple[str, list[str]]] = {
-    "DPM++ 2M": ("dpmpp_2m", ["k_dpmpp_2m"]),
-    "DPM++ 2M SDE": ("dpmpp_sde", ["k_dpmpp_2m_sde"]),
-    "Euler a": ("euler_a", ["k_euler_a", "k_euler_ancestral"]),
-    "Euler": ("euler", ["k_euler"]),
-    "LMS": ("lms", ["k_lms"]),
-    "Heun": ("heun", ["k_heun"]),
-    "DDIM": ("ddim", ["ddim"]),
-    "DDPM": ("ddpm", ["ddpm"]),
-    "PLMS": ("pndm", ["plms"]),
-    "UniPC": ("unipc", ["unipc"]),
-    "DEIS": ("deis", ["deis"]),
-    "LCM": ("lcm", ["k_lcm"]),
-}
-# Names older A1111 releases used before the schedule became its own field.
-_LEGACY = {"dpm++ 2m karras": "dpmpp_2m_karras"}
-_KARRAS = {"dpmpp_2m": "dpmpp_2m_karras", "dpmpp_2m_karras": "dpmpp_2m_karras"}
-SCHEDULE_TYPES = [
-    {"name": "automatic", "label": "Automatic", "default_rho": -1.0},
-    {"name": "karras", "label": "Karras", "default_rho": 7.0},
-]
 
 
 class A1111Txt2Img(BaseModel):
@@ -118,32 +96,6 @@ def _asked_model(body: A1111Txt2Img) -> str | None:
     settings = body.model_extra.get("override_settings") if body.model_extra else None
     title = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
     return _checkpoint(title) if isinstance(title, str) else None
-
-
-def map_sampler(sampler: str, schedule: str | None) -> str:
-    """An A1111 sampler (or sdtrt/diffusers name) and schedule type to an sdtrt scheduler."""
-    key = sampler.strip().lower()
-    named = (
-        name
-        for a1111, (name, aliases) in SAMPLERS.items()
-        if key == a1111.lower() or key in aliases
-    )
-    found = next(named, _LEGACY.get(key))
-    if found is None:
-        try:
-            found = resolve_scheduler_name(sampler)
-        except InputError as error:
-            raise InputError(
-                f"unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}"
-            ) from error
-    kind = (schedule or "automatic").strip().lower()
-    if kind == "automatic":
-        return found
-    if kind == "karras":
-        if found not in _KARRAS:
-            raise InputError(f"schedule type Karras is available with DPM++ 2M only, not {sampler}")
-        return _KARRAS[found]
-    raise InputError(f"unknown schedule type '{schedule}'; choose Automatic or Karras")
 
 
 def _model_hash(manifest: Manifest) -> str:
@@ -239,6 +191,7 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
         )
     sampler = body.sampler_name or body.sampler_index
     prompt, weights = take_tags(body.prompt)
+    family = family_of(service.manifest.model)
     params = GenerationParams(
         prompt=prompt,
         negative_prompt=body.negative_prompt,
@@ -247,12 +200,12 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
         seed=None if body.seed == -1 else body.seed,
         height=body.height,
         width=body.width,
-        scheduler=map_sampler(sampler, body.scheduler),
+        scheduler=scheduler_for(family, sampler, body.scheduler),
         images=count,
         per_image_seeds=True,
         task=task,
         loras=request.app.state.loras.sources(weights),
-        prompt_syntax="a1111",  # what A1111's clients write: (word:1.2), [word], BREAK
+        prompt_syntax=prompt_syntax_for(family, prompt, body.negative_prompt),
     )
     refiner = body.refiner_checkpoint
     if refiner and refiner != "None":  # A1111's web UI sends "None" for no refiner

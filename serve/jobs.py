@@ -68,6 +68,11 @@ class GenerationParams:
     prompt_2: str | None = None
     negative_prompt_2: str | None = None
     sizes: SizeConditioning | None = None
+    # SD 3: T5's prompts and length (diffusers' names).
+    prompt_3: str | None = None
+    negative_prompt_3: str | None = None
+    max_sequence_length: int | None = None
+    skip_guidance_layers: tuple[int, ...] | None = None
     loras: tuple[LoraSource, ...] = ()  # applied for this job; () the built weights
     prompt_syntax: str = "diffusers"  # "a1111": A1111's weights, BREAK and long prompts
     # SDXL's ensemble of experts (diffusers' names): the base model stops at `denoising_end`

@@ -11,6 +11,7 @@ from sdtrt.errors import InputError
 from sdtrt.runtime.arguments import MAX_SEED, make_request
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.request import Request
+from sdtrt.runtime.skip_guidance import skip_layers
 from sdtrt.runtime.task_setup import ImageInputs, load_inputs, output_size
 from sdtrt.runtime.tasks import check_fraction, check_strength
 from sdtrt.serve.jobs import GenerationParams
@@ -71,7 +72,11 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         num_images_per_prompt=1 if params.per_image_seeds else params.images,
         prompt_2=params.prompt_2,
         negative_prompt_2=params.negative_prompt_2,
-        inpainting=inputs is not None and inputs.kind == "inpaint",
+        prompt_3=params.prompt_3,
+        negative_prompt_3=params.negative_prompt_3,
+        max_sequence_length=params.max_sequence_length,
+        skip_layers=skip_layers(params.skip_guidance_layers),
+        task="txt2img" if inputs is None else inputs.kind,
         sizes=params.sizes,
         prompt_syntax=params.prompt_syntax,
     )
@@ -79,7 +84,7 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         chosen = task.strength
         if chosen is None:
             chosen = family.default_strength(manifest.model, inputs.kind)
-        check_strength(chosen, first.steps)
+        check_strength(chosen, first.steps, family.skipped_steps)
     strength = None if task is None else task.strength
     calls = [first]
     if params.per_image_seeds:

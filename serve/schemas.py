@@ -58,12 +58,27 @@ class Txt2ImgRequest(BaseModel):
     loras: dict[str, Number] | None = Field(
         None, description="LoRAs of the server's --lora-dir by name, with their weights."
     )
-    # SDXL, with diffusers' names and meanings; refused by other models.
+    # SDXL (and SD 3), with diffusers' names and meanings; refused by other models.
     prompt_2: Annotated[str, Strict()] | None = Field(
-        None, description="SDXL: the second text encoder's prompt; the prompt if unset."
+        None, description="SDXL, SD 3: the second text encoder's prompt; the prompt if unset."
     )
     negative_prompt_2: Annotated[str, Strict()] | None = Field(
-        None, description="SDXL: the second text encoder's negative prompt."
+        None, description="SDXL, SD 3: the second text encoder's negative prompt."
+    )
+    # SD 3, with diffusers' names and meanings; refused by other models.
+    prompt_3: Annotated[str, Strict()] | None = Field(
+        None, description="SD 3: T5's prompt (the third text encoder); the prompt if unset."
+    )
+    negative_prompt_3: Annotated[str, Strict()] | None = Field(
+        None, description="SD 3: T5's negative prompt."
+    )
+    max_sequence_length: Annotated[int, Strict()] | None = Field(
+        None, description="SD 3: T5's tokens, 1 to 512; 256 if unset."
+    )
+    skip_guidance_layers: list[Annotated[int, Strict()]] | None = Field(
+        None,
+        description="SD 3: skip-layer guidance over these transformer layers (SD 3.5 Medium: "
+        "[7, 8, 9]), from 1% to 20% of the steps at scale 2.8, as diffusers' defaults.",
     )
     original_size: Pair | None = Field(None, description="SDXL: [height, width] conditioning.")
     crops_coords_top_left: Pair | None = Field(None, description="SDXL: [top, left] conditioning.")

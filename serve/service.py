@@ -25,7 +25,8 @@ from pathlib import Path
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import ArtifactError, InputError, SdtrtError
-from sdtrt.runtime.pipeline import Pipeline, default_scheduler, read_scheduler_config
+from sdtrt.runtime.engine_directory import default_scheduler, read_scheduler_config
+from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve.errors import NotAccepting, QueueFull
 from sdtrt.serve.history import JobHistory
 from sdtrt.serve.jobs import GenerationParams, Job, JobState

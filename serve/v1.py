@@ -182,6 +182,12 @@ async def _generate(
         task=task,
         prompt_2=body.prompt_2,
         negative_prompt_2=body.negative_prompt_2,
+        prompt_3=body.prompt_3,
+        negative_prompt_3=body.negative_prompt_3,
+        max_sequence_length=body.max_sequence_length,
+        skip_guidance_layers=(
+            None if body.skip_guidance_layers is None else tuple(body.skip_guidance_layers)
+        ),
         sizes=_sizes(body),
         loras=request.app.state.loras.sources(body.loras or {}),
     )

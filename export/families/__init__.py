@@ -8,10 +8,15 @@ from pathlib import Path
 from sdtrt.errors import ModelSourceError
 from sdtrt.export.families.diffusers_folder import read_model_index
 from sdtrt.export.families.stable_diffusion import StableDiffusionModel
+from sdtrt.export.families.stable_diffusion_3 import StableDiffusion3Model
 from sdtrt.export.families.stable_diffusion_xl import StableDiffusionXLModel
 
-Family = StableDiffusionModel | StableDiffusionXLModel
-FAMILIES: tuple[type[Family], ...] = (StableDiffusionModel, StableDiffusionXLModel)
+Family = StableDiffusionModel | StableDiffusionXLModel | StableDiffusion3Model
+FAMILIES: tuple[type[Family], ...] = (
+    StableDiffusionModel,
+    StableDiffusionXLModel,
+    StableDiffusion3Model,
+)
 # Every network any family exports, for refusing an unknown one before a model is read.
 KNOWN_COMPONENTS = tuple(sorted({c for family in FAMILIES for c in family.COMPONENT_FOLDERS}))
 
@@ -23,7 +28,7 @@ def load_family(folder: Path, name: str) -> Family:
             return family.load(folder, name)
     raise ModelSourceError(
         f"{folder} is a {pipeline}; sdtrt builds Stable Diffusion 1.x and 2.x, SDXL (base, "
-        "refiner), their inpainting models and latent consistency models"
+        "refiner), SD 3 and 3.5, their inpainting models and latent consistency models"
     )
 
 

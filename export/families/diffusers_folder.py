@@ -23,8 +23,13 @@ def read_model_index(folder: Path) -> dict[str, Any]:
 
 
 def load_part(folder: Path, loader: Any, subfolder: str) -> Any:
+    """A module of the folder in fp32, whatever its files hold: transformers 5 would otherwise
+    keep fp16 or bf16 weights as they are (SD 3.5 folders ship bf16 and fp16 text encoders),
+    and the export traces, and validates against, the fp32 network."""
+    import torch
+
     try:
-        return loader.from_pretrained(folder, subfolder=subfolder).eval()
+        return loader.from_pretrained(folder, subfolder=subfolder, torch_dtype=torch.float32).eval()
     except Exception as error:  # diffusers/transformers raise many types for bad folders
         raise ModelSourceError(f"cannot load {folder / subfolder}: {first_line(error)}") from error
 
@@ -52,8 +57,8 @@ def _vae_scale_factor(vae: Any) -> int:
     return int(2 ** (len(vae.config.block_out_channels) - 1))
 
 
-def _guidance_embedding_dim(unet: Any) -> int | None:
-    dim = getattr(unet.config, "time_cond_proj_dim", None)
+def _guidance_embedding_dim(denoiser: Any) -> int | None:
+    dim = getattr(denoiser.config, "time_cond_proj_dim", None)
     return None if dim is None else int(dim)
 
 
@@ -73,6 +78,12 @@ class DiffusersModel:
     # encoder's tokenizer folder.
     COMPONENT_FOLDERS: ClassVar[dict[str, tuple[str, ...]]]
     TOKENIZER_FOLDERS: ClassVar[dict[str, str]]
+    # Text encoders a build may leave out (`--components`), the runtime putting zeros in their
+    # place as diffusers does without them.
+    OPTIONAL_TEXT_ENCODERS: ClassVar[tuple[str, ...]] = ()
+    # Text encoders with T5's tokenizer (SentencePiece, padded to each call's length); the rest
+    # are CLIP's.
+    T5_ENCODERS: ClassVar[tuple[str, ...]] = ()
     # The diffusers pipeline classes (model_index.json's `_class_name`) of the family.
     PIPELINES: ClassVar[tuple[str, ...]]
     # Whether `sdtrt build --lora` merges LoRAs into its networks (export/lora_merge.py).
@@ -83,14 +94,22 @@ class DiffusersModel:
     folder: Path
     name: str
     family: str
-    unet: Any
     vae: Any
     scheduler_class: str
     vae_scale_factor: int
     text_max_length: int
 
+    @property
+    def denoiser_module(self) -> Any:
+        return getattr(self, self.denoiser)
+
+    @property
+    def size_step(self) -> int:
+        """What image sides must be multiples of: the VAE's factor (SD 3: times its patches)."""
+        return self.vae_scale_factor
+
     def info(self) -> ModelInfo:
-        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        native = int(self.denoiser_module.config.sample_size) * self.vae_scale_factor
         return ModelInfo(
             family=self.family,
             name=self.name,
@@ -100,7 +119,7 @@ class DiffusersModel:
             vae_scaling_factor=float(self.vae.config.scaling_factor),
             vae_shift_factor=getattr(self.vae.config, "shift_factor", None),
             text_max_length=self.text_max_length,
-            guidance_embedding_dim=_guidance_embedding_dim(self.unet),
+            guidance_embedding_dim=_guidance_embedding_dim(self.denoiser_module),
             **self.conditioning_info(),
         )
 
@@ -115,13 +134,14 @@ class DiffusersModel:
     def makes_images_from_text(self) -> bool:
         """Whether diffusers' text-to-image pipeline can run this model (w8a8 calibrates on its
         runs): not an inpainting UNet, which also takes a masked image."""
-        return int(self.unet.config.in_channels) == int(self.vae.config.latent_channels)
+        channels = int(self.denoiser_module.config.in_channels)
+        return channels == int(self.vae.config.latent_channels)
 
     @property
     def guided(self) -> bool:
         """Whether diffusers' pipeline runs the model with classifier-free guidance by default:
         not a latent consistency model, which embeds the guidance scale instead."""
-        return getattr(self.unet.config, "time_cond_proj_dim", None) is None
+        return getattr(self.denoiser_module.config, "time_cond_proj_dim", None) is None
 
     def text_to_image_pipeline(self, scheduler_config: dict[str, Any]) -> Any:
         """diffusers' text-to-image pipeline over the loaded modules, with the model's own

@@ -7,10 +7,11 @@ presets by name live in `table`; writing one as a folder in `writer`.
 
 from __future__ import annotations
 
+from sdtrt.export.presets.catalog import PRESETS, get_preset
+from sdtrt.export.presets.sd3 import TINY_SD3, SD3Preset
 from sdtrt.export.presets.table import (
     EULER_TRAILING,
     LCM_SCHEDULER,
-    PRESETS,
     SD1_SCHEDULER,
     SD15,
     SDXL,
@@ -25,7 +26,6 @@ from sdtrt.export.presets.table import (
     TINY_TURBO,
     TINY_V,
     Preset,
-    get_preset,
 )
 from sdtrt.export.presets.writer import write_model, write_preset
 
@@ -40,6 +40,7 @@ __all__ = [
     "TINY",
     "TINY_INPAINT",
     "TINY_LCM",
+    "TINY_SD3",
     "TINY_SDXL",
     "TINY_SDXL_INPAINT",
     "TINY_SDXL_REFINER",
@@ -47,6 +48,7 @@ __all__ = [
     "TINY_TURBO",
     "TINY_V",
     "Preset",
+    "SD3Preset",
     "get_preset",
     "write_model",
     "write_preset",

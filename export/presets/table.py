@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sdtrt.errors import InputError
 from sdtrt.export.clip_vocab import END, real_clip_merges, tiny_clip_merges
 
 # Stable Diffusion 1.x's noise schedule and default sampler, as its scheduler_config.json has them.
@@ -291,7 +290,7 @@ SDXL = Preset(
     pipeline_config={"force_zeros_for_empty_prompt": True},
 )
 
-PRESETS = {
+UNET_PRESETS = {
     p.name: p
     for p in (
         TINY,
@@ -307,10 +306,3 @@ PRESETS = {
         SDXL,
     )
 }
-
-
-def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError as error:
-        raise InputError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from error

@@ -10,7 +10,9 @@ from typing import Any
 
 from sdtrt.errors import InputError
 from sdtrt.export.clip_vocab import END, START, vocab_from_merges, write_clip_files
-from sdtrt.export.presets.table import Preset, get_preset
+from sdtrt.export.presets.catalog import get_preset
+from sdtrt.export.presets.sd3 import SD3Preset, write_sd3
+from sdtrt.export.presets.table import Preset
 
 
 def _text_encoder(config: dict[str, Any], vocab: dict[str, int], pad_token: str, cls: Any) -> Any:
@@ -84,14 +86,17 @@ def write_preset(name: str, directory: Path) -> None:
     write_model(get_preset(name), directory)
 
 
-def write_model(preset: Preset, directory: Path) -> None:
+def write_model(preset: Preset | SD3Preset, directory: Path) -> None:
     """Write `preset`'s model as a diffusers folder at `directory`, which must be new or empty."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InputError(f"{directory} already exists and is not empty; choose a new directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        _write_pipeline(preset, staging)
+        if isinstance(preset, SD3Preset):
+            write_sd3(preset, staging)
+        else:
+            _write_pipeline(preset, staging)
         if directory.exists():
             directory.rmdir()
         os.rename(staging, directory)

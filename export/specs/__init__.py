@@ -6,13 +6,16 @@ axes, the export and validation inputs all derive from that single table.
 """
 
 from sdtrt.export.specs.base import ComponentSpec
-from sdtrt.export.specs.text_encoders import TextEncoderSpec, XLTextEncoderSpec
+from sdtrt.export.specs.text_encoders import T5EncoderSpec, TextEncoderSpec, XLTextEncoderSpec
+from sdtrt.export.specs.transformer import TransformerSpec
 from sdtrt.export.specs.unet import UNetSpec
 from sdtrt.export.specs.vae import VaeDecoderSpec, VaeEncoderSpec
 
 __all__ = [
     "ComponentSpec",
+    "T5EncoderSpec",
     "TextEncoderSpec",
+    "TransformerSpec",
     "UNetSpec",
     "VaeDecoderSpec",
     "VaeEncoderSpec",

@@ -98,3 +98,47 @@ class XLTextEncoderSpec(ComponentSpec):
         length = int(self.inputs[0].shape[1])
         ids = rng.integers(0, self.vocab_size, size=(point["batch"], length), dtype=np.int32)
         return {"input_ids": ids}
+
+
+# The T5 lengths SD 3 pipelines take (diffusers refuses max_sequence_length above 512), and the
+# one they use unless asked.
+T5_LENGTHS = (1, 256, 512)
+
+
+def t5_dims(ranges: BuildRanges) -> tuple[int, int, int]:
+    """(min, opt, max) T5 tokens; one fixed length where the backend compiles fixed shapes."""
+    _, opt, _ = T5_LENGTHS
+    return (opt, opt, opt) if ranges.fixed_shapes else T5_LENGTHS
+
+
+class T5EncoderSpec(ComponentSpec):
+    """SD 3's T5 encoder (`T5EncoderModel`): token ids, padded to the call's sequence length, to
+    its last hidden state. diffusers passes no attention mask, so the padding is attended to and
+    the length is part of the input, not a detail of it."""
+
+    name = "text_encoder_3"
+
+    def __init__(self, text_encoder: Any) -> None:
+        self.text_encoder = text_encoder
+        config = text_encoder.config
+        self.vocab_size = int(config.vocab_size)
+        self.inputs = (TensorSpec(name="input_ids", dtype="int32", shape=("batch", "t5_tokens")),)
+        self.outputs = (
+            TensorSpec(
+                name="last_hidden_state",
+                dtype="float32",
+                shape=("batch", "t5_tokens", int(config.d_model)),
+            ),
+        )
+
+    def dims(self, ranges: BuildRanges) -> DimRanges:
+        return {"batch": batch_dims(ranges, 2), "t5_tokens": t5_dims(ranges)}
+
+    def module(self) -> torch.nn.Module:
+        return Wrapper(
+            self.text_encoder, lambda m, ids: m(ids.to(torch.int64), return_dict=False)[0]
+        )
+
+    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        shape = (point["batch"], point["t5_tokens"])
+        return {"input_ids": rng.integers(0, self.vocab_size, size=shape, dtype=np.int32)}

@@ -6,10 +6,11 @@ from sdtrt.engine.manifest import ModelInfo
 from sdtrt.errors import ArtifactError
 from sdtrt.runtime.families.base import EncodedText, Family
 from sdtrt.runtime.families.stable_diffusion import StableDiffusion
+from sdtrt.runtime.families.stable_diffusion_3 import StableDiffusion3
 from sdtrt.runtime.families.stable_diffusion_xl import StableDiffusionXL
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (StableDiffusion(), StableDiffusionXL())
+    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3())
 }
 
 

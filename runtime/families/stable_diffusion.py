@@ -3,25 +3,15 @@ text encoder whose states the UNet attends to, as StableDiffusionPipeline condit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from sdtrt.engine.manifest import STABLE_DIFFUSION, ModelInfo
-from sdtrt.errors import InputError
 from sdtrt.runtime.families.base import EncodedText, Family, per_image
 from sdtrt.runtime.request import Request
 
 
 class StableDiffusion(Family):
     name = STABLE_DIFFUSION
-
-    def check_arguments(self, model: ModelInfo, given: Mapping[str, object]) -> None:
-        if any(value is not None for value in given.values()):
-            raise InputError(
-                "prompt_2, negative_prompt_2 and the size and aesthetic conditioning are for "
-                f"SDXL models; this is a {model.family} model"
-            )
 
     def text_inputs(
         self, request: Request, texts: list[EncodedText], model: ModelInfo

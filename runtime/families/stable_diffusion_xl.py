@@ -6,8 +6,6 @@ the model says so (`force_zeros_for_empty_prompt`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from sdtrt.engine.manifest import STABLE_DIFFUSION_XL, ModelInfo
@@ -18,9 +16,7 @@ from sdtrt.runtime.request import Request
 class StableDiffusionXL(Family):
     name = STABLE_DIFFUSION_XL
     switches_loras = False  # its LoRAs' layer names are not mapped yet
-
-    def check_arguments(self, model: ModelInfo, given: Mapping[str, object]) -> None:
-        """Every SDXL argument is taken."""
+    takes = frozenset({"prompt_2", "negative_prompt_2", "sizes", "prompt_syntax"})
 
     def text_inputs(
         self, request: Request, texts: list[EncodedText], model: ModelInfo
@@ -36,10 +32,10 @@ class StableDiffusionXL(Family):
             "time_ids": _time_ids(request, model),
         }
 
-    def default_guidance(self, model: ModelInfo, inpainting: bool) -> float:
+    def default_guidance(self, model: ModelInfo, task: str) -> float:
         """StableDiffusionXLPipeline's 5; its inpainting pipeline keeps SD's 7.5."""
-        if model.guidance_embedding_dim is not None or inpainting:
-            return super().default_guidance(model, inpainting)
+        if model.guidance_embedding_dim is not None or task == "inpaint":
+            return super().default_guidance(model, task)
         return 5.0
 
     def default_strength(self, model: ModelInfo, kind: str) -> float:

@@ -19,6 +19,7 @@ from sdtrt.runtime.schedulers.ddpm import DDPMScheduler
 from sdtrt.runtime.schedulers.deis import DEISScheduler
 from sdtrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdtrt.runtime.schedulers.euler import EulerAncestralScheduler, EulerScheduler
+from sdtrt.runtime.schedulers.flow_match import FlowMatchEulerScheduler, FlowMatchHeunScheduler
 from sdtrt.runtime.schedulers.heun import HeunScheduler
 from sdtrt.runtime.schedulers.lcm import LCMScheduler
 from sdtrt.runtime.schedulers.lms import LMSScheduler
@@ -49,6 +50,8 @@ SCHEDULERS: dict[str, SchedulerChoice] = {
     ),
     "euler": SchedulerChoice(EulerScheduler),
     "euler_a": SchedulerChoice(EulerAncestralScheduler),
+    "flow_euler": SchedulerChoice(FlowMatchEulerScheduler),
+    "flow_heun": SchedulerChoice(FlowMatchHeunScheduler),
     "heun": SchedulerChoice(HeunScheduler),
     "lcm": SchedulerChoice(LCMScheduler),
     "lms": SchedulerChoice(LMSScheduler),

@@ -43,6 +43,9 @@ class Scheduler(ABC, Generic[PlanT, StateT]):
     diffusers_name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
     order: ClassVar[int] = 1  # model calls per step, as diffusers' `scheduler.order`
+    # Flow-matching samplers (SD 3) step along a predicted velocity; the others along predicted
+    # noise. A model takes one kind only.
+    flow_matching: ClassVar[bool] = False
 
     def __init__(self, model_config: Mapping[str, Any]) -> None:
         """Take the keys of `model_config` this scheduler knows, like diffusers' `from_config`."""

@@ -126,3 +126,26 @@ def test_reference_folder_comes_from_the_manifest_or_the_option(
     )
     with pytest.raises(InputError, match="pass --model with its diffusers folder"):
         model_folder(preset, None)
+
+
+@pytest.mark.slow  # 25 s
+def test_compare_on_sd3_engines_built_without_t5(preset_build, tmp_path):
+    """SD 3's transformer against diffusers' on the same inputs, and whole images against
+    diffusers' pipeline loaded without T5, as the engines were built."""
+    from sdtrt.engine.options import BuildOptions
+    from sdtrt.export.build import ExportOptions, build
+
+    folder, _ = preset_build("tiny-sd3")
+    engines = tmp_path / "engines"
+    components = ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")
+    build(
+        str(folder),
+        engines,
+        ExportOptions(components=components),
+        BuildOptions(backend="onnxruntime"),
+    )
+    report = compare(engines, BenchOptions(steps=2, runs=2), torch_compile=False)
+    assert report.sdtrt == "sdtrt onnxruntime fp32"
+    assert "torch eager fp32" in report.unet_step
+    assert set(report.end_to_end) == {report.sdtrt, "diffusers torch eager fp32"}
+    assert all(value > 0 for value in report.speedups.values())

@@ -52,5 +52,5 @@ def test_sdxl_options_get_one_line(preset_build, tiny_engine_dir, tmp_path):
     result = sdtrt("run", base, "a cat", "--refiner", base, "--refiner-start", 1, "-o", output)
     assert_one_line_error(result, "--refiner-start must be between 0 and 1, got 1.0")
     result = sdtrt("run", tiny_engine_dir, "a cat", "--prompt-2", "a dog", "-o", output)
-    assert_one_line_error(result, "prompt_2, negative_prompt_2 and the size and aesthetic")
+    assert_one_line_error(result, "prompt_2: for SDXL and SD 3 models; this is a stable-diffusion")
     assert not output.exists()

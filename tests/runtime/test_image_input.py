@@ -11,6 +11,7 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from sdtrt.errors import ArtifactError, InputError
+from sdtrt.runtime.families import FAMILIES
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.preprocess import (
     default_size,
@@ -20,7 +21,6 @@ from sdtrt.runtime.preprocess import (
     preprocess_mask,
 )
 from sdtrt.runtime.schedulers import SCHEDULERS, create_scheduler
-from sdtrt.runtime.tasks import skipped_steps
 
 
 def picture(height, width, mode="RGB", seed=0):
@@ -71,7 +71,7 @@ def test_add_noise_and_start_match_diffusers(scheduler):
     ours = create_scheduler(scheduler, config)
     steps, strength = 10, 0.55
     reference.set_timesteps(steps)
-    t_start = skipped_steps(steps, strength)
+    t_start = FAMILIES["stable-diffusion"].skipped_steps(steps, strength)
     first = reference.timesteps[t_start * reference.order :][:1]
     if hasattr(reference, "set_begin_index"):
         reference.set_begin_index(t_start * reference.order)

@@ -2,12 +2,11 @@
 image, both kinds of inpainting, the refiner and the base-to-refiner hand-off, SDXL-Turbo, and
 the A1111 prompt syntax re-derived in torch. Same latents or seeds must give the same images."""
 
-import diffusers
 import numpy as np
 import pytest
 import torch
 from helpers import assert_same_image, using_scheduler
-from PIL import Image
+from reference_pair import Pair, a_mask, an_image
 
 from sdtrt.errors import InputError
 from sdtrt.runtime.pipeline import Pipeline
@@ -19,45 +18,6 @@ def _latents(batch, height=64, width=64, seed=0):
     return np.random.default_rng(seed).standard_normal(
         (batch, 4, height // 2, width // 2), dtype=np.float32
     )
-
-
-def _image(height=64, width=64):
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    pixels = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 5 + y / 7)], axis=-1)
-    return Image.fromarray((pixels * 255).round().astype(np.uint8))
-
-
-def _mask(height=64, width=64):
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 5 : height * 3 // 4, width // 4 : width * 4 // 5] = 255
-    return Image.fromarray(mask)
-
-
-class Pair:
-    """A preset as sdtrt engines and as one of diffusers' pipeline classes."""
-
-    def __init__(self, preset_build, preset, reference_class):
-        folder, engines = preset_build(preset)
-        self.pipe = Pipeline.load(engines)
-        self.reference = getattr(diffusers, reference_class).from_pretrained(folder)
-        self.reference.set_progress_bar_config(disable=True)
-
-    def expected(self, scheduler=None, seed=0, **kwargs):
-        if isinstance(kwargs.get("latents"), np.ndarray):
-            kwargs["latents"] = torch.from_numpy(kwargs["latents"])
-        if isinstance(kwargs.get("image"), np.ndarray):
-            kwargs["image"] = torch.from_numpy(kwargs["image"])
-        with using_scheduler(self.reference, scheduler):
-            generator = torch.Generator("cpu").manual_seed(seed)
-            return self.reference(**kwargs, generator=generator, output_type="np").images
-
-    def actual(self, scheduler=None, seed=0, **kwargs):
-        return self.pipe(**kwargs, scheduler=scheduler, seed=seed, output_type="np").images
-
-    def check(self, scheduler=None, seed=0, **kwargs):
-        assert_same_image(
-            self.expected(scheduler, seed, **kwargs), self.actual(scheduler, seed, **kwargs)
-        )
 
 
 @pytest.fixture(scope="module")
@@ -132,16 +92,16 @@ def sdxl_inpaint(preset_build):
 
 @pytest.mark.parametrize("scheduler", [None, "ddim"])
 def test_image_to_image_matches_diffusers(sdxl_img2img, scheduler):
-    sdxl_img2img.check(scheduler, seed=3, prompt="a cat", image=_image(), num_inference_steps=10)
+    sdxl_img2img.check(scheduler, seed=3, prompt="a cat", image=an_image(), num_inference_steps=10)
     sdxl_img2img.check(
-        scheduler, seed=4, prompt=["a cat", "a dog"], negative_prompt="blur", image=_image(),
+        scheduler, seed=4, prompt=["a cat", "a dog"], negative_prompt="blur", image=an_image(),
         strength=0.6, num_images_per_prompt=2, num_inference_steps=8,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("strength", [None, 0.7, 1.0])
 def test_inpainting_matches_diffusers(sdxl_inpaint, strength):
-    kwargs = dict(prompt="a cat", image=_image(), mask_image=_mask(), num_inference_steps=8)
+    kwargs = dict(prompt="a cat", image=an_image(), mask_image=a_mask(), num_inference_steps=8)
     if strength is not None:
         kwargs["strength"] = strength
     sdxl_inpaint.check(None, seed=5, **kwargs)
@@ -149,7 +109,7 @@ def test_inpainting_matches_diffusers(sdxl_inpaint, strength):
 
 def test_nine_channel_inpainting_matches_diffusers(preset_build):
     pair = Pair(preset_build, "tiny-sdxl-inpaint", "StableDiffusionXLInpaintPipeline")
-    pair.check("euler", seed=6, prompt="a cat", image=_image(), mask_image=_mask(),
+    pair.check("euler", seed=6, prompt="a cat", image=an_image(), mask_image=a_mask(),
                strength=0.8, num_inference_steps=8)  # fmt: skip
 
 
@@ -159,9 +119,9 @@ def refiner(preset_build):
 
 
 def test_refiner_matches_diffusers(refiner):
-    refiner.check(seed=8, prompt="a cat", image=_image(), num_inference_steps=10)
+    refiner.check(seed=8, prompt="a cat", image=an_image(), num_inference_steps=10)
     refiner.check(
-        "dpmpp_2m", seed=9, prompt="a cat", negative_prompt="fog", image=_image(), strength=0.5,
+        "dpmpp_2m", seed=9, prompt="a cat", negative_prompt="fog", image=an_image(), strength=0.5,
         aesthetic_score=7.0, negative_aesthetic_score=2.0, num_inference_steps=8,
     )  # fmt: skip
 
@@ -194,7 +154,7 @@ def test_hand_off_errors(sdxl, refiner):
     with pytest.raises(InputError, match="denoising_start continues"):
         refiner.pipe("a cat", num_inference_steps=2, denoising_start=0.5)
     with pytest.raises(InputError, match="inpainting takes an image, not latents"):
-        refiner.pipe("a cat", image=_latents(1), mask_image=_mask(), num_inference_steps=2)
+        refiner.pipe("a cat", image=_latents(1), mask_image=a_mask(), num_inference_steps=2)
     with pytest.raises(InputError, match="make 64x64 px images"):
         refiner.pipe("a cat", image=_latents(1), height=32, num_inference_steps=2)
 
@@ -257,7 +217,7 @@ def test_a1111_syntax_matches_the_web_ui_conditioning(sdxl):
 
 
 def test_padding_mask_crop_matches_diffusers(sdxl_inpaint):
-    image, mask = _image(90, 120), _mask(90, 120)
+    image, mask = an_image(90, 120), a_mask(90, 120)
     kwargs = dict(prompt="a cat", image=image, mask_image=mask, num_inference_steps=6)
     kwargs.update(padding_mask_crop=16, strength=0.8)
     generator = torch.Generator("cpu").manual_seed(2)

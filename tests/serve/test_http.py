@@ -283,3 +283,36 @@ def test_sdxl_prompt_2_and_size_conditioning(preset_build, tiny_engine_dir: Path
     with live_server(tiny_engine_dir) as live, live.client() as client:  # SD 1.x: refused
         refused = client.post("/v1/txt2img", json={"prompt": "x", "prompt_2": "y", "steps": 2})
     assert refused.status_code == 400 and "prompt_2" in refused.json()["detail"]
+
+
+def test_sd3_engines_serve_with_the_models_defaults(preset_build) -> None:
+    """SD 3 behind the same API: its prompts for each encoder and T5's length over /v1, and the
+    A1111 routes with A1111's default sampler (Euler, flow matching's on this model) and a
+    plain prompt; a prompt in A1111's syntax is one clear 400."""
+    _, engines = preset_build("tiny-sd3")
+    body = {"prompt": "a red fox", "prompt_3": "a red fox in the snow, photograph", "seed": 5,
+            "max_sequence_length": 77, "skip_guidance_layers": [0], "steps": 3}  # fmt: skip
+    with live_server(engines) as live, live.client() as client:
+        response = client.post("/v1/txt2img", json=body)
+        a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a red fox", "steps": 3,
+                                                       "seed": 5, "cfg_scale": 7})  # fmt: skip
+        weighted = client.post("/sdapi/v1/txt2img", json={"prompt": "a (red:1.3) fox"})
+    assert response.status_code == 200, response.text
+    assert a1111.status_code == 200, a1111.text
+    with Pipeline.load(engines) as pipe:
+        direct = pipe(
+            "a red fox",
+            prompt_3="a red fox in the snow, photograph",
+            max_sequence_length=77,
+            skip_guidance_layers=[0],
+            num_inference_steps=3,
+            seed=5,
+        ).images[0]
+        plain = pipe("a red fox", num_inference_steps=3, seed=5).images[0]
+    image = decode_png(response.json()["images"][0])
+    assert "CFG scale: 7.0" in image.text["parameters"]  # SD 3's default guidance
+    assert image.convert("RGB").tobytes() == direct.tobytes()  # type: ignore[union-attr]
+    from_a1111 = decode_png(a1111.json()["images"][0]).convert("RGB")
+    assert from_a1111.tobytes() == plain.tobytes()  # type: ignore[union-attr]
+    assert weighted.status_code == 400
+    assert "reads prompts as plain text" in weighted.json()["detail"]

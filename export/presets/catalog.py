@@ -1,0 +1,16 @@
+"""Every preset by name: the UNet models' (table.py) and SD 3's (sd3.py)."""
+
+from __future__ import annotations
+
+from sdtrt.errors import InputError
+from sdtrt.export.presets.sd3 import TINY_SD3, SD3Preset
+from sdtrt.export.presets.table import UNET_PRESETS, Preset
+
+PRESETS: dict[str, Preset | SD3Preset] = {**UNET_PRESETS, TINY_SD3.name: TINY_SD3}
+
+
+def get_preset(name: str) -> Preset | SD3Preset:
+    try:
+        return PRESETS[name]
+    except KeyError as error:
+        raise InputError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from error
