@@ -13,6 +13,7 @@ model folder (the export extra brings torch and diffusers); OpenVINO is optional
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sdtrt.bench.runner import BenchOptions
 from sdtrt.bench.stats import Latency
 from sdtrt.bench.torch_process import TorchProcess
 from sdtrt.engine.backends import get_backend
-from sdtrt.engine.manifest import Manifest
+from sdtrt.engine.manifest import ComponentRecord, Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
@@ -67,6 +68,9 @@ def model_folder(manifest: Manifest, given: Path | None) -> str:
     )
 
 
+log = logging.getLogger(__name__)
+
+
 def _interleave(contenders: dict[str, Clocked], runs: int) -> dict[str, list[float]]:
     """Each contender once to warm up, then `runs` rounds in which each takes one turn: the
     seconds of each turn."""
@@ -85,11 +89,25 @@ def _unet_rounds(
     loaders: list[Loader],
     runs: int,
     progress: Callable[[str], None],
+    loader_bytes: int = 0,
 ) -> dict[str, Latency]:
     """sdtrt's engine (`ours`, in `resident`) in turns with the resident references, then with
-    each loaded one in turn; sdtrt's turns of every group together make its row."""
+    each loaded one in turn; sdtrt's turns of every group together make its row. A loaded
+    reference that would need more than the memory free (`loader_bytes` each) is left out,
+    with a line: a comparison killed for memory shows nothing."""
+    import psutil
+
     seconds = _interleave(resident, runs)
     for load in loaders:
+        free = psutil.virtual_memory().available
+        if loader_bytes > 0.9 * free:
+            log.warning(
+                "left out the CPU runtimes on the same graph: each needs about %.1f GiB, "
+                "%.1f GiB is free beside sdtrt's engines and torch's",
+                loader_bytes / 2**30,
+                free / 2**30,
+            )
+            break
         label, run = load()
         progress(f"timing UNet steps beside {label}")
         group = _interleave({ours: resident[ours], label: run}, runs)
@@ -131,6 +149,14 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
         else:
             feeds[spec.name] = rng.standard_normal((rows, width_of), dtype=np.float32)
     return feeds
+
+
+def _graph_bytes(directory: Path, record: ComponentRecord) -> int:
+    """What a CPU runtime holds of the exported graph's weights: twice their bytes on disk,
+    since fp16-stored weights (bf16 builds) are cast to fp32 as the graph loads."""
+    onnx = directory / record.onnx
+    files = [onnx, *onnx.parent.glob(onnx.name + "*.data"), *onnx.parent.glob("*.data")]
+    return 2 * sum(path.stat().st_size for path in set(files) if path.is_file())
 
 
 def engine_label(manifest: Manifest, component: str = "unet") -> str:
@@ -207,7 +233,14 @@ def compare(
                 progress=progress,
             )
             progress("timing UNet steps")
-            unet_step = _unet_rounds(resident, ours_label, loaders, options.runs, progress)
+            unet_step = _unet_rounds(
+                resident,
+                ours_label,
+                loaders,
+                options.runs,
+                progress,
+                _graph_bytes(directory, record),
+            )
             del resident, loaders
             arguments = {
                 **options.call_arguments(),

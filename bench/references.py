@@ -79,7 +79,7 @@ class TorchReference:
         pipe = diffusers.DiffusionPipeline.from_pretrained(
             folder,
             use_safetensors=True,
-            torch_dtype=self.dtype,  # not a bf16 folder's own: it would be cast afterwards
+            dtype=self.dtype,  # not a bf16 folder's own, which would be cast afterwards
             **unchecked,
             **dict.fromkeys(dropped),
         )

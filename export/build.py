@@ -51,7 +51,7 @@ def build(
     build_options = build_options.model_copy(update={"backend": backend.name})
     backend_version = backend.version()  # fails fast where the backend cannot run
     with open_source(model, export_options.allow_pickle) as source:
-        loaded = load_family(source.path, source.name)
+        loaded = load_family(source.path, source.name, export_options.components)
         components = export_options.components or loaded.default_components
         export_options = export_options.model_copy(update={"components": components})
         info = loaded.info()

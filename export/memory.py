@@ -11,7 +11,9 @@ halfway through.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sdtrt.engine.weights.initializers import INLINE_LIMIT
@@ -89,6 +91,38 @@ def build_memory_needed(
         peak = int(LIBRARIES_BYTES + max(exporting, building))
         needs[component] = MemoryNeed(component, peak, weights)
     return needs
+
+
+def fp32_bytes_on_disk(folder: Path) -> int:
+    """The bytes a module's safetensors files in `folder` take once loaded in fp32, read from
+    their headers alone (so a bf16 or fp16 folder counts double)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="numpy") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                total += 4 * math.prod(weights.get_slice(key).get_shape())
+    return total
+
+
+def check_load_memory(
+    folder: Path, parts: tuple[str, ...], model: str, total: int | None = None
+) -> None:
+    """Refuse, before any is loaded, modules whose fp32 weights with the libraries cannot fit
+    in this machine's memory (`total`, else all of its RAM): a build loads them together."""
+    import psutil
+
+    total = psutil.virtual_memory().total if total is None else total
+    sizes = {part: fp32_bytes_on_disk(folder / part) for part in parts}
+    need = LIBRARIES_BYTES + sum(sizes.values())
+    if need > total:
+        biggest = max(sizes, key=lambda part: sizes[part])
+        raise BuildError(
+            f"loading {model}'s networks in fp32 needs about {need / GIB:.0f} GiB of memory "
+            f"({biggest}: {sizes[biggest] / GIB:.1f} GiB); this machine has {total / GIB:.0f} "
+            "GiB. Leave a network out with --components, or build on a machine with more memory"
+        )
 
 
 def check_build_memory(need: MemoryNeed, model: str, total: int | None = None) -> None:

@@ -21,11 +21,13 @@ FAMILIES: tuple[type[Family], ...] = (
 KNOWN_COMPONENTS = tuple(sorted({c for family in FAMILIES for c in family.COMPONENT_FOLDERS}))
 
 
-def load_family(folder: Path, name: str) -> Family:
+def load_family(folder: Path, name: str, components: tuple[str, ...] | None = None) -> Family:
+    """The model in `folder`, with the torch modules `components` (every default one when
+    None) are exported from."""
     pipeline = read_model_index(folder).get("_class_name")
     for family in FAMILIES:
         if pipeline in family.PIPELINES:
-            return family.load(folder, name)
+            return family.load(folder, name, components)
     raise ModelSourceError(
         f"{folder} is a {pipeline}; sdtrt builds Stable Diffusion 1.x and 2.x, SDXL (base, "
         "refiner), SD 3 and 3.5, their inpainting models and latent consistency models"

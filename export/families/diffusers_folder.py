@@ -29,7 +29,7 @@ def load_part(folder: Path, loader: Any, subfolder: str) -> Any:
     import torch
 
     try:
-        return loader.from_pretrained(folder, subfolder=subfolder, torch_dtype=torch.float32).eval()
+        return loader.from_pretrained(folder, subfolder=subfolder, dtype=torch.float32).eval()
     except Exception as error:  # diffusers/transformers raise many types for bad folders
         raise ModelSourceError(f"cannot load {folder / subfolder}: {first_line(error)}") from error
 

@@ -61,7 +61,9 @@ class StableDiffusionModel(DiffusersModel):
     )
 
     @classmethod
-    def load(cls, folder: Path, name: str) -> StableDiffusionModel:
+    def load(
+        cls, folder: Path, name: str, components: tuple[str, ...] | None = None
+    ) -> StableDiffusionModel:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel
 

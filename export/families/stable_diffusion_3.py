@@ -18,6 +18,7 @@ from sdtrt.export.families.diffusers_folder import (
     load_part,
     read_model_index,
 )
+from sdtrt.export.memory import check_load_memory
 from sdtrt.export.specs import (
     ComponentSpec,
     T5EncoderSpec,
@@ -79,7 +80,10 @@ class StableDiffusion3Model(DiffusersModel):
     merges_loras = False  # SD 3 LoRAs' layer names are not mapped yet
 
     @classmethod
-    def load(cls, folder: Path, name: str) -> StableDiffusion3Model:
+    def load(
+        cls, folder: Path, name: str, components: tuple[str, ...] | None = None
+    ) -> StableDiffusion3Model:
+        """T5 is loaded only where it is built: a build without it need not hold its 19 GB."""
         from diffusers import AutoencoderKL, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
@@ -90,9 +94,11 @@ class StableDiffusion3Model(DiffusersModel):
             ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"),
         )
         check_index(folder, index, ("scheduler",))
-        with_t5 = _present(index, T5_ENCODER)
+        with_t5 = _present(index, T5_ENCODER) and (components is None or T5_ENCODER in components)
         if with_t5:
             check_index(folder, index, ("tokenizer_3",))
+        parts = ("text_encoder", "text_encoder_2", "transformer", "vae")
+        check_load_memory(folder, (*parts, *((T5_ENCODER,) if with_t5 else ())), name)
         text_encoder = load_part(folder, CLIPTextModelWithProjection, "text_encoder")
         transformer = load_part(folder, SD3Transformer2DModel, "transformer")
         vae = load_part(folder, AutoencoderKL, "vae")

@@ -65,7 +65,9 @@ class StableDiffusionXLModel(DiffusersModel):
     merges_loras = False  # its LoRAs' layer names are not mapped yet
 
     @classmethod
-    def load(cls, folder: Path, name: str) -> StableDiffusionXLModel:
+    def load(
+        cls, folder: Path, name: str, components: tuple[str, ...] | None = None
+    ) -> StableDiffusionXLModel:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 

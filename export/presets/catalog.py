@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from sdtrt.errors import InputError
-from sdtrt.export.presets.sd3 import TINY_SD3, SD3Preset
+from sdtrt.export.presets.sd3 import SD35_MEDIUM, TINY_SD3, SD3Preset
 from sdtrt.export.presets.table import UNET_PRESETS, Preset
 
-PRESETS: dict[str, Preset | SD3Preset] = {**UNET_PRESETS, TINY_SD3.name: TINY_SD3}
+PRESETS: dict[str, Preset | SD3Preset] = {
+    **UNET_PRESETS,
+    **{preset.name: preset for preset in (TINY_SD3, SD35_MEDIUM)},
+}
 
 
 def get_preset(name: str) -> Preset | SD3Preset:

@@ -149,3 +149,19 @@ def test_compare_on_sd3_engines_built_without_t5(preset_build, tmp_path):
     assert "torch eager fp32" in report.unet_step
     assert set(report.end_to_end) == {report.sdtrt, "diffusers torch eager fp32"}
     assert all(value > 0 for value in report.speedups.values())
+
+
+def test_references_that_cannot_fit_are_left_out_with_a_line(caplog):
+    from sdtrt.bench.compare import _unet_rounds
+
+    loaded = []
+
+    def loader():
+        loaded.append(True)
+        return "never", lambda: 1.0
+
+    resident = {"ours": lambda: 0.5}
+    rows = _unet_rounds(resident, "ours", [loader], 2, lambda _: None, loader_bytes=2**60)
+    assert set(rows) == {"ours"} and not loaded
+    assert "left out the CPU runtimes on the same graph" in caplog.text
+    assert set(_unet_rounds(resident, "ours", [loader], 2, lambda _: None)) == {"ours", "never"}

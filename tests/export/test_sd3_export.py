@@ -9,10 +9,10 @@ from prompt_corpus import corpus
 from transformers import T5TokenizerFast
 
 from sdtrt.engine.options import BuildOptions, Precision
-from sdtrt.errors import InputError, ModelSourceError
+from sdtrt.errors import BuildError, InputError, ModelSourceError
 from sdtrt.export.build import ExportOptions, build
 from sdtrt.export.families import load_family
-from sdtrt.export.memory import build_memory_needed
+from sdtrt.export.memory import build_memory_needed, check_load_memory, fp32_bytes_on_disk
 from sdtrt.export.tokenizer_export import PROBE_PROMPTS, export_t5_tokenizer
 from sdtrt.runtime.t5 import T5PromptTokenizer
 
@@ -74,3 +74,18 @@ def test_w8a8_is_refused_before_any_export(tiny_sd3, tmp_path):
     with pytest.raises(InputError, match="this model's transformer is not calibrated yet"):
         build(str(tiny_sd3), tmp_path / "engines", ExportOptions(), options)
     assert not (tmp_path / "engines").exists()
+
+
+def test_t5_is_loaded_only_where_it_is_built(tiny_sd3):
+    without = load_family(tiny_sd3, "tiny-sd3", ("text_encoder", "transformer"))
+    assert without.text_encoder_3 is None
+    assert "text_encoder_3" not in without.default_components
+
+
+def test_networks_that_cannot_fit_are_refused_before_loading(tiny_sd3):
+    needed = fp32_bytes_on_disk(tiny_sd3 / "text_encoder_3")
+    assert needed == 4 * sum(
+        p.numel() for p in load_family(tiny_sd3, "x").text_encoder_3.parameters()
+    )
+    with pytest.raises(BuildError, match=r"loading tiny-sd3's networks in fp32 needs about 2 GiB"):
+        check_load_memory(tiny_sd3, ("transformer", "text_encoder_3"), "tiny-sd3", total=2**30)
