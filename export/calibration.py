@@ -1,4 +1,4 @@
-"""The UNet's inputs in real denoising runs, to calibrate int8 activations (w8a8) on.
+"""The denoiser's inputs in real denoising runs, to calibrate int8 activations (w8a8) on.
 
 Activation scales are only as good as the inputs they were measured on: random tensors have
 neither the statistics of text encoder states nor those of latents on their way from noise to an
@@ -87,6 +87,20 @@ def unet_feeds(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, np
     return feeds
 
 
+def transformer_feeds(transformer: Any, kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One SD3Transformer2DModel call's inputs (diffusers' pipelines pass them by name) as the
+    exported transformer takes them, every layer run."""
+    sample = _array(kwargs["hidden_states"])
+    timestep = np.broadcast_to(_array(torch.as_tensor(kwargs["timestep"])), sample.shape[:1])
+    return {
+        "sample": sample,
+        "timestep": np.ascontiguousarray(timestep, dtype=np.float32),
+        "encoder_hidden_states": _array(kwargs["encoder_hidden_states"]),
+        "pooled_projections": _array(kwargs["pooled_projections"]),
+        "layer_mask": np.ones(int(transformer.config.num_layers), np.float32),
+    }
+
+
 def record_unet_calls(
     unet: torch.nn.Module, pipeline: Any, ranges: BuildRanges, prompts: tuple[str, ...], steps: int
 ) -> list[list[dict[str, np.ndarray]]]:
@@ -107,7 +121,10 @@ def _record(
     calls: list[dict[str, np.ndarray]] = []
 
     def record(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        calls.append(unet_feeds(args, kwargs))
+        if "pooled_projections" in kwargs:  # SD 3's transformer
+            calls.append(transformer_feeds(module, kwargs))
+        else:
+            calls.append(unet_feeds(args, kwargs))
 
     height, width = ranges.size.opt
     pipeline.set_progress_bar_config(disable=True)
@@ -136,8 +153,8 @@ def check_calibratable(makes_images_from_text: bool, denoiser: str = "unet") -> 
     denoiser w8a8 does not quantize (export/precision.py)."""
     if denoiser not in W8A8_COMPONENTS:
         raise InputError(
-            f"--precision w8a8 quantizes UNets (SD 1.x, 2.x and SDXL); this model's {denoiser} "
-            "is not calibrated yet: build it with --precision bf16 or int8"
+            f"--precision w8a8 quantizes the denoisers {', '.join(W8A8_COMPONENTS)}; this "
+            f"model's {denoiser} is not calibrated yet: build it with --precision bf16 or int8"
         )
     if not makes_images_from_text:
         raise InputError(

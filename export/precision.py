@@ -11,9 +11,10 @@ from __future__ import annotations
 from sdtrt.engine.options import Precision
 
 FP32_BY_DEFAULT = ("vae_decoder", "vae_encoder")
-# w8a8 quantizes the UNet, calibrated on its inputs in real runs, where nearly all of an image's
-# compute is; the text encoders and VAE compute in the build's float precision.
-W8A8_COMPONENTS = ("unet",)
+# w8a8 quantizes the denoiser (a UNet, SD 3's transformer), calibrated on its inputs in real
+# runs, where nearly all of an image's compute is; the text encoders and VAE compute in the
+# build's float precision.
+W8A8_COMPONENTS = ("unet", "transformer")
 
 
 def stores_fp16_weights(precision: Precision) -> bool:

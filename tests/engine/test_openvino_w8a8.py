@@ -153,3 +153,31 @@ def test_an_inpainting_model_is_refused_before_anything_is_written(
     with pytest.raises(InputError, match="w8a8 calibrates on text-to-image runs"):
         build(str(folder), tmp_path / "out", NETWORKS, options)
     assert not (tmp_path / "out").exists()
+
+
+def test_sd3_calibrates_its_transformer_on_its_own_pipeline(preset_build, tmp_path):
+    """SD 3's transformer, recorded from diffusers' SD 3 runs (pooled prompts, all layers)."""
+    import diffusers
+    import torch
+
+    folder, _ = preset_build("tiny-sd3")
+    options = BuildOptions(backend="openvino", precision=Precision.W8A8)
+    networks = ExportOptions(
+        components=(
+            "text_encoder",
+            "text_encoder_2",
+            "text_encoder_3",
+            "transformer",
+            "vae_decoder",
+        )
+    )
+    manifest = build(str(folder), tmp_path / "sd3", networks, options)
+    assert manifest.components["transformer"].settings["activations"] == "int8"
+    reference = diffusers.StableDiffusion3Pipeline.from_pretrained(folder)
+    reference.set_progress_bar_config(disable=True)
+    latents = np.random.default_rng(1).standard_normal((1, 16, 32, 32), dtype=np.float32)
+    prompt = dict(prompt="a photo of an astronaut", num_inference_steps=8)
+    expected = reference(**prompt, latents=torch.from_numpy(latents), output_type="np").images
+    with Pipeline.load(tmp_path / "sd3") as pipe:
+        image = pipe(**prompt, latents=latents, output_type="np").images
+    assert psnr(expected, image) >= REDUCED_PRECISION_PSNR_DB

@@ -8,9 +8,7 @@ import pytest
 from prompt_corpus import corpus
 from transformers import T5TokenizerFast
 
-from sdtrt.engine.options import BuildOptions, Precision
-from sdtrt.errors import BuildError, InputError, ModelSourceError
-from sdtrt.export.build import ExportOptions, build
+from sdtrt.errors import BuildError, ModelSourceError
 from sdtrt.export.families import load_family
 from sdtrt.export.memory import build_memory_needed, check_load_memory, fp32_bytes_on_disk
 from sdtrt.export.tokenizer_export import PROBE_PROMPTS, export_t5_tokenizer
@@ -67,13 +65,6 @@ def test_a_folder_without_t5_builds_without_it(tiny_sd3, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelSourceError, match="lacks tokenizer_3 in model_index.json"):
         load_family(folder, "no-t5")
-
-
-def test_w8a8_is_refused_before_any_export(tiny_sd3, tmp_path):
-    options = BuildOptions(backend="openvino", precision=Precision.W8A8)
-    with pytest.raises(InputError, match="this model's transformer is not calibrated yet"):
-        build(str(tiny_sd3), tmp_path / "engines", ExportOptions(), options)
-    assert not (tmp_path / "engines").exists()
 
 
 def test_t5_is_loaded_only_where_it_is_built(tiny_sd3):
