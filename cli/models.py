@@ -33,8 +33,8 @@ def preset(
         str,
         typer.Argument(
             help="Preset name: tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, tiny-sdxl, "
-            "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, sd15, sdxl or "
-            "sd35-medium."
+            "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, tiny-sd3-turbo, "
+            "sd15, sdxl or sd35-medium."
         ),
     ],
     directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
@@ -77,8 +77,8 @@ def build(
         typer.Argument(
             help="A diffusers folder; a single-file checkpoint (.safetensors, or .ckpt with "
             "--allow-pickle); a preset (tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, "
-            "tiny-sdxl, tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, sd15, "
-            "sdxl, sd35-medium); or a hub id."
+            "tiny-sdxl, tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, "
+            "tiny-sd3-turbo, sd15, sdxl, sd35-medium); or a hub id."
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine directory to write.")],

@@ -110,6 +110,9 @@ class ModelInfo(_Frozen):
     max_sequence_length: int | None = None
     patch_size: int | None = None  # the transformer's latent patches
     transformer_layers: int | None = None  # its joint blocks, which skip-layer guidance skips
+    # A model distilled to sample in a few steps without guidance (SD 3.5 Large Turbo), which
+    # its name says: those are its defaults.
+    few_step: bool = False
 
 
 class SourceInfo(_Frozen):

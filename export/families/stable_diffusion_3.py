@@ -148,6 +148,8 @@ class StableDiffusion3Model(DiffusersModel):
             "max_sequence_length": T5_LENGTHS[-1],
             "patch_size": int(self.transformer.config.patch_size),
             "transformer_layers": int(self.transformer.config.num_layers),
+            # Nothing in a Turbo folder's configs tells it from its base model: its name does.
+            "few_step": "turbo" in self.name.lower(),
         }
 
     def text_to_image_pipeline(self, scheduler_config: dict[str, Any]) -> Any:

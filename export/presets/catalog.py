@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from sdtrt.errors import InputError
-from sdtrt.export.presets.sd3 import SD35_MEDIUM, TINY_SD3, SD3Preset
+from sdtrt.export.presets.sd3 import SD35_MEDIUM, TINY_SD3, TINY_SD3_TURBO, SD3Preset
 from sdtrt.export.presets.table import UNET_PRESETS, Preset
 
 PRESETS: dict[str, Preset | SD3Preset] = {
     **UNET_PRESETS,
-    **{preset.name: preset for preset in (TINY_SD3, SD35_MEDIUM)},
+    **{preset.name: preset for preset in (TINY_SD3, TINY_SD3_TURBO, SD35_MEDIUM)},
 }
 
 

@@ -59,11 +59,15 @@ class StableDiffusion3(Family):
         }
 
     def default_guidance(self, model: ModelInfo, task: str) -> float:
-        """StableDiffusion3Pipeline's 7.0, for every task."""
-        return 7.0
+        """StableDiffusion3Pipeline's 7.0, for every task; none for a Turbo model, as its model
+        card runs it."""
+        return 0.0 if model.few_step else 7.0
 
     def default_steps(self, model: ModelInfo, task: str) -> int:
-        """28 for text to image; the image-to-image and inpainting pipelines keep 50."""
+        """28 for text to image; the image-to-image and inpainting pipelines keep 50; 4 for a
+        Turbo model."""
+        if model.few_step:
+            return 4
         return 28 if task == "txt2img" else 50
 
     def default_strength(self, model: ModelInfo, kind: str) -> float:

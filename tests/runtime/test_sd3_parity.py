@@ -181,3 +181,12 @@ def test_sd3_arguments_are_checked(sd3, tiny_engine_dir):
             sd("a cat", scheduler="flow_euler", num_inference_steps=1)
         with pytest.raises(InputError, match="skip_guidance_layers: for SD 3 models"):
             sd("a cat", skip_guidance_layers=[1], num_inference_steps=1)
+
+
+def test_turbo_samples_in_four_steps_without_guidance(preset_build):
+    """A model whose name says turbo defaults to its model card's 4 unguided steps."""
+    pair = Pair(preset_build, "tiny-sd3-turbo", "StableDiffusion3Pipeline")
+    result = pair.pipe("a fox", seed=9, output_type="np")
+    assert (result.request.steps, result.request.guidance_scale) == (4, 0.0)
+    assert_same_image(pair.expected(seed=9, prompt="a fox", num_inference_steps=4,
+                                    guidance_scale=0.0), result.images)  # fmt: skip
