@@ -7,8 +7,9 @@ does not match the TorchScript exporter's attention (and fails on numpy 2), so t
 the fused node itself: the CUDA provider runs it as flash or memory-efficient attention, and the
 CPU provider has a kernel too (fp32 and fp16), so a fused graph is tested anywhere.
 
-Only diffusers' `Attention` layers take this path, and only those whose processor does nothing
-but attend (no masks, no spatial or q/k normalisation, no added keys); the others keep theirs.
+Only diffusers' `Attention` layers take this path: those whose processor does nothing but attend
+(no masks, no spatial or q/k normalisation, no added keys), and SD 3's joint attention, whose
+normalised image and text projections attend in one node; the others keep theirs.
 """
 
 from __future__ import annotations
@@ -44,16 +45,24 @@ class _MultiHeadAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, q: Any, k: Any, v: Any, heads: int, scale: float) -> Any:
         out = g.op(f"{CONTRIB_DOMAIN}::{OP}", q, k, v, num_heads_i=heads, scale_f=scale)
-        out.setType(q.type())  # v's width equals q's in every diffusers attention
+        # q's type, v's width equalling q's in every diffusers attention; the batch and token
+        # counts left unknown, since the trace's own would be taken as fixed downstream.
+        sizes = q.type().varyingSizes()
+        width = sizes[-1] if sizes else None
+        out.setType(q.type().with_sizes([None, None, width]))
         return out
 
 
-class FusedAttnProcessor:
-    """A diffusers attention processor that attends through `_MultiHeadAttention`, and hands
-    every call it cannot express that way to the processor it replaced."""
+class _Replacing:
+    """A processor in place of diffusers' own, which it hands the calls it cannot express."""
 
     def __init__(self, replaced: Any) -> None:
         self.replaced = replaced
+
+
+class FusedAttnProcessor(_Replacing):
+    """A diffusers attention processor that attends through `_MultiHeadAttention`, and hands
+    every call it cannot express that way to the processor it replaced."""
 
     def __call__(
         self,
@@ -90,6 +99,49 @@ class FusedAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+class FusedJointAttnProcessor(_Replacing):
+    """SD 3's joint attention (diffusers' JointAttnProcessor2_0) through `_MultiHeadAttention`:
+    the image tokens' and the text tokens' projections, each normalised per head where the
+    layer says so, attend together in one node, and are split and projected back."""
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        if attention_mask is not None or hidden_states.ndim != 3:
+            return self.replaced(
+                attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
+            )
+        heads = attn.heads
+
+        def normed(x: torch.Tensor, norm: Any) -> torch.Tensor:
+            # A per-head norm over each head's features, as on (batch, heads, tokens, dim).
+            return x if norm is None else norm(x.unflatten(-1, (heads, -1))).flatten(-2)
+
+        query = normed(attn.to_q(hidden_states), attn.norm_q)
+        key = normed(attn.to_k(hidden_states), attn.norm_k)
+        value = attn.to_v(hidden_states)
+        context = encoder_hidden_states
+        if context is not None:
+            query = torch.cat([query, normed(attn.add_q_proj(context), attn.norm_added_q)], 1)
+            key = torch.cat([key, normed(attn.add_k_proj(context), attn.norm_added_k)], 1)
+            value = torch.cat([value, attn.add_v_proj(context)], 1)
+        head_dim = attn.to_k.out_features // heads
+        out = _MultiHeadAttention.apply(query, key, value, heads, head_dim**-0.5)
+        if context is not None:
+            tokens = hidden_states.shape[1]
+            out, context = out[:, :tokens], out[:, tokens:]
+            if not attn.context_pre_only:
+                context = attn.to_add_out(context)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out if context is None else (out, context)
+
+
 def _plain(attn: Any) -> bool:
     """Whether this layer only projects, attends and projects back (what the fused node does)."""
     extras = ("spatial_norm", "norm_q", "norm_k", "add_q_proj", "add_k_proj", "add_v_proj")
@@ -106,15 +158,17 @@ def fused_attention(module: torch.nn.Module) -> Iterator[int]:
     """Within the block, `module`'s diffusers attention layers attend through the fused node;
     yields how many layers were switched. Their processors are put back on the way out."""
     try:
-        from diffusers.models.attention_processor import Attention
+        from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
     except ImportError:  # a text encoder alone needs no diffusers
         yield 0
         return
     layers = [m for m in module.modules() if isinstance(m, Attention)]
     previous = [layer.processor for layer in layers]
     for layer in layers:
+        joint = isinstance(layer.processor, JointAttnProcessor2_0)
+        fused = (FusedJointAttnProcessor if joint else FusedAttnProcessor)(layer.processor)
         # diffusers types processors as a closed union of its own classes; any callable works.
-        layer.set_processor(FusedAttnProcessor(layer.processor))  # type: ignore[arg-type]
+        layer.set_processor(fused)  # type: ignore[arg-type]
     try:
         yield len(layers)
     finally:
