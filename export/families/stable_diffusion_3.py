@@ -83,21 +83,17 @@ class StableDiffusion3Model(DiffusersModel):
     def load(
         cls, folder: Path, name: str, components: tuple[str, ...] | None = None
     ) -> StableDiffusion3Model:
-        """T5 is loaded only where it is built: a build without it need not hold its 19 GB."""
+        """T5 is loaded only where it is built: a build without it need not hold T5-XXL's
+        17.7 GiB of fp32 weights."""
         from diffusers import AutoencoderKL, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
         index = read_model_index(folder)
-        check_index(
-            folder,
-            index,
-            ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"),
-        )
-        check_index(folder, index, ("scheduler",))
+        parts = ("text_encoder", "text_encoder_2", "transformer", "vae")
+        check_index(folder, index, (*parts, "tokenizer", "tokenizer_2", "scheduler"))
         with_t5 = _present(index, T5_ENCODER) and (components is None or T5_ENCODER in components)
         if with_t5:
             check_index(folder, index, ("tokenizer_3",))
-        parts = ("text_encoder", "text_encoder_2", "transformer", "vae")
         check_load_memory(folder, (*parts, *((T5_ENCODER,) if with_t5 else ())), name)
         text_encoder = load_part(folder, CLIPTextModelWithProjection, "text_encoder")
         transformer = load_part(folder, SD3Transformer2DModel, "transformer")

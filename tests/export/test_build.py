@@ -103,7 +103,7 @@ def test_bad_tokenizer_fails_the_build_with_one_line(tiny_model_dir, tmp_path, d
     [
         ("FluxPipeline", "is a FluxPipeline; sdtrt builds"),
         # An SD folder labelled SD 3: what SD 3 needs is named.
-        ("StableDiffusion3Pipeline", "lacks text_encoder_2, tokenizer_2, transformer in"),
+        ("StableDiffusion3Pipeline", "lacks text_encoder_2, transformer, tokenizer_2 in"),
         # An SD folder labelled SDXL: what SDXL needs is named.
         ("StableDiffusionXLPipeline", "lacks text_encoder_2, tokenizer_2 in model_index.json"),
     ],
