@@ -7,8 +7,10 @@ CUDA engines meet torch on the same GPU.
 A ratio measured in one run, with the contenders taking turns, holds on a noisy machine where
 absolute timings drift between runs. sdtrt's engine takes turns with torch's, then with each
 graph reference in turn, loaded for its own rounds alone: the comparison holds one reference's
-copy of the weights at a time beside sdtrt's and torch's. The references need the diffusers
-model folder (the export extra brings torch and diffusers); OpenVINO is optional.
+copy of the weights at a time beside sdtrt's and torch's. Where diffusers cannot be held
+beside sdtrt's engines (SDXL on 24 GiB), each side takes its turns alone instead: sdtrt's,
+diffusers', then the graph references'. The references need the diffusers model folder (the
+export extra brings torch and diffusers); OpenVINO is optional.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from sdtrt.bench.stats import Latency
 from sdtrt.bench.torch_process import TorchProcess
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import ComponentRecord, Manifest
+from sdtrt.engine.options import Precision
 from sdtrt.errors import InputError
+from sdtrt.export.memory import EXPORT_ACTIVATIONS, LIBRARIES_BYTES, fp32_bytes_on_disk
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import resolve_scheduler_name
@@ -49,6 +53,9 @@ class CompareReport(BaseModel):
     host_step_us: float  # sdtrt's own per-step work around the engine calls (p50)
     speedups: dict[str, float]  # reference p50 / sdtrt p50
     peak_rss_mib: float
+    # False where diffusers could not be loaded beside sdtrt's engines: sdtrt's turns came
+    # first, the references' after, and the ratios hold less well on a drifting machine.
+    interleaved: bool = True
 
 
 def model_folder(manifest: Manifest, given: Path | None) -> str:
@@ -98,6 +105,7 @@ def _unet_rounds(
     import psutil
 
     seconds = _interleave(resident, runs)
+    seconds.setdefault(ours, [])
     for load in loaders:
         free = psutil.virtual_memory().available
         if loader_bytes > 0.9 * free:
@@ -110,11 +118,12 @@ def _unet_rounds(
             break
         label, run = load()
         progress(f"timing UNet steps beside {label}")
-        group = _interleave({ours: resident[ours], label: run}, runs)
+        ours_too = {ours: resident[ours]} if ours in resident else {}  # not in separate turns
+        group = _interleave({**ours_too, label: run}, runs)
         del run  # the reference's session or compiled model goes before the next one loads
-        seconds[ours] += group[ours]
+        seconds[ours] += group.get(ours, [])
         seconds[label] = group[label]
-    return {name: Latency.of(values) for name, values in seconds.items()}
+    return {name: Latency.of(values) for name, values in seconds.items() if values}
 
 
 def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str, np.ndarray]:
@@ -151,12 +160,59 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
     return feeds
 
 
+def _diffusers_bytes(folder: str, dropped: list[str], device: str) -> int:
+    """What diffusers' fp32 pipeline from `folder` holds in this machine's memory: its weights,
+    torch's activations (a third of them, as a build's export takes) and the libraries. 0 where
+    that is not this machine's memory to bound (torch's weights in GPU memory) or cannot be
+    read (a hub id)."""
+    path = Path(folder)
+    if device != "cpu" or not (path / "model_index.json").is_file():
+        return 0
+    parts = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae")
+    present = [p for p in parts if p not in dropped and (path / p).is_dir()]
+    weights = sum(fp32_bytes_on_disk(path / part) for part in present)
+    return int(LIBRARIES_BYTES + (1 + EXPORT_ACTIVATIONS) * weights)
+
+
+def _check_diffusers_fits(need: int) -> None:
+    """Refuse a comparison whose diffusers side cannot fit in this machine's memory at all."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    if need > 0.9 * total:
+        raise InputError(
+            f"--compare runs diffusers' fp32 pipeline, which needs about {need / 2**30:.0f} GiB; "
+            f"this machine has {total / 2**30:.0f} GiB. Run `sdtrt bench` without --compare, or "
+            "compare engines built without a network diffusers can drop (SD 3's T5)"
+        )
+
+
+def _fits_beside(need: int) -> bool:
+    """Whether diffusers' side (`need` bytes) fits in the memory free beside sdtrt's engines,
+    warmed; where it does not, a line says that the two sides take their turns apart."""
+    import psutil
+
+    free = psutil.virtual_memory().available
+    if need < 0.9 * free:
+        return True
+    log.warning(
+        "diffusers needs about %.0f GiB beside sdtrt's engines, %.0f GiB is free: sdtrt's turns "
+        "come first, and the references' once its engines are let go (the ratios then come from "
+        "separate turns, not rounds)",
+        need / 2**30,
+        free / 2**30,
+    )
+    return False
+
+
 def _graph_bytes(directory: Path, record: ComponentRecord) -> int:
-    """What a CPU runtime holds of the exported graph's weights: twice their bytes on disk,
-    since fp16-stored weights (bf16 builds) are cast to fp32 as the graph loads."""
+    """What a CPU runtime holds of the exported graph's weights: two fp32 copies as it compiles
+    and runs them (OpenVINO's fp32 compile measured 2.1 copies; SDXL's UNet graph, 9.6 GiB in
+    fp32, held 14.2 GiB), of weights a bf16 build stores in fp16."""
     onnx = directory / record.onnx
     files = [onnx, *onnx.parent.glob(onnx.name + "*.data"), *onnx.parent.glob("*.data")]
-    return 2 * sum(path.stat().st_size for path in set(files) if path.is_file())
+    on_disk = sum(path.stat().st_size for path in set(files) if path.is_file())
+    return 2 * on_disk * (2 if record.precision is Precision.BF16 else 1)
 
 
 def engine_label(manifest: Manifest, component: str = "unet") -> str:
@@ -166,25 +222,19 @@ def engine_label(manifest: Manifest, component: str = "unet") -> str:
 
 
 def _unet_contenders(
-    pipe: Pipeline,
+    record: ComponentRecord,
     torch_process: TorchProcess,
     feeds: dict[str, np.ndarray],
     directory: Path,
     torch_compile: bool,
     progress: Callable[[str], None],
 ) -> tuple[dict[str, Clocked], list[Loader]]:
-    """One UNet call each: sdtrt's engine and torch's (eager, compiled), loaded now; and beside
-    CPU engines the CPU runtimes on the same graph, to be loaded one at a time (beside CUDA
-    engines they would compare a GPU with a CPU, and onnxruntime-cuda's graph has CUDA-only
+    """The references' UNet calls: torch's (eager, compiled), loaded now; and beside CPU
+    engines the CPU runtimes on the same graph (`record`'s), to be loaded one at a time (beside
+    CUDA engines they would compare a GPU with a CPU, and onnxruntime-cuda's graph has CUDA-only
     kernels)."""
-    denoiser = pipe.family.denoiser
-    record = pipe.manifest.components[denoiser]
     target = torch_process.target
-    engine = pipe.engines[denoiser]
-    resident = {
-        engine_label(pipe.manifest, denoiser): clocked(lambda: engine.infer(feeds)),
-        target.label("torch eager"): torch_process.unet(feeds),
-    }
+    resident = {target.label("torch eager"): torch_process.unet(feeds)}
     if torch_compile:
         progress("compiling the UNet with torch.compile")
         compiled = torch_process.compiled_unet(feeds)
@@ -204,8 +254,13 @@ def compare(
     progress: Callable[[str], None] = lambda _: None,
     torch_compile: bool = True,
 ) -> CompareReport:
-    """sdtrt's engines against the references (see references.py), rounds interleaved."""
+    """sdtrt's engines against the references (see references.py), rounds interleaved; where
+    diffusers cannot be loaded beside sdtrt's engines, sdtrt's turns first and then, with its
+    engines let go, the references'."""
     options.check()
+    unet_seconds: dict[str, list[float]] = {}
+    image_seconds: dict[str, list[float]] = {}
+    host: list[float] = []
     with Pipeline.load(directory) as pipe:
         folder = model_folder(pipe.manifest, model)
         height, width = (
@@ -218,53 +273,69 @@ def compare(
         ours_label = engine_label(pipe.manifest, denoiser)
         record = pipe.manifest.components[denoiser]
         target = torch_target(record.backend, record.precision)
+        diffusers_label = target.label("diffusers torch eager")
         # Text encoders the engines were built without (SD 3's T5), which diffusers then
         # runs without too: both make the same image.
         dropped = [e for e in pipe.family.t5_encoders if e not in pipe.manifest.components]
         dropped += [e.replace("text_encoder", "tokenizer") for e in dropped]
-        progress("loading diffusers")
-        with TorchProcess(folder, scheduler, target, tuple(dropped)) as torch_process:
-            resident, loaders = _unet_contenders(
-                pipe=pipe,
-                torch_process=torch_process,
-                feeds=feeds,
-                directory=directory,
-                torch_compile=torch_compile,
-                progress=progress,
-            )
-            progress("timing UNet steps")
-            unet_step = _unet_rounds(
-                resident,
-                ours_label,
-                loaders,
-                options.runs,
-                progress,
-                _graph_bytes(directory, record),
-            )
-            del resident, loaders
-            arguments = {
-                **options.call_arguments(),
-                "height": height,
-                "width": width,
-                "scheduler": scheduler,
-            }
-            host: list[float] = []
+        arguments = {**options.call_arguments(), "height": height, "width": width}
+        arguments["scheduler"] = scheduler
+        engine = pipe.engines[denoiser]
+        our_unet = clocked(lambda: engine.infer(feeds))
 
-            def ours() -> object:
-                result = pipe(**arguments)
-                host.extend(result.timings.scheduler)
-                return result
+        def ours() -> object:
+            result = pipe(**arguments)
+            host.extend(result.timings.scheduler)
+            return result
 
-            progress("timing whole images")
-            diffusers_label = target.label("diffusers torch eager")
-            images = _interleave(
-                {
+        need = _diffusers_bytes(folder, dropped, target.device)
+        _check_diffusers_fits(need)
+        our_unet()  # the engines hold their memory once they have run
+        separate = not _fits_beside(need)
+        if not separate:
+            progress("loading diffusers")
+            with TorchProcess(folder, scheduler, target, tuple(dropped)) as torch_process:
+                resident, loaders = _unet_contenders(
+                    record, torch_process, feeds, directory, torch_compile, progress
+                )
+                progress("timing UNet steps")
+                unet_step = _unet_rounds(
+                    {ours_label: our_unet, **resident},
+                    ours_label,
+                    loaders,
+                    options.runs,
+                    progress,
+                    _graph_bytes(directory, record),
+                )
+                del resident, loaders
+                progress("timing whole images")
+                contenders = {
                     ours_label: clocked(ours),
                     diffusers_label: torch_process.image(options, height, width),
-                },
-                options.runs,
+                }
+                image_seconds = _interleave(contenders, options.runs)
+        else:
+            progress("timing sdtrt's UNet steps and images")
+            unet_seconds = _interleave({ours_label: our_unet}, options.runs)
+            image_seconds = _interleave({ours_label: clocked(ours)}, options.runs)
+    if separate:
+        progress("loading diffusers, sdtrt's engines let go")
+        with TorchProcess(folder, scheduler, target, tuple(dropped)) as torch_process:
+            resident, loaders = _unet_contenders(
+                record, torch_process, feeds, directory, torch_compile, progress
             )
-            end_to_end = {name: Latency.of(values) for name, values in images.items()}
+            progress("timing diffusers' UNet steps")
+            unet_seconds.update(_interleave(resident, options.runs))
+            del resident
+            progress("timing diffusers' images")
+            image = torch_process.image(options, height, width)
+            image_seconds.update(_interleave({diffusers_label: image}, options.runs))
+        # The runtimes on the same graph once torch's process is gone too, each on its own.
+        graph = _graph_bytes(directory, record)
+        alone = _unet_rounds({}, ours_label, loaders, options.runs, progress, graph)
+        unet_step = {name: Latency.of(values) for name, values in unet_seconds.items()}
+        unet_step.update(alone)
+    end_to_end = {name: Latency.of(values) for name, values in image_seconds.items()}
     speedups = {
         f"unet vs {name}": round(v.p50_ms / unet_step[ours_label].p50_ms, 3)
         for name, v in unet_step.items()
@@ -286,4 +357,5 @@ def compare(
         host_step_us=round(float(np.median(host)) * 1e6, 1),
         speedups=speedups,
         peak_rss_mib=peak_rss_mib(),
+        interleaved=not separate,
     )

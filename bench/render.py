@@ -67,7 +67,8 @@ def compare_tables(report: CompareReport) -> list[Table]:
     title = f"{report.height}x{report.width}, {report.options.steps} steps, {report.scheduler}"
     unet = _latency_table(f"UNet call, guided batch ({title})", list(report.unet_step.items()))
     image = _latency_table(f"whole image ({title})", list(report.end_to_end.items()))
-    ratios = Table(title="sdtrt speed-up (reference p50 / sdtrt p50)", show_header=False)
+    turns = "" if report.interleaved else ", from separate turns"
+    ratios = Table(title=f"sdtrt speed-up (reference p50 / sdtrt p50{turns})", show_header=False)
     ratios.add_column("against")
     ratios.add_column("x", justify="right")
     for name, value in report.speedups.items():

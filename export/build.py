@@ -21,6 +21,7 @@ from sdtrt.export.component_build import ComponentBuild, Progress, build_key
 from sdtrt.export.families import KNOWN_COMPONENTS, Family, load_family
 from sdtrt.export.lora_merge import loras_digest, merge_loras
 from sdtrt.export.memory import build_memory_needed, release_modules
+from sdtrt.export.precision import stores_fp16_weights
 from sdtrt.export.sources import digest_files, open_source
 from sdtrt.export.tokenizer_export import export_t5_tokenizer, export_tokenizer
 
@@ -51,8 +52,12 @@ def build(
     build_options = build_options.model_copy(update={"backend": backend.name})
     backend_version = backend.version()  # fails fast where the backend cannot run
     with open_source(model, export_options.allow_pickle) as source:
-        loaded = load_family(source.path, source.name, export_options.components)
-        components = export_options.components or loaded.default_components
+        # A build that stores fp16 weights need not hold SD 3's T5-XXL in fp32 (17.7 GiB).
+        sixteen_bit = stores_fp16_weights(build_options.precision)
+        loaded = load_family(source.path, source.name, export_options.components, sixteen_bit)
+        components = _in_build_order(
+            export_options.components or loaded.default_components, loaded.default_components
+        )
         export_options = export_options.model_copy(update={"components": components})
         info = loaded.info()
         ranges = resolve_ranges(
@@ -153,6 +158,12 @@ def build(
             )
             writer.commit(manifest)
     return manifest
+
+
+def _in_build_order(asked: tuple[str, ...], order: tuple[str, ...]) -> tuple[str, ...]:
+    """The networks asked for, in the family's order (the cheap ones first; SD 3's T5 last, so
+    that it can be loaded once the others are let go); any it does not name after them."""
+    return tuple(sorted(asked, key=lambda c: order.index(c) if c in order else len(order)))
 
 
 def _digests(loaded: Family, folder: Path) -> dict[str, str]:

@@ -53,15 +53,16 @@ MEASURED_SD15 = int(5.0 * GIB)
 MEASURED_SD15_GUARDED = int(10.5 * GIB)
 
 
-def _fp32_bytes(module: Any) -> int:
-    return 4 * sum(int(p.numel()) for p in module.parameters())
+def _bytes(module: Any) -> int:
+    """A module's weights as loaded: fp32, or 16 bits (export/lean.py)."""
+    return sum(int(p.numel()) * p.element_size() for p in module.parameters())
 
 
 @dataclass(frozen=True)
 class MemoryNeed:
     component: str
     peak: int  # bytes the build of the component peaks at
-    weights: int  # bytes of its fp32 weights
+    weights: int  # bytes of its weights as loaded (fp32, or 16 bits: export/lean.py)
 
 
 def build_memory_needed(
@@ -71,19 +72,23 @@ def build_memory_needed(
     components built after it still loaded (see release_modules); `guarded`: an fp16 build
     with the fp16 guard; `quantized`: the component a w8a8 build quantizes."""
     sizes = {
-        name: _fp32_bytes(module)
+        name: _bytes(module)
         for name in set(MODULE_OF.values())
         if (module := getattr(loaded, name, None)) is not None
     }
+    deferred = loaded.deferred_sizes()
+    sizes.update(deferred)
 
     def modules(names: tuple[str, ...]) -> int:
-        return sum(sizes[m] for m in {MODULE_OF[c] for c in names})
+        """The modules held while `names` are still to be built: those loaded now."""
+        return sum(sizes[m] for m in {MODULE_OF[c] for c in names} if m not in deferred)
 
     needs = {}
     for index, component in enumerate(components):
         weights = sizes[MODULE_OF[component]]
         inline = weights if weights < INLINE_LIMIT else 0
-        exporting = modules(components[index:]) + inline + EXPORT_ACTIVATIONS * weights
+        own = weights if MODULE_OF[component] in deferred else 0  # loaded for its turn
+        exporting = modules(components[index:]) + own + inline + EXPORT_ACTIVATIONS * weights
         copies = GUARDED_COPIES if guarded else BACKEND_COPIES
         if component == quantized:
             copies = QUANTIZE_COPIES
@@ -107,19 +112,25 @@ def fp32_bytes_on_disk(folder: Path) -> int:
 
 
 def check_load_memory(
-    folder: Path, parts: tuple[str, ...], model: str, total: int | None = None
+    folder: Path,
+    parts: tuple[str, ...],
+    model: str,
+    total: int | None = None,
+    bytes_per_weight: int = 4,
 ) -> None:
-    """Refuse, before any is loaded, modules whose fp32 weights with the libraries cannot fit
-    in this machine's memory (`total`, else all of its RAM): a build loads them together."""
+    """Refuse, before any is loaded, modules whose weights (fp32, or 2 bytes each loaded in 16
+    bits) with the libraries cannot fit in this machine's memory (`total`, else all of its RAM):
+    a build loads them together."""
     import psutil
 
     total = psutil.virtual_memory().total if total is None else total
-    sizes = {part: fp32_bytes_on_disk(folder / part) for part in parts}
+    sizes = {p: fp32_bytes_on_disk(folder / p) * bytes_per_weight // 4 for p in parts}
     need = LIBRARIES_BYTES + sum(sizes.values())
+    kind = "fp32" if bytes_per_weight == 4 else "16 bits"
     if need > total:
         biggest = max(sizes, key=lambda part: sizes[part])
         raise BuildError(
-            f"loading {model}'s networks in fp32 needs about {need / GIB:.0f} GiB of memory "
+            f"loading {model}'s networks in {kind} needs about {need / GIB:.0f} GiB of memory "
             f"({biggest}: {sizes[biggest] / GIB:.1f} GiB); this machine has {total / GIB:.0f} "
             "GiB. Leave a network out with --components, or build on a machine with more memory"
         )
@@ -134,7 +145,7 @@ def check_build_memory(need: MemoryNeed, model: str, total: int | None = None) -
     if need.peak > total:
         raise BuildError(
             f"building the {need.component} of {model} needs about {need.peak / GIB:.0f} GiB of "
-            f"memory ({need.weights / GIB:.1f} GiB of fp32 weights, held by torch and then by "
+            f"memory ({need.weights / GIB:.1f} GiB of weights, held by torch and then by "
             f"the backend, beside the modules still to be built and the libraries); this "
             f"machine has {total / GIB:.0f} GiB. Build on a machine with more memory: the "
             "engine directory it writes runs here"

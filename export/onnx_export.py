@@ -41,6 +41,7 @@ from sdtrt.export.cuda_fusions import fuse_for_cuda, fused_counts
 from sdtrt.export.fp16 import convert as fp16
 from sdtrt.export.fp16.guard import GuardOptions, Island, guard_fp16
 from sdtrt.export.fp16.policy import to_fp16
+from sdtrt.export.lean import fp32_stand_ins
 from sdtrt.export.onnx_weights import attach_weights, inline_small, parameter_inputs, tensor_bytes
 from sdtrt.export.specs import ComponentSpec
 
@@ -104,7 +105,12 @@ def export_graph(
     attention = fused_attention(module) if style.fused_attention else contextlib.nullcontext(0)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         raw = Path(scratch) / "raw.onnx"
-        with warnings.catch_warnings(), torch.no_grad(), attention as fused_layers:
+        with (
+            warnings.catch_warnings(),
+            torch.no_grad(),
+            attention as fused_layers,
+            fp32_stand_ins(module) as state,  # a module loaded in 16 bits traced in fp32
+        ):
             # Tracing warns about every Python-level shape decision; the dynamic axes below and
             # the validation after the build are what guard against them.
             warnings.simplefilter("ignore")
@@ -125,7 +131,8 @@ def export_graph(
                 custom_opsets={CONTRIB_DOMAIN: 1} if fused_layers else None,
             )
         model = onnx.load(str(raw))
-    tensors = parameter_inputs(model, module)
+    tensors = parameter_inputs(model, state)
+    del state
     inline_small(model, tensors)
     model, cleanup = _clean(model)
     external = tensor_bytes(tensors) >= INLINE_LIMIT

@@ -20,25 +20,29 @@ import torch
 from onnx import numpy_helper
 
 from sdtrt.engine.weights import initializers
-from sdtrt.errors import BuildError
 
 # External data offsets are aligned so that a reader can map each tensor on its own (64 KiB:
 # the allocation granularity of every platform's mmap).
 ALIGNMENT = 2**16
 
 
-def parameter_inputs(model: onnx.ModelProto, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The graph inputs that are the module's parameters or buffers, with their tensors. The
-    exporter names them as the module's state dict does (a value two parameters share keeps the
-    first one's name)."""
-    state = module.state_dict(keep_vars=True)
-    return {i.name: state[i.name].detach() for i in model.graph.input if i.name in state}
+def parameter_inputs(
+    model: onnx.ModelProto, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The graph inputs that are the module's parameters or buffers (`state`, its state dict),
+    with their tensors. The exporter names them as the state dict does (a value two parameters
+    share keeps the first one's name)."""
+    return {i.name: state[i.name] for i in model.graph.input if i.name in state}
 
 
-def _array(tensor: torch.Tensor) -> np.ndarray:
-    """The tensor's values as numpy, sharing its memory where it is contiguous."""
-    if tensor.dtype == torch.bfloat16:
-        raise BuildError("bfloat16 weights cannot be written to ONNX; load the model in fp16")
+def _array(tensor: torch.Tensor, fp16: bool = False) -> np.ndarray:
+    """The tensor's values as numpy, sharing its memory where it is contiguous: in fp32, as the
+    graph reads them (a module loaded in 16 bits is traced in fp32: lean.py), or kept in fp16
+    where the graph stores fp16 weights."""
+    if tensor.dtype == torch.float16 and fp16:
+        return tensor.contiguous().numpy()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float().numpy()
     return tensor.contiguous().numpy()
 
 
@@ -46,7 +50,7 @@ def inline_small(model: onnx.ModelProto, tensors: Mapping[str, torch.Tensor]) ->
     """Turn the parameter inputs smaller than a weight (engine.weights.initializers's
     WEIGHT_BYTES) into initializers, so that the cleanup folds what they feed."""
     limit = initializers.WEIGHT_BYTES
-    small = {n for n, t in tensors.items() if t.numel() * t.element_size() < limit}
+    small = {n for n, t in tensors.items() if _traced_bytes(t) < limit}
     _attach(model, small, lambda name: numpy_helper.from_array(_array(tensors[name]), name))
 
 
@@ -66,7 +70,7 @@ def attach_weights(
     names = {i.name for i in model.graph.input if i.name in tensors}
 
     def value(name: str) -> np.ndarray:
-        array = _array(tensors[name])
+        array = _array(tensors[name], fp16)
         return _to_fp16(array) if fp16 and array.dtype == np.float32 else array
 
     if data_path is None:
@@ -102,7 +106,13 @@ def _cast_to_fp32(graph: onnx.GraphProto) -> None:
 
 
 def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return sum(_traced_bytes(t) for t in tensors.values())
+
+
+def _traced_bytes(tensor: torch.Tensor) -> int:
+    """Its bytes in the traced graph, where floats are fp32 whatever the module holds."""
+    size = 4 if tensor.is_floating_point() else tensor.element_size()
+    return tensor.numel() * size
 
 
 def _attach(

@@ -8,12 +8,14 @@ import torch
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Validation
 from sdtrt.errors import BuildError, SdtrtError, first_line
+from sdtrt.export.lean import blocks_in_fp32
 from sdtrt.export.specs import ComponentSpec
 
 
 def torch_reference(spec: ComponentSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    with torch.no_grad():
-        result = spec.module().eval()(*(torch.from_numpy(inputs[t.name]) for t in spec.inputs))
+    module = spec.module().eval()
+    with torch.no_grad(), blocks_in_fp32(module):  # a module loaded in 16 bits runs in fp32
+        result = module(*(torch.from_numpy(inputs[t.name]) for t in spec.inputs))
     results = result if isinstance(result, (tuple, list)) else (result,)
     return {t.name: r.float().numpy() for t, r in zip(spec.outputs, results, strict=True)}
 

@@ -18,7 +18,8 @@ settings record all three; a load on a machine that lacks any of them asks for a
 `target()` puts them in the build key so that the rebuild compiles afresh.
 
 Precisions: fp32 pins OpenVINO's inference precision to f32 (its CPU default is bf16 where the
-CPU has it); bf16 asks for bfloat16 compute; int8 compresses the weights to int8 with NNCF
+CPU has it); bf16 asks for bfloat16 compute, its weights kept in fp16 as the export stores them
+(compressed.py); int8 compresses the weights to int8 with NNCF
 (activations stay fp32); w8a8 quantizes weights and activations, calibrated on the inputs the
 build passes (quantize.py), and computes the rest in bf16 where the CPU has it.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ import numpy as np
 from sdtrt.engine.base import DeviceKind, Engine
 from sdtrt.engine.graph_style import GraphStyle
 from sdtrt.engine.host import cpu_flags, has_bf16, isa_features
+from sdtrt.engine.openvino.compressed import read_keeping_fp16
 from sdtrt.engine.openvino.engine import (
     CPU,
     ENGINE_NAME,
@@ -158,11 +161,22 @@ class OpenVinoBackend:
     ) -> tuple[str, dict[str, Any]]:
         """Compile `onnx_path` for the profile in `io` and export the compiled model; w8a8
         calibrates its activations on `calibration`."""
-        library = ov()
         precision = options.precision
         self.check_build(options)
+        reading: AbstractContextManager[Any]
+        if precision is Precision.BF16:  # its weights stored in fp16 stay so (compressed.py)
+            reading = read_keeping_fp16(onnx_path, out_dir)
+        else:
+            reading = nullcontext(shared_core().read_model(str(onnx_path)))
+        with reading as model:
+            return self._compile(model, out_dir, io, options, calibration)
+
+    def _compile(
+        self, model: Any, out_dir: Path, io: ComponentIO, options: BuildOptions, calibration: Feeds
+    ) -> tuple[str, dict[str, Any]]:
+        library = ov()
+        precision = options.precision
         core = shared_core()
-        model = core.read_model(str(onnx_path))
         bounds = bounded_shapes(io)
         model.reshape({name: partial_shape(library, b) for name, b in bounds.items()})
         if precision is Precision.INT8:
@@ -174,7 +188,7 @@ class OpenVinoBackend:
             "device": self.device,
             "openvino_version": self.version(),
             "inference_precision": self.inference_hint(precision),
-            "weights": "int8" if quantized else "fp32",
+            "weights": "int8" if quantized else "fp16" if precision is Precision.BF16 else "fp32",
             "cpu_features": self.features(),
         }
         if precision is Precision.W8A8:

@@ -21,13 +21,16 @@ FAMILIES: tuple[type[Family], ...] = (
 KNOWN_COMPONENTS = tuple(sorted({c for family in FAMILIES for c in family.COMPONENT_FOLDERS}))
 
 
-def load_family(folder: Path, name: str, components: tuple[str, ...] | None = None) -> Family:
+def load_family(
+    folder: Path, name: str, components: tuple[str, ...] | None = None, sixteen_bit: bool = False
+) -> Family:
     """The model in `folder`, with the torch modules `components` (every default one when
-    None) are exported from."""
+    None) are exported from; `sixteen_bit`: a build that stores 16-bit weights, where the
+    family's biggest text encoder (SD 3's T5-XXL) is loaded in 16 bits (export/lean.py)."""
     pipeline = read_model_index(folder).get("_class_name")
     for family in FAMILIES:
         if pipeline in family.PIPELINES:
-            return family.load(folder, name, components)
+            return family.load(folder, name, components, sixteen_bit)
     raise ModelSourceError(
         f"{folder} is a {pipeline}; sdtrt builds Stable Diffusion 1.x and 2.x, SDXL (base, "
         "refiner), SD 3 and 3.5, their inpainting models and latent consistency models"

@@ -22,16 +22,21 @@ def read_model_index(folder: Path) -> dict[str, Any]:
     return data
 
 
-def load_part(folder: Path, loader: Any, subfolder: str) -> Any:
+def load_part(folder: Path, loader: Any, subfolder: str, dtype: Any = None) -> Any:
     """A module of the folder in fp32, whatever its files hold: transformers 5 would otherwise
     keep fp16 or bf16 weights as they are (SD 3.5 folders ship bf16 and fp16 text encoders),
-    and the export traces, and validates against, the fp32 network."""
+    and the export traces, and validates against, the fp32 network. A 16-bit `dtype` loads it
+    in 16 bits instead, every layer alike (export/lean.py makes it the fp32 network)."""
     import torch
 
+    dtype = dtype or torch.float32
     try:
-        return loader.from_pretrained(folder, subfolder=subfolder, dtype=torch.float32).eval()
+        module = loader.from_pretrained(folder, subfolder=subfolder, dtype=dtype).eval()
     except Exception as error:  # diffusers/transformers raise many types for bad folders
         raise ModelSourceError(f"cannot load {folder / subfolder}: {first_line(error)}") from error
+    # transformers keeps some layers in fp32 under fp16 (T5's `wo`), for fp16 compute; here
+    # the compute is fp32 and they hold fp16 values.
+    return module.to(dtype)
 
 
 def check_index(folder: Path, index: dict[str, Any], needed: tuple[str, ...]) -> None:
@@ -98,6 +103,11 @@ class DiffusersModel:
     scheduler_class: str
     vae_scale_factor: int
     text_max_length: int
+
+    def deferred_sizes(self) -> dict[str, int]:
+        """Bytes, once loaded, of the modules a build loads only when their network's turn
+        comes (none but SD 3's T5 in 16 bits)."""
+        return {}
 
     @property
     def denoiser_module(self) -> Any:

@@ -62,7 +62,11 @@ class StableDiffusionModel(DiffusersModel):
 
     @classmethod
     def load(
-        cls, folder: Path, name: str, components: tuple[str, ...] | None = None
+        cls,
+        folder: Path,
+        name: str,
+        components: tuple[str, ...] | None = None,
+        sixteen_bit: bool = False,  # every module of the family is loaded in fp32
     ) -> StableDiffusionModel:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel

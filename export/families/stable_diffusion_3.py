@@ -5,6 +5,7 @@ without T5 (diffusers lets it be dropped to save memory) runs with zeros in its 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from sdtrt.export.families.diffusers_folder import (
     load_part,
     read_model_index,
 )
-from sdtrt.export.memory import check_load_memory
+from sdtrt.export.lean import stored_dtype
+from sdtrt.export.memory import check_load_memory, fp32_bytes_on_disk
 from sdtrt.export.specs import (
     ComponentSpec,
     T5EncoderSpec,
@@ -31,6 +33,14 @@ from sdtrt.export.specs.text_encoders import T5_LENGTHS
 
 CLIP_ENCODERS = ("text_encoder", "text_encoder_2")
 T5_ENCODER = "text_encoder_3"
+
+
+def _t5_config(folder: Path) -> dict[str, Any]:
+    path = folder / T5_ENCODER / "config.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        raise ModelSourceError(f"{path} cannot be read ({error})") from error
 
 
 def _present(index: dict[str, Any], part: str) -> bool:
@@ -54,6 +64,7 @@ class StableDiffusion3Model(DiffusersModel):
     text_max_length: int
     joint_attention_dim: int
     text_encoders: tuple[str, ...]  # the CLIP encoders, and T5 where the folder has it
+    t5_deferred: bool = False  # T5 is loaded in 16 bits when its spec is made
 
     family = STABLE_DIFFUSION_3
     denoiser = "transformer"
@@ -81,10 +92,16 @@ class StableDiffusion3Model(DiffusersModel):
 
     @classmethod
     def load(
-        cls, folder: Path, name: str, components: tuple[str, ...] | None = None
+        cls,
+        folder: Path,
+        name: str,
+        components: tuple[str, ...] | None = None,
+        sixteen_bit: bool = False,
     ) -> StableDiffusion3Model:
         """T5 is loaded only where it is built: a build without it need not hold T5-XXL's
-        17.7 GiB of fp32 weights."""
+        17.7 GiB of fp32 weights. With `sixteen_bit` (a build that stores its weights in fp16)
+        it is loaded in 16 bits, and only when its turn comes, after the other networks are
+        built and let go (see specs)."""
         from diffusers import AutoencoderKL, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
@@ -94,7 +111,9 @@ class StableDiffusion3Model(DiffusersModel):
         with_t5 = _present(index, T5_ENCODER) and (components is None or T5_ENCODER in components)
         if with_t5:
             check_index(folder, index, ("tokenizer_3",))
-        check_load_memory(folder, (*parts, *((T5_ENCODER,) if with_t5 else ())), name)
+        deferred = with_t5 and sixteen_bit
+        eager_t5 = with_t5 and not deferred
+        check_load_memory(folder, (*parts, *((T5_ENCODER,) if eager_t5 else ())), name)
         text_encoder = load_part(folder, CLIPTextModelWithProjection, "text_encoder")
         transformer = load_part(folder, SD3Transformer2DModel, "transformer")
         vae = load_part(folder, AutoencoderKL, "vae")
@@ -103,7 +122,7 @@ class StableDiffusion3Model(DiffusersModel):
             name=name,
             text_encoder=text_encoder,
             text_encoder_2=load_part(folder, CLIPTextModelWithProjection, "text_encoder_2"),
-            text_encoder_3=load_part(folder, T5EncoderModel, T5_ENCODER) if with_t5 else None,
+            text_encoder_3=load_part(folder, T5EncoderModel, T5_ENCODER) if eager_t5 else None,
             transformer=transformer,
             vae=vae,
             scheduler_class=str(index["scheduler"][1]),
@@ -111,6 +130,7 @@ class StableDiffusion3Model(DiffusersModel):
             text_max_length=int(text_encoder.config.max_position_embeddings),
             joint_attention_dim=int(transformer.config.joint_attention_dim),
             text_encoders=(*CLIP_ENCODERS, T5_ENCODER) if with_t5 else CLIP_ENCODERS,
+            t5_deferred=deferred,
         )
         model.check_widths()
         return model
@@ -123,6 +143,8 @@ class StableDiffusion3Model(DiffusersModel):
         widths = [sum(states), self.joint_attention_dim]
         if self.text_encoder_3 is not None:
             widths.append(int(self.text_encoder_3.config.d_model))
+        elif self.t5_deferred:
+            widths.append(int(_t5_config(self.folder)["d_model"]))
         if sum(clip) != int(config.pooled_projection_dim) or max(widths) != widths[1]:
             raise ModelSourceError(
                 f"{self.folder}: the transformer takes pooled prompts of "
@@ -136,7 +158,28 @@ class StableDiffusion3Model(DiffusersModel):
 
     @property
     def default_components(self) -> tuple[str, ...]:
-        return (*self.text_encoders, "transformer", "vae_decoder", "vae_encoder")
+        """T5 last: a build loading it in 16 bits loads it once the others are let go."""
+        clip = tuple(e for e in self.text_encoders if e != T5_ENCODER)
+        t5 = tuple(e for e in self.text_encoders if e == T5_ENCODER)
+        return (*clip, "transformer", "vae_decoder", "vae_encoder", *t5)
+
+    def deferred_sizes(self) -> dict[str, int]:
+        """Bytes of the modules not loaded yet that a build will load: T5 in 16 bits."""
+        if not self.t5_deferred or self.text_encoder_3 is not None:
+            return {}
+        return {T5_ENCODER: fp32_bytes_on_disk(self.folder / T5_ENCODER) // 2}
+
+    def _t5(self) -> Any:
+        """T5, loaded now in 16 bits where the build deferred it."""
+        if self.text_encoder_3 is None and self.t5_deferred:
+            from transformers import T5EncoderModel
+
+            folder = self.folder / T5_ENCODER
+            check_load_memory(self.folder, (T5_ENCODER,), self.name, bytes_per_weight=2)
+            self.text_encoder_3 = load_part(
+                self.folder, T5EncoderModel, T5_ENCODER, stored_dtype(folder)
+            )
+        return self.text_encoder_3
 
     def conditioning_info(self) -> dict[str, Any]:
         return {
@@ -189,7 +232,7 @@ class StableDiffusion3Model(DiffusersModel):
             "text_encoder_2": lambda: XLTextEncoderSpec(
                 "text_encoder_2", self.text_encoder_2, length
             ),
-            "text_encoder_3": lambda: T5EncoderSpec(self.text_encoder_3),
+            "text_encoder_3": lambda: T5EncoderSpec(self._t5()),
             "transformer": lambda: TransformerSpec(self.transformer, f, length),
             "vae_decoder": lambda: VaeDecoderSpec(self.vae, f),
             "vae_encoder": lambda: VaeEncoderSpec(self.vae, f),

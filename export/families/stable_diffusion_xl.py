@@ -66,7 +66,11 @@ class StableDiffusionXLModel(DiffusersModel):
 
     @classmethod
     def load(
-        cls, folder: Path, name: str, components: tuple[str, ...] | None = None
+        cls,
+        folder: Path,
+        name: str,
+        components: tuple[str, ...] | None = None,
+        sixteen_bit: bool = False,  # every module of the family is loaded in fp32
     ) -> StableDiffusionXLModel:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTextModelWithProjection

@@ -165,3 +165,38 @@ def test_references_that_cannot_fit_are_left_out_with_a_line(caplog):
     assert set(rows) == {"ours"} and not loaded
     assert "left out the CPU runtimes on the same graph" in caplog.text
     assert set(_unet_rounds(resident, "ours", [loader], 2, lambda _: None)) == {"ours", "never"}
+
+
+def test_compare_takes_separate_turns_where_diffusers_cannot_fit_beside(
+    tiny_engine_dir, tiny_model_dir, monkeypatch, caplog
+):
+    """An SDXL comparison on a 24 GiB machine was killed for memory with both sides loaded:
+    where diffusers cannot fit beside sdtrt's engines, sdtrt takes its turns first, and the
+    references theirs once its engines are let go."""
+    import psutil
+
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=2**30))
+    options = BenchOptions(steps=2, runs=2)
+    report = compare(tiny_engine_dir, options, model=tiny_model_dir, torch_compile=False)
+    assert not report.interleaved
+    assert "sdtrt's turns come first" in caplog.text
+    ours = "sdtrt onnxruntime fp32"
+    assert {ours, "torch eager fp32"} <= set(report.unet_step)
+    assert report.unet_step[ours].samples == 2  # its own turns only
+    assert set(report.end_to_end) == {ours, "diffusers torch eager fp32"}
+    assert all(value > 0 for value in report.speedups.values())
+
+
+def test_compare_is_refused_where_diffusers_cannot_fit_at_all(
+    tiny_engine_dir, tiny_model_dir, monkeypatch
+):
+    import psutil
+
+    from sdtrt.errors import InputError
+
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(total=2**30))
+    with pytest.raises(InputError, match=r"runs diffusers' fp32 pipeline, which needs about") as e:
+        compare(tiny_engine_dir, BenchOptions(steps=2, runs=1), model=tiny_model_dir)
+    assert "\n" not in str(e.value)

@@ -37,6 +37,7 @@ def _family(preset):
             text_encoder_2=second,
             unet=UNet2DConditionModel(**preset.unet),
             vae=AutoencoderKL(**preset.vae),
+            deferred_sizes=dict,  # every module loaded up front
         )
 
 
@@ -54,7 +55,7 @@ def test_sdxl_builds_in_24_gib_and_what_cannot_fit_is_refused():
         check_build_memory(unet, "sdxl", total=12 * GIB)
     message = str(caught.value)
     assert message.startswith(f"building the unet of sdxl needs about {unet.peak / GIB:.0f} GiB")
-    assert "9.6 GiB of fp32 weights" in message and "this machine has 12 GiB" in message
+    assert "9.6 GiB of weights" in message and "this machine has 12 GiB" in message
     assert "\n" not in message
     check_build_memory(unet, "sdxl", total=unet.peak + 1)
 
@@ -87,3 +88,39 @@ def test_a_w8a8_build_that_cannot_fit_is_refused_before_it_calibrates():
     check_build_memory(sdxl["vae_decoder"], "sdxl", total=int(23.4 * GIB))  # float networks
     sd15 = build_memory_needed(_family(SD15), SD_COMPONENTS, quantized="unet")
     assert 13.5 * GIB < sd15["unet"].peak < 16 * GIB  # measured 13.5 GiB, whole build
+
+
+def test_sd35_medium_with_t5_fits_in_20_gib_when_t5_is_loaded_last_in_16_bits():
+    """SD 3.5 Medium's T5-XXL is 17.7 GiB in fp32: a bf16 build loads it in 16 bits once the
+    transformer and the rest are let go, so no network's build holds more than one big module."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from sdtrt.export.presets.sd3 import SD35_MEDIUM
+
+    preset = SD35_MEDIUM
+    with torch.device("meta"):
+        vocab = {"vocab_size": 49408}
+        clip = preset.clip
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, **preset.text_encoder_3))
+        family = SimpleNamespace(
+            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip.text_encoder, **vocab)),
+            text_encoder_2=CLIPTextModelWithProjection(
+                CLIPTextConfig(**clip.text_encoder_2, **vocab)
+            ),
+            text_encoder_3=None,  # not loaded until its turn
+            transformer=SD3Transformer2DModel(**preset.transformer),
+            vae=AutoencoderKL(**preset.vae),
+            deferred_sizes=lambda: {"text_encoder_3": 2 * sum(p.numel() for p in t5.parameters())},
+        )
+    components = (
+        "text_encoder", "text_encoder_2", "transformer", "vae_decoder", "vae_encoder",
+        "text_encoder_3",
+    )  # fmt: skip
+    needs = build_memory_needed(family, components)
+    assert 8.8 * GIB < needs["text_encoder_3"].weights < 9.0 * GIB  # 4.76 B parameters, 16 bits
+    assert 8.2 * GIB < needs["transformer"].weights < 8.5 * GIB  # 2.24 B, fp32
+    assert max(need.peak for need in needs.values()) < 20 * GIB
+    # T5 is in no other network's peak: the transformer's is what it was without T5.
+    without = build_memory_needed(family, components[:-1])
+    assert needs["transformer"].peak == without["transformer"].peak
