@@ -36,8 +36,9 @@ MODULE_OF = {
 # network and takes its reference outputs (SDXL's UNet at 1024x1024: 3.2 GiB beside its module
 # and the VAE's, libraries included). Building holds the backend's copies of the weights: ONNX
 # Runtime's one (optimising without packing them for its kernels, then running the engine once);
-# OpenVINO's in bf16 about 1.5, since its first bf16 call converts weights it keeps in fp32
-# (SDXL's UNet: 14.4 GiB beside 1.4 GiB of libraries).
+# OpenVINO's in bf16 1.5 while its compiled models held fp32 weights (SDXL's UNet: 14.4 GiB beside
+# 1.4 GiB of libraries), less since they keep the fp16 ones (the whole SDXL bf16 build: 12.9 GiB).
+# A module loaded in 16 bits (SD 3's T5 in a bf16 build) counts its 16-bit bytes throughout.
 EXPORT_ACTIVATIONS = 0.35  # per byte of the network's weights, beside the modules
 BACKEND_COPIES = 1.5
 # The fp16 guard also runs the fp32 graph and fp16 candidates tensor by tensor: a guarded SD

@@ -96,3 +96,14 @@ def test_a_bf16_build_with_t5_in_16_bits(tiny_sd3, tmp_path):
     assert list(manifest.components) == ["text_encoder", "text_encoder_3"]
     t5 = manifest.components["text_encoder_3"]
     assert t5.settings["weights"] == "fp16" and t5.validation[0].relative_error < 0.05
+
+
+def test_a_16_bit_load_that_cannot_fit_is_refused_in_one_line(tiny_sd3):
+    from sdtrt.errors import BuildError
+    from sdtrt.export.memory import check_load_memory, fp32_bytes_on_disk
+
+    folder = tiny_sd3 / "text_encoder_3"
+    half = fp32_bytes_on_disk(folder) // 2
+    with pytest.raises(BuildError, match=r"networks in 16 bits needs about 2 GiB") as caught:
+        check_load_memory(tiny_sd3, ("text_encoder_3",), "x", total=half, bytes_per_weight=2)
+    assert "\n" not in str(caught.value)
