@@ -161,8 +161,8 @@ def build(
 
 
 def _in_build_order(asked: tuple[str, ...], order: tuple[str, ...]) -> tuple[str, ...]:
-    """The networks asked for, in the family's order (the cheap ones first; SD 3's T5 last, so
-    that it can be loaded once the others are let go); any it does not name after them."""
+    """The networks asked for, in the family's order (the cheap ones first; SD 3's T5 last where
+    it is loaded once the others are let go); any it does not name after them."""
     return tuple(sorted(asked, key=lambda c: order.index(c) if c in order else len(order)))
 
 

@@ -158,10 +158,12 @@ class StableDiffusion3Model(DiffusersModel):
 
     @property
     def default_components(self) -> tuple[str, ...]:
-        """T5 last: a build loading it in 16 bits loads it once the others are let go."""
-        clip = tuple(e for e in self.text_encoders if e != T5_ENCODER)
-        t5 = tuple(e for e in self.text_encoders if e == T5_ENCODER)
-        return (*clip, "transformer", "vae_decoder", "vae_encoder", *t5)
+        """T5 last where it is loaded at its turn (in 16 bits), once the others are let go;
+        with the other text encoders, the cheap networks first, elsewhere."""
+        networks = (*self.text_encoders, "transformer", "vae_decoder", "vae_encoder")
+        if not self.t5_deferred:
+            return networks
+        return (*(n for n in networks if n != T5_ENCODER), T5_ENCODER)
 
     def deferred_sizes(self) -> dict[str, int]:
         """Bytes of the modules not loaded yet that a build will load: T5 in 16 bits."""
