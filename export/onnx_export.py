@@ -132,7 +132,6 @@ def export_graph(
             )
         model = onnx.load(str(raw))
     tensors = parameter_inputs(model, state)
-    del state
     inline_small(model, tensors)
     model, cleanup = _clean(model)
     external = tensor_bytes(tensors) >= INLINE_LIMIT

@@ -6,8 +6,24 @@ import contextlib
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 
 from sdtrt.tolerances import END_TO_END_PSNR_DB
+
+
+def _has_cuda_provider() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+# The marks of tests that need onnxruntime-gpu's CUDA provider (and a GPU).
+ON_CUDA_PROVIDER = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _has_cuda_provider(), reason="onnxruntime has no CUDA provider"),
+]
 
 
 def psnr(reference: np.ndarray, actual: np.ndarray) -> float:

@@ -156,6 +156,16 @@ def _write_modules(
         save("text_encoder_3", T5EncoderModel(t5_config), "transformers")
 
 
+# SD 3's VAE: 16 latent channels, scaled and shifted, without the quant convolutions.
+SD3_VAE = {
+    "latent_channels": 16,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
+
+
 # A few-MB SD 3.5 lookalike with every part the real one has: two joint blocks, the first with
 # SD 3.5's second (image-only) attention, q/k RMS norm, T5 with gated GELU. CLIP's states (32 +
 # 48 wide) pad to T5's 96; the pooled outputs (32 + 32) make the transformer's 64.
@@ -177,14 +187,7 @@ TINY_SD3 = SD3Preset(
         "dual_attention_layers": (0,),
         "qk_norm": "rms_norm",
     },
-    vae={
-        **TINY.vae,
-        "latent_channels": 16,
-        "scaling_factor": 1.5305,
-        "shift_factor": 0.0609,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-    },
+    vae={**TINY.vae, **SD3_VAE},
     clip=Preset(
         name="tiny-sd3-clip",
         description="",
@@ -243,15 +246,7 @@ SD35_MEDIUM = SD3Preset(
         "dual_attention_layers": tuple(range(13)),
         "qk_norm": "rms_norm",
     },
-    vae={
-        **SD15.vae,
-        "sample_size": 1024,
-        "latent_channels": 16,
-        "scaling_factor": 1.5305,
-        "shift_factor": 0.0609,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-    },
+    vae={**SD15.vae, "sample_size": 1024, **SD3_VAE},
     clip=Preset(
         name="sd35-clip",
         description="",

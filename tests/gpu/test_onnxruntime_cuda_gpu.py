@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from helpers import assert_same_image, psnr
+from helpers import ON_CUDA_PROVIDER, assert_same_image, psnr
 from onnx import numpy_helper
 
 from sdtrt.debug.compare import compare as debug_compare
@@ -26,19 +26,7 @@ from sdtrt.export.validate import compare, torch_reference
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.tolerances import END_TO_END_PSNR_DB, EXPORT_TOLERANCE
 
-
-def _has_cuda_provider() -> bool:
-    try:
-        import onnxruntime
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _has_cuda_provider(), reason="onnxruntime has no CUDA provider"),
-]
+pytestmark = ON_CUDA_PROVIDER
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 BACKEND = "onnxruntime-cuda"
 # ONNX Runtime's CUDA GroupNorm sums with atomics, so two runs of the same engine differ in the

@@ -8,7 +8,7 @@ Marked `gpu`, and skipped unless this onnxruntime has the CUDA provider (onnxrun
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_image, psnr
+from helpers import ON_CUDA_PROVIDER, assert_same_image, psnr
 
 from sdtrt.engine.backends import load_component
 from sdtrt.engine.manifest import read_manifest
@@ -19,19 +19,7 @@ from sdtrt.export.validate import compare, torch_reference
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.tolerances import EXPORT_TOLERANCE, REDUCED_PRECISION_PSNR_DB
 
-
-def _has_cuda_provider() -> bool:
-    try:
-        import onnxruntime
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _has_cuda_provider(), reason="onnxruntime has no CUDA provider"),
-]
+pytestmark = ON_CUDA_PROVIDER
 COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder")
 
 
