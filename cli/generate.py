@@ -157,6 +157,13 @@ def run(
         float,
         typer.Option(help="The fraction of the denoising the base model does before --refiner."),
     ] = 0.8,
+    vae: Annotated[
+        str,
+        typer.Option(
+            help="full (the model's VAE) or tiny: the tiny VAE built with `sdtrt build "
+            "--tiny-vae`, faster and less detailed (with --refiner: both have one)."
+        ),
+    ] = "full",
 ) -> None:
     """Generate images from a prompt with the engines in DIRECTORY (from --image too)."""
     with user_errors():
@@ -192,6 +199,7 @@ def run(
                     prompt_3=prompt_3,
                     max_sequence_length=max_sequence_length,
                     skip_guidance_layers=_layers(skip_guidance_layers),
+                    vae=vae,
                     **task,
                 )
 

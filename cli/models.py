@@ -34,16 +34,16 @@ def preset(
         typer.Argument(
             help="Preset name: tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, tiny-sdxl, "
             "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, tiny-sd3-turbo, "
-            "sd15, sdxl or sd35-medium."
+            "sd15, sdxl or sd35-medium; tiny VAEs (for --tiny-vae): taesd, tiny-taesd."
         ),
     ],
     directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
 ) -> None:
     """Write a built-in model (random weights, real architecture) as a diffusers folder."""
     with user_errors():
-        from sdtrt.export.presets import get_preset, write_preset
+        from sdtrt.export.presets import check_preset, write_preset
 
-        get_preset(name)
+        check_preset(name)
         quiet_torch_libraries()
         with console.status(f"writing preset {name}"):
             write_preset(name, directory)
@@ -93,17 +93,20 @@ def build(
     precision: Annotated[
         Precision,
         typer.Option(
-            help="fp16 converts the graphs; bf16, int8 (weights) and w8a8 (the UNet's weights "
-            "and activations, calibrated on real runs) are OpenVINO's. The VAE decoder stays fp32."
+            help="auto: the backend's fastest here (fp16 on GPUs, bf16 on CPUs with AVX-512 "
+            "bf16 or AMX, else fp32; `sdtrt doctor` says which). fp16 converts the graphs; "
+            "bf16, int8 (weights) and w8a8 (the denoiser's weights and activations, calibrated "
+            "on real runs) are OpenVINO's."
         ),
-    ] = Precision.FP32,
+    ] = Precision.AUTO,
     fp16_vae: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="With fp16/bf16/int8/w8a8: the VAE decoder too, in the reduced float precision "
-            "(for VAEs known to be safe)."
+            "--fp16-vae/--fp32-vae",
+            help="The VAE in the build's reduced float precision too, or in fp32. Default: "
+            "with bf16 and w8a8 (no overflow in bf16), not with fp16 or int8.",
         ),
-    ] = False,
+    ] = None,
     fp16_guard: Annotated[
         bool,
         typer.Option(
@@ -150,6 +153,14 @@ def build(
             "them can run code they hold."
         ),
     ] = False,
+    tiny_vae: Annotated[
+        str | None,
+        typer.Option(
+            help="A tiny VAE to build beside the model's (`sdtrt run --vae tiny`): an "
+            "AutoencoderTiny folder or hub id (TAESD, TAESDXL, TAESD3), or a preset (taesd, "
+            "tiny-taesd)."
+        ),
+    ] = None,
 ) -> None:
     """Export a model to ONNX, build engines and check them against PyTorch."""
     with user_errors():
@@ -175,7 +186,9 @@ def build(
         from sdtrt.engine.weights.lora import parse_lora_arg
 
         export_options = ExportOptions(
-            loras=tuple(parse_lora_arg(text) for text in lora or []), allow_pickle=allow_pickle
+            loras=tuple(parse_lora_arg(text) for text in lora or []),
+            allow_pickle=allow_pickle,
+            tiny_vae=tiny_vae,
         )
         if components:
             export_options = export_options.model_copy(
@@ -192,6 +205,8 @@ def build(
             if progress.live.is_started:
                 progress.stop()
         out.print(components_table(manifest))
+        for setting, why in manifest.picked.items():
+            out.print(f"{setting} auto: {escape(why)}")
         out.print(f"engines written to [bold]{output}[/]")
 
 
@@ -208,6 +223,8 @@ def info(directory: Annotated[Path, typer.Argument(help="Engine directory.")]) -
             f"model      {manifest.model.name} ({manifest.source.kind}: {manifest.source.ref})"
         )
         out.print(f"built      {manifest.created} by sdtrt {manifest.sdtrt_version}")
+        for setting, why in manifest.picked.items():
+            out.print(f"{setting:<10} {escape(why)} (picked by auto)")
         merged = manifest.export_options.loras
         if merged:
             names = ", ".join(lora.describe() for lora in merged)

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from sdtrt import __version__
-from sdtrt.engine.backends import BACKENDS, auto_choice
+from sdtrt.engine.backends import BACKENDS, auto_choice, auto_precision
 from sdtrt.engine.host import cpu_flags, has_bf16, has_int8_dot, isa_features
 from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.errors import SdtrtError
@@ -91,10 +91,19 @@ def diagnose() -> list[Finding]:
         except SdtrtError as error:
             findings.append(Finding(f"backend {name}", f"not usable: {error}", False))
     for precision in Precision:
-        topic = f"backend auto, {precision.value}"
+        default = precision is Precision.AUTO  # the default build: backend and precision picked
+        topic = "default build (auto)" if default else f"backend auto, {precision.value}"
         try:
             choice = auto_choice(BuildOptions(precision=precision))
-            findings.append(Finding(topic, f"picks {choice.backend}: {choice.reason}"))
+            if default:
+                picked = auto_precision(BACKENDS[choice.backend])
+                value = (
+                    f"picks {choice.backend} in {picked.precision.value}: {choice.reason}; "
+                    f"{picked.reason}"
+                )
+            else:
+                value = f"picks {choice.backend}: {choice.reason}"
+            findings.append(Finding(topic, value))
         except SdtrtError as error:
             findings.append(Finding(topic, str(error), False))
     return findings

@@ -86,6 +86,15 @@ class ComponentRecord(_Frozen):
     cleanup: GraphCleanup | None = None  # older manifests have none
 
 
+class TinyVaeInfo(_Frozen):
+    """A tiny VAE built beside the model's own (`--tiny-vae`): the latent scaling it was trained
+    with (diffusers' AutoencoderTiny config), and the digest of its files."""
+
+    scaling_factor: float
+    shift_factor: float | None = None
+    digest: str
+
+
 class ModelInfo(_Frozen):
     """What the runtime needs to know of the model beyond its networks."""
 
@@ -113,6 +122,7 @@ class ModelInfo(_Frozen):
     # A model distilled to sample in a few steps without guidance (SD 3.5 Large Turbo), which
     # its name says: those are its defaults.
     few_step: bool = False
+    tiny_vae: TinyVaeInfo | None = None  # built with --tiny-vae
 
 
 class SourceInfo(_Frozen):
@@ -135,6 +145,8 @@ class Manifest(_Frozen):
     scheduler_config: Inside
     # Text-encoder component -> its tokenizer file; older manifests have none, and one encoder.
     tokenizers: dict[str, Inside] = {}
+    # What `auto` picked ("backend", "precision") and why, as the build said it.
+    picked: dict[str, str] = {}
 
     @property
     def text_encoders(self) -> dict[str, str]:

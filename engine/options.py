@@ -23,13 +23,21 @@ class Precision(str, Enum):
     the fp32 graph and are the backend's own: OpenVINO computes in bfloat16 on CPUs that have it,
     stores weights as int8 (weight compression) and computes in fp32, or (W8A8) quantizes the
     UNet's weights and activations to int8, calibrated on its inputs in real denoising runs,
-    computing the rest in bfloat16 where the CPU has it."""
+    computing the rest in bfloat16 where the CPU has it. AUTO is the fastest of these the backend
+    computes in well on this machine (engine/auto.py), resolved before anything is built."""
 
+    AUTO = "auto"
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
     INT8 = "int8"
     W8A8 = "w8a8"
+
+
+# Precisions whose builds put the VAE in their float precision unless told otherwise: bfloat16
+# keeps fp32's exponent range, so the overflow that keeps VAEs out of fp16 does not arise, and its
+# decode measured >= 45 dB from fp32's on the SD 1.5 and SDXL VAEs (docs/backends.md).
+VAE_FOLLOWS_BY_DEFAULT = frozenset({Precision.BF16, Precision.W8A8})
 
 
 class BuildOptions(BaseModel):
@@ -45,8 +53,11 @@ class BuildOptions(BaseModel):
 
     # "auto" picks the fastest backend usable here (engine/auto.py); the manifest records which.
     backend: str = "auto"
-    precision: Precision = Precision.FP32
-    fp16_vae: bool = False  # the VAE decoder stays fp32 under fp16 unless the model's VAE is safe
+    precision: Precision = Precision.AUTO
+    # The VAE in the build's reduced float precision too: by default (None) under bf16 and w8a8
+    # (bf16 has fp32's range: no overflow), not under fp16 (Stable Diffusion VAEs overflow it)
+    # unless the model's VAE is known to be safe. See export/precision.py.
+    fp16_vae: bool | None = None
     # fp16: compare the converted graph with fp32 on calibration inputs and keep in fp32 the
     # nodes that overflow or drift (export/fp16/guard.py); the VAE decoder is searched too
     # instead of staying fp32 whole.
@@ -88,7 +99,7 @@ class BuildOptions(BaseModel):
 
     @model_validator(mode="after")
     def _guard_needs_fp16(self) -> BuildOptions:
-        if self.fp16_guard and self.precision is not Precision.FP16:
+        if self.fp16_guard and self.precision not in (Precision.FP16, Precision.AUTO):
             raise InputError(
                 "--fp16-guard checks fp16 graphs; add --precision fp16 "
                 f"(got {self.precision.value})"
@@ -99,6 +110,15 @@ class BuildOptions(BaseModel):
     def guarded(self) -> bool:
         """Whether the fp16 guard runs: asked for, on an fp16 build."""
         return self.fp16_guard and self.precision is Precision.FP16
+
+    @property
+    def reduced_vae(self) -> bool:
+        """Whether the VAE computes in the build's reduced precision (`fp16_vae`, else the
+        precision's default: see export/precision.py) or, guarded, where the guard finds it
+        safe."""
+        if self.fp16_vae is not None:
+            return self.fp16_vae or self.guarded
+        return self.precision in VAE_FOLLOWS_BY_DEFAULT or self.guarded
 
 
 class ExportOptions(BaseModel):
@@ -114,3 +134,5 @@ class ExportOptions(BaseModel):
     loras: tuple[LoraSource, ...] = ()
     # A single-file .ckpt is a pickle, which runs code when loaded: only when the user says so.
     allow_pickle: bool = False
+    # An AutoencoderTiny (folder, hub id or tiny VAE preset) built beside the model's own VAE.
+    tiny_vae: str | None = None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sdtrt import __version__
 from sdtrt.engine.artifact import ArtifactWriter, write_json
-from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.backends import resolve_build
 from sdtrt.engine.layout import SCHEDULER_FILE, TOKENIZER_FILE_NAME
 from sdtrt.engine.manifest import FORMAT_VERSION, Manifest, SourceInfo
 from sdtrt.engine.options import BuildOptions, ExportOptions, Precision
@@ -23,6 +25,13 @@ from sdtrt.export.lora_merge import loras_digest, merge_loras
 from sdtrt.export.memory import build_memory_needed, release_modules
 from sdtrt.export.precision import stores_fp16_weights
 from sdtrt.export.sources import digest_files, open_source
+from sdtrt.export.tiny_vae import (
+    check_fits,
+    load_tiny_vae,
+    open_tiny_vae,
+    tiny_vae_info,
+    tiny_vae_specs,
+)
 from sdtrt.export.tokenizer_export import export_t5_tokenizer, export_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,11 +56,14 @@ def build(
         raise InputError(
             f"unknown component {', '.join(unknown)}; choose from {', '.join(KNOWN_COMPONENTS)}"
         )
-    backend = choose_backend(build_options)
-    # The manifest records the backend `auto` chose, not "auto".
-    build_options = build_options.model_copy(update={"backend": backend.name})
+    # The manifest records the backend and precision `auto` chose, not "auto", and why.
+    resolved = resolve_build(build_options)
+    backend, build_options = resolved.backend, resolved.options
     backend_version = backend.version()  # fails fast where the backend cannot run
-    with open_source(model, export_options.allow_pickle) as source:
+    with (
+        open_source(model, export_options.allow_pickle) as source,
+        _tiny_vae_folder(export_options.tiny_vae) as tiny_folder,
+    ):
         # A build that stores fp16 weights need not hold SD 3's T5-XXL in fp32 (17.7 GiB).
         sixteen_bit = stores_fp16_weights(build_options.precision)
         loaded = load_family(source.path, source.name, export_options.components, sixteen_bit)
@@ -60,6 +72,11 @@ def build(
         )
         export_options = export_options.model_copy(update={"components": components})
         info = loaded.info()
+        tiny_vae = None
+        if tiny_folder is not None:
+            tiny_vae = load_tiny_vae(tiny_folder)
+            check_fits(tiny_vae, info.latent_channels, info.vae_scale_factor)
+            info = info.model_copy(update={"tiny_vae": tiny_vae_info(tiny_vae, tiny_folder)})
         ranges = resolve_ranges(
             build_options, info.native_size, loaded.size_step, backend.fixed_shapes
         )
@@ -140,6 +157,9 @@ def build(
                 records[name] = job.component(spec, sources, release)
                 del spec
                 release()
+            if tiny_vae is not None and info.tiny_vae is not None:
+                for spec in tiny_vae_specs(tiny_vae, info.vae_scale_factor, components):
+                    records[spec.name] = job.component(spec, [info.tiny_vae.digest], _keep)
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 sdtrt_version=__version__,
@@ -155,9 +175,23 @@ def build(
                 tokenizer=next(iter(tokenizers.values())),
                 tokenizers=tokenizers,
                 scheduler_config=SCHEDULER_FILE,
+                picked=resolved.picked,
             )
             writer.commit(manifest)
     return manifest
+
+
+def _keep() -> None:
+    """Nothing to let go: a tiny VAE's module is a few MB."""
+
+
+@contextlib.contextmanager
+def _tiny_vae_folder(ref: str | None) -> Iterator[Path | None]:
+    if ref is None:
+        yield None
+    else:
+        with open_tiny_vae(ref) as folder:
+            yield folder
 
 
 def _in_build_order(asked: tuple[str, ...], order: tuple[str, ...]) -> tuple[str, ...]:

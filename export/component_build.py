@@ -72,7 +72,7 @@ class ComponentBuild:
         options = self.build_options
         # With the guard the VAE decoder is searched for fp32 islands instead of kept fp32 whole.
         precision = component_precision(
-            spec.name, options.precision, options.fp16_vae or options.guarded, self.float_precision
+            spec.name, options.precision, options.reduced_vae, self.float_precision
         )
         io = spec.io(self.ranges)
         style = self.backend.graph_style

@@ -16,6 +16,7 @@ from sdtrt.runtime.prompt_syntax import PROMPT_SYNTAXES
 from sdtrt.runtime.request import Request, SizeConditioning
 from sdtrt.runtime.schedulers import SCHEDULERS, resolve_scheduler_name, scheduler_names
 from sdtrt.runtime.skip_guidance import SkipLayers
+from sdtrt.runtime.vae import check_vae
 
 # Seeds a user types may be any 64-bit number; random ones are drawn from 32 bits, as the A1111 web
 # UI and its clients draw them, so that every client (JavaScript's numbers stop being exact at
@@ -73,9 +74,10 @@ def make_request(
     negative_prompt_3: str | Sequence[str] | None = None,
     max_sequence_length: int | None = None,
     skip_layers: SkipLayers | None = None,
+    vae: str = "full",
 ) -> Request:
     """`task`: "txt2img", "img2img" or "inpaint", for the defaults diffusers' pipeline for it
-    has."""
+    has; `vae`: "full", or "tiny" where the engines have a tiny VAE (runtime/vae.py)."""
     prompts = _as_prompts(prompt, "prompt")
     negatives = _negatives(negative_prompt, len(prompts), "negative_prompt")
     model = manifest.model
@@ -169,6 +171,7 @@ def make_request(
         zero_negatives=model.force_zeros_for_empty_prompt and negative_prompt is None,
         sizes=_check_sizes(sizes or SizeConditioning()),
         guidance_embedded=model.guidance_embedding_dim is not None,
+        vae=check_vae(vae, manifest),
     )
     check_batch(manifest.ranges, request.batch, request.guided)
     return request

@@ -39,8 +39,8 @@ def _fix(manifest: Manifest, component: str) -> str:
             "the fp16 guard's calibration inputs did not reach this overflow; find it with "
             "`sdtrt debug compare` or rebuild with --precision fp32"
         )
-    if component == "vae_decoder":
-        return "rebuild without --fp16-vae (the VAE decoder in fp32) or with --fp16-guard"
+    if component.endswith("vae_decoder"):
+        return "rebuild with --fp32-vae (the VAE decoder in fp32) or with --fp16-guard"
     return (
         f"rebuild with `sdtrt build --precision {record.precision.value} --fp16-guard`, "
         "which keeps the overflowing layers in fp32, or with --precision fp32"
@@ -57,7 +57,8 @@ def check_step(latents: np.ndarray, step: int, steps: int, manifest: Manifest) -
         )
 
 
-def check_image(image: np.ndarray, manifest: Manifest) -> None:
-    """Raise NumericalError when the decoded image holds NaN/inf, before it becomes a picture."""
+def check_image(image: np.ndarray, manifest: Manifest, decoder: str = "vae_decoder") -> None:
+    """Raise NumericalError when the image `decoder` decoded holds NaN/inf, before it becomes a
+    picture."""
     if not is_finite(image):
-        raise NumericalError(f"the vae_decoder produced NaN/inf; {_fix(manifest, 'vae_decoder')}")
+        raise NumericalError(f"the {decoder} produced NaN/inf; {_fix(manifest, decoder)}")

@@ -49,10 +49,9 @@ from sdtrt.runtime.task_setup import (
 from sdtrt.runtime.tasks import Task, check_fraction
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
+from sdtrt.runtime.vae import DECODERS, ENCODERS, decoder_latents
 
-DECODER = "vae_decoder"  # needed with the text encoders and the denoiser by every call
-# Opened on the first call that takes an image, so that text to image never pays for it.
-ENCODER = "vae_encoder"
+DECODER = DECODERS["full"]  # needed with the text encoders and the denoiser by most calls
 
 
 @dataclass
@@ -154,6 +153,7 @@ class Pipeline:
         skip_layer_guidance_scale: float = 2.8,
         skip_layer_guidance_start: float = 0.01,
         skip_layer_guidance_stop: float = 0.2,
+        vae: str = "full",
     ) -> GenerationOutput:
         """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`.
         Steps and guidance default to those of diffusers' pipeline for the model (50 steps;
@@ -173,6 +173,8 @@ class Pipeline:
         their negatives, `max_sequence_length` (T5's tokens, 256 unless given) and its
         skip-layer guidance (`skip_guidance_layers=[7, 8, 9]` and its scale, start and stop);
         their defaults are 28 steps at guidance 7.0 (image to image and inpainting: 50).
+        `vae="tiny"` decodes (and encodes images) with the tiny VAE built beside the model's
+        (`sdtrt build --tiny-vae`), as diffusers does with `pipe.vae = AutoencoderTiny(...)`.
         """
         started = time.perf_counter()
         inputs = load_inputs(
@@ -219,6 +221,7 @@ class Pipeline:
                 skip_layer_guidance_start,
                 skip_layer_guidance_stop,
             ),
+            vae=vae,
             sizes=_sizes(
                 original_size=original_size,
                 crops_coords_top_left=crops_coords_top_left,
@@ -268,7 +271,7 @@ class Pipeline:
             setup = TaskSetup(
                 request=request,
                 manifest=self.manifest,
-                engines=self._with_encoder(),
+                engines=self._opened(ENCODERS[request.vae]),
                 source=source,
                 draw_latents=lambda: self._initial_latents(request, given, source),
                 latents_given=given is not None,
@@ -296,12 +299,10 @@ class Pipeline:
             timings.total = time.perf_counter() - started
             return GenerationOutput(latents, request, timings, task.strength)
         mark = time.perf_counter()
-        model = self.manifest.model
-        latents = latents / np.float32(model.vae_scaling_factor)
-        if model.vae_shift_factor is not None:
-            latents = latents + np.float32(model.vae_shift_factor)
-        decoded = self.engines[DECODER].infer({"latent": latents})["image"]
-        check_image(decoded, self.manifest)  # never a black PNG from an fp16 overflow
+        decoder = DECODERS[request.vae]
+        latents = decoder_latents(latents, self.manifest.model, request.vae)
+        decoded = self._opened(decoder)[decoder].infer({"latent": latents})["image"]
+        check_image(decoded, self.manifest, decoder)  # never a black PNG from an fp16 overflow
         images = postprocess(decoded)
         timings.vae_decoder = time.perf_counter() - mark
         output: list[Image.Image] | np.ndarray = images
@@ -338,13 +339,13 @@ class Pipeline:
     def _denoiser(self) -> Engine:
         return self.engines[self.family.denoiser]
 
-    def _with_encoder(self) -> dict[str, Engine]:
-        """The engines, the VAE encoder among them where the directory has one."""
+    def _opened(self, name: str) -> dict[str, Engine]:
+        """The engines, `name` among them where the directory has it: the VAE encoders and the
+        tiny VAE's decoder are opened on the first call that needs them, so that other calls
+        never pay for them."""
         with self._opening:
-            if ENCODER not in self.engines and ENCODER in self.manifest.components:
-                self.engines[ENCODER] = load_engine(
-                    self.directory, self.manifest, ENCODER, self.backend
-                )
+            if name not in self.engines and name in self.manifest.components:
+                self.engines[name] = load_engine(self.directory, self.manifest, name, self.backend)
         return self.engines
 
     def set_loras(

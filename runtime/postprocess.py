@@ -46,6 +46,8 @@ def generation_settings(
         settings["Clip skip"] = request.clip_skip + 1
     if strength is not None:
         settings["Denoising strength"] = strength
+    if request.vae != "full":  # the web UI's key for the VAE an image was decoded with
+        settings["VAE"] = request.vae
     if request.batch > 1:
         settings["Batch pos"] = index
     return settings

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sdtrt.runtime.noise import NoiseKind
 from sdtrt.runtime.prompt_syntax import PromptSyntax
 from sdtrt.runtime.skip_guidance import SkipLayers
+from sdtrt.runtime.vae import VaeChoice
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Request:
     zero_negatives: bool = False
     sizes: SizeConditioning = SizeConditioning()
     guidance_embedded: bool = False  # the UNet takes the scale (latent consistency models)
+    vae: VaeChoice = "full"  # or the tiny VAE built beside it (runtime/vae.py)
 
     @property
     def batch(self) -> int:

@@ -37,7 +37,8 @@ from sdtrt.runtime.preprocess import (
     preprocess_mask,
 )
 from sdtrt.runtime.request import Request
-from sdtrt.runtime.tasks import ImageToImage, Inpaint, Task, check_strength, encode_image, repeat_to
+from sdtrt.runtime.tasks import ImageToImage, Inpaint, Task, check_strength, repeat_to
+from sdtrt.runtime.vae import ENCODERS, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def make_image_task(
             family.skipped_steps(request.steps, strength),
             denoising_start,
         )
-    encoder = setup.engines.get("vae_encoder")
+    encoder = setup.engines.get(ENCODERS[request.vae])
     if encoder is None:
         raise ArtifactError(
             "these engines have no VAE encoder, which images need; rebuild with `sdtrt build "
@@ -207,7 +208,7 @@ def make_image_task(
                 "latents= is for text to image and inpainting; image to image draws its noise "
                 "from the seed, as diffusers' StableDiffusionImg2ImgPipeline does"
             )
-        image_latents = encode_image(encoder, pixels, model, setup.source)
+        image_latents = encode_image(encoder, pixels, model, setup.source, request.vae)
         noise = None if denoising_start is not None else setup.draw_latents()
         return ImageToImage(
             repeat_to(image_latents, request.batch),
@@ -280,11 +281,12 @@ def _inpaint(
     from_noise = setup.latents_given or strength == 1.0
     image_latents = None
     if not dedicated or not from_noise:
-        image_latents = repeat_to(encode_image(encoder, pixels, model, source), request.batch)
+        latents = encode_image(encoder, pixels, model, source, request.vae)
+        image_latents = repeat_to(latents, request.batch)
     noise = setup.draw_latents()
     mask = preprocess_mask(mask_input, request.height, request.width)
     masked_pixels = (pixels * (mask < 0.5)).astype(np.float32)
-    masked_latents = encode_image(encoder, masked_pixels, model, source)
+    masked_latents = encode_image(encoder, masked_pixels, model, source, request.vae)
     f = model.vae_scale_factor
     latent_mask = nearest_resize(mask, request.height // f, request.width // f)
     return Inpaint(

@@ -16,10 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdtrt.engine.base import Engine
-from sdtrt.engine.manifest import ModelInfo
 from sdtrt.errors import InputError
-from sdtrt.runtime.noise import NoiseSource
 from sdtrt.runtime.schedulers import Scheduler
 
 
@@ -169,22 +166,6 @@ class Inpaint(Task):
             known = scheduler.add_noise(known, self.noise, i + 1, plan)
         keep = np.float32(1) - self.mask
         return (keep * known + self.mask * latents).astype(np.float32, copy=False)
-
-
-def encode_image(
-    encoder: Engine, pixels: np.ndarray, model: ModelInfo, source: NoiseSource
-) -> np.ndarray:
-    """VAE latents of `pixels` (1, 3, H, W): a sample of the encoder's diagonal Gaussian drawn
-    from `source` (diffusers' `latent_dist.sample(generator)`), less the shift factor where
-    the VAE has one, times the scaling factor."""
-    moments = encoder.infer({"image": pixels})["latent_moments"]
-    mean, log_variance = np.split(moments, 2, axis=1)
-    std = np.exp(np.float32(0.5) * np.clip(log_variance, -30.0, 20.0))
-    sample = mean + std * source.randn(mean.shape)
-    if model.vae_shift_factor is not None:  # SD 3's VAE centres its latents
-        sample = sample - np.float32(model.vae_shift_factor)
-    latents = sample * np.float32(model.vae_scaling_factor)
-    return latents.astype(np.float32, copy=False)
 
 
 def repeat_to(array: np.ndarray, batch: int) -> np.ndarray:

@@ -65,7 +65,7 @@ class OpenVinoNpuBackend(OpenVinoGpuBackend):
                 "OpenVINO's NPU plugin compiles fixed shapes only; build with --static "
                 "--opt-size HxW --max-batch N (N images per call, with guidance)"
             )
-        if not (options.fp16_vae or options.guarded):
+        if not options.reduced_vae:
             raise InputError(
                 "OpenVINO's NPU plugin computes in fp16 only, and the VAE stays fp32 unless "
                 "asked; add --fp16-vae for a VAE that is safe in fp16 (or --fp16-guard)"

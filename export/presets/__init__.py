@@ -7,7 +7,7 @@ presets by name live in `table`; writing one as a folder in `writer`.
 
 from __future__ import annotations
 
-from sdtrt.export.presets.catalog import PRESETS, get_preset
+from sdtrt.export.presets.catalog import PRESETS, check_preset, get_preset
 from sdtrt.export.presets.sd3 import TINY_SD3, SD3Preset
 from sdtrt.export.presets.table import (
     EULER_TRAILING,
@@ -49,6 +49,7 @@ __all__ = [
     "TINY_V",
     "Preset",
     "SD3Preset",
+    "check_preset",
     "get_preset",
     "write_model",
     "write_preset",

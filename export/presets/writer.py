@@ -10,9 +10,10 @@ from typing import Any
 
 from sdtrt.errors import InputError
 from sdtrt.export.clip_vocab import END, START, vocab_from_merges, write_clip_files
-from sdtrt.export.presets.catalog import get_preset
+from sdtrt.export.presets.catalog import check_preset, get_preset
 from sdtrt.export.presets.sd3 import SD3Preset, write_sd3
 from sdtrt.export.presets.table import Preset
+from sdtrt.export.presets.tiny_vae import TINY_VAE_PRESETS, TinyVaePreset, write_tiny_vae_files
 
 
 def _text_encoder(config: dict[str, Any], vocab: dict[str, int], pad_token: str, cls: Any) -> Any:
@@ -83,10 +84,14 @@ def _write_pipeline(preset: Preset, directory: Path) -> None:
 
 def write_preset(name: str, directory: Path) -> None:
     """Write preset `name` as a diffusers folder at `directory`, which must be new or empty."""
-    write_model(get_preset(name), directory)
+    check_preset(name)
+    if name in TINY_VAE_PRESETS:
+        write_model(TINY_VAE_PRESETS[name], directory)
+    else:
+        write_model(get_preset(name), directory)
 
 
-def write_model(preset: Preset | SD3Preset, directory: Path) -> None:
+def write_model(preset: Preset | SD3Preset | TinyVaePreset, directory: Path) -> None:
     """Write `preset`'s model as a diffusers folder at `directory`, which must be new or empty."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InputError(f"{directory} already exists and is not empty; choose a new directory")
@@ -95,6 +100,8 @@ def write_model(preset: Preset | SD3Preset, directory: Path) -> None:
     try:
         if isinstance(preset, SD3Preset):
             write_sd3(preset, staging)
+        elif isinstance(preset, TinyVaePreset):
+            write_tiny_vae_files(preset, staging)
         else:
             _write_pipeline(preset, staging)
         if directory.exists():

@@ -9,7 +9,12 @@ from sdtrt.export.specs.base import ComponentSpec
 from sdtrt.export.specs.text_encoders import T5EncoderSpec, TextEncoderSpec, XLTextEncoderSpec
 from sdtrt.export.specs.transformer import TransformerSpec
 from sdtrt.export.specs.unet import UNetSpec
-from sdtrt.export.specs.vae import VaeDecoderSpec, VaeEncoderSpec
+from sdtrt.export.specs.vae import (
+    TinyVaeDecoderSpec,
+    TinyVaeEncoderSpec,
+    VaeDecoderSpec,
+    VaeEncoderSpec,
+)
 
 __all__ = [
     "ComponentSpec",
@@ -17,6 +22,8 @@ __all__ = [
     "TextEncoderSpec",
     "TransformerSpec",
     "UNetSpec",
+    "TinyVaeDecoderSpec",
+    "TinyVaeEncoderSpec",
     "VaeDecoderSpec",
     "VaeEncoderSpec",
     "XLTextEncoderSpec",

@@ -79,14 +79,16 @@ def test_compare_names_every_row_with_its_precision(tiny_engine_dir, tiny_model_
     assert report.host_step_us > 0
 
 
-def test_compare_on_openvino_engines_adds_onnxruntime_on_the_same_graph(
-    tiny_model_dir, tmp_path
-):
+def test_compare_on_openvino_engines_adds_onnxruntime_on_the_same_graph(tiny_model_dir, tmp_path):
     from sdtrt.engine.options import BuildOptions, Precision
     from sdtrt.export.build import build
 
     output = tmp_path / "engines"
-    build(str(tiny_model_dir), output, build_options=BuildOptions(backend="openvino"))
+    build(
+        str(tiny_model_dir),
+        output,
+        build_options=BuildOptions(backend="openvino", precision=Precision.FP32),
+    )
     options = BenchOptions(steps=2, runs=1)
     report = compare(output, options, model=tiny_model_dir, torch_compile=False)
     assert report.sdtrt == f"sdtrt openvino {Precision.FP32.value}"

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from sdtrt.engine import backends
-from sdtrt.engine.auto import Availability, pick, probe
+from sdtrt.engine.auto import Availability, pick, pick_precision, probe
+from sdtrt.engine.base import DeviceKind
 from sdtrt.engine.doctor import diagnose
 from sdtrt.engine.host import cpu_flags
 from sdtrt.engine.options import BuildOptions, Precision
@@ -77,7 +78,7 @@ def test_probe_turns_backend_errors_into_reasons():
 
 def test_auto_is_the_default_and_resolves_to_a_real_backend():
     assert BuildOptions().backend == "auto"
-    chosen = backends.choose_backend(BuildOptions())
+    chosen = backends.resolve_build(BuildOptions()).backend
     assert chosen.name == backends.auto_choice().backend != "auto"
 
 
@@ -153,7 +154,7 @@ def test_auto_asks_the_backend_what_this_machine_can_build(monkeypatch):
 def test_a_build_in_fp16_on_auto_goes_where_fp16_is_and_says_so_in_one_line(caplog):
     options = BuildOptions(precision=Precision.FP16)
     with caplog.at_level(logging.INFO, logger=backends.__name__):
-        chosen = backends.choose_backend(options)
+        chosen = backends.resolve_build(options).backend
     assert Precision.FP16 in chosen.precisions
     said = [r for r in caplog.records if r.getMessage().startswith("backend auto")]
     assert [r.getMessage() for r in said] == [
@@ -171,7 +172,59 @@ def test_doctor_says_what_auto_picks_here_for_each_precision():
     assert fp16.ok and fp16.value.startswith(
         f"picks {backends.auto_choice(BuildOptions(precision=Precision.FP16)).backend}: "
     )
-    assert {f"backend auto, {p.value}" for p in Precision} <= set(findings)
+    explicit = {f"backend auto, {p.value}" for p in Precision if p is not Precision.AUTO}
+    assert explicit <= set(findings)
     assert "bf16 compute:" in findings["CPU"].value
     int8 = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
     assert f"int8 dot products: {'yes' if int8 else 'no'}" in findings["CPU"].value
+
+
+AMX = {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+OPENVINO_PRECISIONS = frozenset({Precision.FP32, Precision.BF16, Precision.INT8, Precision.W8A8})
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "fastest", "precisions", "flags", "expected", "said"),
+    [
+        ("tensorrt", DeviceKind.NVIDIA_GPU, Precision.FP16, frozenset(Precision), set(), "fp16",
+         "the VAE stays fp32 unless --fp16-vae"),
+        ("openvino", DeviceKind.CPU, Precision.BF16, OPENVINO_PRECISIONS, AMX, "bf16",
+         "natively (amx_bf16, avx512_bf16); the VAE too"),
+        ("openvino", DeviceKind.CPU, Precision.FP32, OPENVINO_PRECISIONS, {"avx2", "fma"}, "fp32",
+         "no bf16 instructions (avx512_bf16 or amx_bf16)"),
+        ("onnxruntime", DeviceKind.CPU, Precision.FP32, frozenset({Precision.FP32, Precision.FP16}),
+         AMX, "fp32", "onnxruntime computes fastest in fp32 here"),
+        ("openvino-npu", DeviceKind.INTEL_NPU, Precision.FP16, frozenset({Precision.FP16}), AMX,
+         "fp16", "on the intel-npu"),
+    ],
+)  # fmt: skip
+def test_precision_auto_is_the_backends_fastest_here(
+    backend, device, fastest, precisions, flags, expected, said
+):
+    choice = pick_precision(backend, device, fastest, precisions, flags)
+    assert choice.precision.value == expected
+    assert said in choice.reason and "\n" not in choice.reason
+
+
+def test_a_build_resolves_auto_precision_and_keeps_why():
+    resolved = backends.resolve_build(BuildOptions(backend="openvino"))
+    fastest = resolved.backend.float_precision()
+    assert resolved.options.precision is fastest
+    assert resolved.options.backend == "openvino"
+    assert resolved.picked["precision"].startswith(f"{fastest.value}: ")
+    assert "backend" not in resolved.picked  # named, not picked
+    named = backends.resolve_build(BuildOptions(backend="onnxruntime", precision=Precision.FP32))
+    assert named.picked == {} and named.options.precision is Precision.FP32
+
+
+def test_the_fp16_guard_on_auto_is_checked_against_what_auto_picked():
+    assert BuildOptions(fp16_guard=True).precision is Precision.AUTO  # may be fp16: on a GPU
+    with pytest.raises(InputError, match=r"add --precision fp16 \(auto picked fp32 on onnx"):
+        backends.resolve_build(BuildOptions(backend="onnxruntime", fp16_guard=True))
+
+
+def test_doctor_says_what_the_default_build_picks():
+    finding = {f.topic: f for f in diagnose()}["default build (auto)"]
+    backend = backends.auto_choice().backend
+    precision = backends.auto_precision(backends.BACKENDS[backend]).precision.value
+    assert finding.ok and finding.value.startswith(f"picks {backend} in {precision}: ")

@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from sdtrt.engine.backends import BACKENDS, check_precision, choose_backend
+from sdtrt.engine.backends import BACKENDS, check_precision, resolve_build
 from sdtrt.engine.base import Backend, DeviceKind
 from sdtrt.engine.graph_style import GraphStyle
 from sdtrt.engine.options import BuildOptions, Precision
@@ -45,7 +45,7 @@ def test_a_precision_refusal_names_the_backends_that_have_it():
 def test_a_backend_refuses_its_own_way_before_the_registry_does():
     """OpenVINO on the CPU knows why fp16 is wrong there and what to use instead."""
     with pytest.raises(InputError, match="use --precision bf16"):
-        choose_backend(BuildOptions(backend="openvino", precision=Precision.FP16))
+        resolve_build(BuildOptions(backend="openvino", precision=Precision.FP16))
 
 
 def test_gpu_devices_are_told_apart_from_the_cpu():

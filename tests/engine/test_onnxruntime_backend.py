@@ -27,13 +27,15 @@ def test_big_graphs_keep_their_weights_beside_the_saved_graph(
     import numpy as np
 
     from sdtrt.engine.manifest import read_manifest
-    from sdtrt.engine.options import BuildOptions
+    from sdtrt.engine.options import BuildOptions, Precision
 
     record = read_manifest(tiny_engine_dir).components["vae_decoder"]
     monkeypatch.setattr(onnxruntime_backend, "EXTERNAL_WEIGHTS_FROM", 1024)
     backend = onnxruntime_backend.OnnxRuntimeBackend()
     source = tiny_engine_dir / record.onnx
-    name, settings = backend.build(source, tmp_path, record.io, BuildOptions(), tmp_path)
+    name, settings = backend.build(
+        source, tmp_path, record.io, BuildOptions(precision=Precision.FP32), tmp_path
+    )
     assert (tmp_path / (name + ".data")).stat().st_size > (tmp_path / name).stat().st_size
     with backend.load("vae_decoder", tmp_path / name, source, record.io, settings) as engine:
         image = engine.infer({"latent": np.zeros((1, 4, 32, 32), np.float32)})["image"]

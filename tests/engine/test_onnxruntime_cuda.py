@@ -52,7 +52,9 @@ def test_the_engine_is_saved_by_a_cuda_session_at_the_basic_level(
 
     monkeypatch.setattr(ort, "InferenceSession", Session)
     backend = OnnxRuntimeCudaBackend()
-    name, settings = backend.build(export, tmp_path, io, BuildOptions(), tmp_path)
+    name, settings = backend.build(
+        export, tmp_path, io, BuildOptions(precision=Precision.FP32), tmp_path
+    )
     [(path, options, providers)] = made
     assert path == str(export) and options.optimized_model_filepath == str(tmp_path / name)
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

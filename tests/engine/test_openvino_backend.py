@@ -12,7 +12,7 @@ import pytest
 from helpers import LATENTS, PROMPT, assert_same_image, psnr, sdtrt_image
 from helpers import diffusers_images as reference_images
 
-from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.backends import resolve_build
 from sdtrt.engine.host import cpu_flags, isa_features
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.openvino import cpu as openvino_backend
@@ -82,17 +82,26 @@ def test_fp32_image_is_diffusers_image(fp32_dir, diffusers_images, scheduler):
 
 
 @needs_bf16
-def test_bf16_build_keeps_the_vae_in_fp32(bf16_dir):
+def test_bf16_build_puts_the_vae_in_bf16_too(bf16_dir):
     manifest = read_manifest(bf16_dir)
     precisions = {name: r.precision for name, r in manifest.components.items()}
     assert precisions == {
-        "text_encoder": Precision.BF16, "unet": Precision.BF16, "vae_decoder": Precision.FP32,
+        "text_encoder": Precision.BF16, "unet": Precision.BF16, "vae_decoder": Precision.BF16,
     }  # fmt: skip
-    unet = manifest.components["unet"]
-    assert unet.settings["inference_precision"] == "bf16"
-    # Rounded, not exact: a bf16 graph that matched fp32 to 1e-4 would not be computing in bf16.
-    error = unet.validation[0].relative_error
-    assert EXPORT_TOLERANCE[Precision.FP32] < error <= EXPORT_TOLERANCE[Precision.BF16]
+    for name in ("unet", "vae_decoder"):
+        record = manifest.components[name]
+        assert record.settings["inference_precision"] == "bf16"
+        # Rounded, not exact: a bf16 graph that matched fp32 to 1e-4 would not compute in bf16.
+        error = record.validation[0].relative_error
+        assert EXPORT_TOLERANCE[Precision.FP32] < error <= EXPORT_TOLERANCE[Precision.BF16]
+
+
+@needs_bf16
+def test_fp32_vae_keeps_a_bf16_builds_vae_in_fp32(tiny_model_dir, tmp_path):
+    options = BuildOptions(backend="openvino", precision=Precision.BF16, fp16_vae=False)
+    vae = ExportOptions(components=("vae_decoder",))
+    manifest = build(str(tiny_model_dir), tmp_path / "e", vae, options)
+    assert manifest.components["vae_decoder"].precision is Precision.FP32
 
 
 @needs_bf16
@@ -189,12 +198,12 @@ def test_a_damaged_blob_is_refused_with_one_line(fp32_dir, tmp_path):
 
 def test_precisions_the_backend_or_cpu_cannot_run_are_refused(monkeypatch):
     with pytest.raises(InputError, match="not fp16; use --precision bf16"):
-        choose_backend(BuildOptions(backend="openvino", precision=Precision.FP16))
+        resolve_build(BuildOptions(backend="openvino", precision=Precision.FP16))
     with pytest.raises(InputError, match="--precision bf16 is for --backend openvino"):
-        choose_backend(BuildOptions(backend="onnxruntime", precision=Precision.BF16))
+        resolve_build(BuildOptions(backend="onnxruntime", precision=Precision.BF16))
     monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: {"avx2", "fma"})
     with pytest.raises(InputError, match="no bfloat16 instructions"):
-        choose_backend(BuildOptions(backend="openvino", precision=Precision.BF16))
+        resolve_build(BuildOptions(backend="openvino", precision=Precision.BF16))
 
 
 def test_a_refused_precision_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
@@ -211,7 +220,7 @@ def test_static_builds_run_their_shape_on_a_static_compile(
     batches run on the main blob, imported on first need; both make the images they should.
     A network whose every shape is fixed (the VAE decoder of one image) has one blob: it is
     the static one."""
-    options = BuildOptions(backend="openvino", static=True, max_batch=1)
+    options = BuildOptions(backend="openvino", precision=Precision.FP32, static=True, max_batch=1)
     manifest = build(str(tiny_model_dir), tmp_path / "static", NETWORKS, options)
     unet = manifest.components["unet"]
     assert unet.settings["static_shapes"]["sample"] == [2, 4, 32, 32]  # one image, guided

@@ -8,7 +8,7 @@ import pytest
 from helpers import LATENTS, PROMPT, assert_same_image, diffusers_images, psnr, sdtrt_image
 
 from sdtrt.engine import backends
-from sdtrt.engine.backends import choose_backend, load_component
+from sdtrt.engine.backends import load_component, resolve_build
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.openvino.devices import OpenVinoGpuBackend, OpenVinoNpuBackend
 from sdtrt.engine.openvino.engine import shared_core
@@ -71,14 +71,15 @@ def test_openvino_npu_refusals_are_one_line(tiny_model_dir, tmp_path):
         with pytest.raises(InputError, match=f"not {precision.value}; use --precision fp16"):
             npu.check_precision(precision)
     with pytest.raises(InputError, match="fixed shapes only; build with --static"):
-        choose_backend(BuildOptions(backend="openvino-npu", precision=Precision.FP16))
+        resolve_build(BuildOptions(backend="openvino-npu", precision=Precision.FP16))
     unsafe_vae = NPU_OPTIONS.model_copy(update={"fp16_vae": False})
     with pytest.raises(InputError, match="computes in fp16 only.*add --fp16-vae"):
-        choose_backend(unsafe_vae)
+        resolve_build(unsafe_vae)
     # The guard runs on fp16 builds only: with int8 weights it would leave the VAE fp32.
+    # (the plugin's own check: the options' validation refuses the pair before it, in a build)
     unguarded = unsafe_vae.model_copy(update={"precision": Precision.INT8, "fp16_guard": True})
     with pytest.raises(InputError, match="computes in fp16 only.*add --fp16-vae"):
-        choose_backend(unguarded)
+        npu.check_build(unguarded)
     assert npu.inference_hint(Precision.INT8) == "f16" and npu.features() == []
     if not _sees("NPU"):
         with pytest.raises(BackendUnavailable, match="OpenVINO sees no NPU device"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import diffusers_images, psnr, sdtrt_image
 
-from sdtrt.engine.backends import choose_backend
+from sdtrt.engine.backends import resolve_build
 from sdtrt.engine.host import cpu_flags
 from sdtrt.engine.manifest import read_manifest
 from sdtrt.engine.openvino.cpu import float_precision, inference_hint
@@ -51,12 +51,12 @@ def test_quantized_builds_without_nncf_are_refused_up_front(monkeypatch):
     )
     for precision in (Precision.INT8, Precision.W8A8):
         with pytest.raises(BackendUnavailable, match="needs NNCF; run `pip install nncf`"):
-            choose_backend(BuildOptions(backend="openvino", precision=precision))
+            resolve_build(BuildOptions(backend="openvino", precision=precision))
 
 
 def test_w8a8_is_refused_where_it_is_not_built():
     with pytest.raises(InputError, match="--precision w8a8 is for --backend openvino"):
-        choose_backend(BuildOptions(backend="onnxruntime", precision=Precision.W8A8))
+        resolve_build(BuildOptions(backend="onnxruntime", precision=Precision.W8A8))
     with pytest.raises(InputError, match="not w8a8; use --precision fp16"):
         OpenVinoGpuBackend().check_precision(Precision.W8A8)
 
@@ -74,7 +74,7 @@ def test_the_unet_is_int8_and_the_rest_float(w8a8_dir):
     rest = float_precision(cpu_flags())
     precisions = {name: r.precision for name, r in manifest.components.items()}
     assert precisions == {
-        "text_encoder": rest, "unet": Precision.W8A8, "vae_decoder": Precision.FP32,
+        "text_encoder": rest, "unet": Precision.W8A8, "vae_decoder": rest,
     }  # fmt: skip
     unet = manifest.components["unet"]
     assert unet.settings["weights"] == unet.settings["activations"] == "int8"

@@ -70,7 +70,12 @@ def test_guard_without_fp16_is_refused(tmp_path: Path) -> None:
         app, ["build", "tiny", "--output", str(tmp_path / "e"), "--fp16-guard"]
     )
     assert result.exit_code == 1
-    assert result.stderr.strip() == (
+    said = result.stderr.strip()
+    assert said.startswith("error: --fp16-guard checks fp16 graphs; add --precision fp16 ("), said
+    assert "\n" not in said and not (tmp_path / "e").exists()
+    result = CliRunner().invoke(
+        app, ["build", "tiny", "-o", str(tmp_path / "e"), "--precision", "fp32", "--fp16-guard"]
+    )
+    assert result.exit_code == 1 and result.stderr.strip() == (
         "error: --fp16-guard checks fp16 graphs; add --precision fp16 (got fp32)"
     )
-    assert not (tmp_path / "e").exists()

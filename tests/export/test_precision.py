@@ -16,12 +16,26 @@ from sdtrt.tolerances import EXPORT_FP16_RELATIVE
 def test_vae_decoder_stays_fp32_unless_asked():
     assert component_precision("unet", Precision.FP16) is Precision.FP16
     assert component_precision("vae_decoder", Precision.FP16) is Precision.FP32
-    assert component_precision("vae_decoder", Precision.FP16, fp16_vae=True) is Precision.FP16
-    assert component_precision("vae_decoder", Precision.FP32, fp16_vae=True) is Precision.FP32
+    assert component_precision("vae_decoder", Precision.FP16, reduced_vae=True) is Precision.FP16
+    assert component_precision("vae_decoder", Precision.FP32, reduced_vae=True) is Precision.FP32
     for reduced in (Precision.BF16, Precision.INT8):
         assert component_precision("unet", reduced) is reduced
         assert component_precision("vae_decoder", reduced) is Precision.FP32
-        assert component_precision("vae_decoder", reduced, fp16_vae=True) is reduced
+        assert component_precision("vae_decoder", reduced, reduced_vae=True) is reduced
+
+
+def test_vae_follows_bf16_and_w8a8_by_default():
+    for precision, follows in [
+        (Precision.FP16, False),
+        (Precision.INT8, False),
+        (Precision.BF16, True),
+        (Precision.W8A8, True),
+        (Precision.FP32, False),
+    ]:
+        assert BuildOptions(precision=precision).reduced_vae is follows, precision
+        assert BuildOptions(precision=precision, fp16_vae=True).reduced_vae
+        assert not BuildOptions(precision=precision, fp16_vae=False).reduced_vae
+    assert BuildOptions(precision=Precision.FP16, fp16_guard=True, fp16_vae=False).reduced_vae
 
 
 def test_timestep_embedding_is_found(tiny_engine_dir):

@@ -3,7 +3,7 @@
 import pytest
 
 from sdtrt.engine.manifest import read_manifest
-from sdtrt.engine.options import BuildOptions
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import build
 from sdtrt.runtime.pipeline import Pipeline
 
@@ -11,7 +11,11 @@ from sdtrt.runtime.pipeline import Pipeline
 @pytest.mark.slow
 def test_sd15_builds_and_generates(tmp_path):
     options = BuildOptions(
-        min_size=(256, 256), opt_size=(256, 256), max_size=(512, 512), max_batch=1
+        precision=Precision.FP32,
+        min_size=(256, 256),
+        opt_size=(256, 256),
+        max_size=(512, 512),
+        max_batch=1,
     )
     manifest = build("sd15", tmp_path / "sd15", build_options=options)
     assert manifest.model.native_size == (512, 512) and manifest.ranges.size_step == 8

@@ -154,7 +154,7 @@ def test_an_engine_that_does_not_load_falls_back_to_its_export(cuda_engines, tmp
 
 
 def test_cuda_graph_replays_follow_changed_inputs(tiny_model_dir, tiny_engine_dir, tmp_path):
-    options = BuildOptions(backend=BACKEND, static=True, max_batch=1)
+    options = BuildOptions(backend=BACKEND, precision=Precision.FP32, static=True, max_batch=1)
     build(str(tiny_model_dir), tmp_path / "static", ExportOptions(components=("unet",)), options)
     record = read_manifest(tmp_path / "static").components["unet"]
     assert record.settings["cuda_graph"] is True

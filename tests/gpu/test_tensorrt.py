@@ -127,7 +127,7 @@ def static_unet(tiny_model_dir, tmp_path_factory):
     from sdtrt.export.build import ExportOptions, build
 
     output = tmp_path_factory.mktemp("trt-static") / "engines"
-    options = BuildOptions(backend="tensorrt", static=True, max_batch=2)
+    options = BuildOptions(backend="tensorrt", precision=Precision.FP32, static=True, max_batch=2)
     build(str(tiny_model_dir), output, ExportOptions(components=("unet",)), options)
     record = read_manifest(output).components["unet"]
     assert record.settings["cuda_graph"] is True

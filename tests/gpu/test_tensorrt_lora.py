@@ -14,13 +14,13 @@ if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec(
 
 from lora_files import check_switching, two_loras  # noqa: E402
 
-from sdtrt.engine.options import BuildOptions  # noqa: E402
+from sdtrt.engine.options import BuildOptions, Precision  # noqa: E402
 from sdtrt.export.build import ExportOptions, build  # noqa: E402
 from sdtrt.runtime.pipeline import Pipeline  # noqa: E402
 from sdtrt.tolerances import END_TO_END_PSNR_DB  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-TRT = BuildOptions(backend="tensorrt", refittable=True)
+TRT = BuildOptions(backend="tensorrt", precision=Precision.FP32, refittable=True)
 
 
 def test_refit_switches_like_a_merged_build(tiny_model_dir, lora_files, tmp_path):
@@ -33,6 +33,7 @@ def test_refit_switches_like_a_merged_build(tiny_model_dir, lora_files, tmp_path
 def test_an_engine_built_without_refit_says_how_to_rebuild(tiny_model_dir, lora_files, tmp_path):
     from sdtrt.errors import ArtifactError
 
-    build(str(tiny_model_dir), tmp_path / "fixed", build_options=BuildOptions(backend="tensorrt"))
+    fixed = BuildOptions(backend="tensorrt", precision=Precision.FP32)
+    build(str(tiny_model_dir), tmp_path / "fixed", build_options=fixed)
     with Pipeline.load(tmp_path / "fixed") as pipe, pytest.raises(ArtifactError, match="refit"):
         pipe.set_loras([lora_files["kohya"]])

@@ -77,7 +77,7 @@ def test_nan_initial_latents_are_an_input_error(tiny_engine_dir: Path) -> None:
     ("component", "options", "advice"),
     [
         ("unet", {}, "--precision fp16 --fp16-guard"),
-        ("vae_decoder", {"fp16_vae": True}, "rebuild without --fp16-vae"),
+        ("vae_decoder", {"fp16_vae": True}, "rebuild with --fp32-vae"),
         ("vae_decoder", {"fp16_guard": True}, "did not reach this overflow"),
     ],
 )
