@@ -76,6 +76,18 @@ def test_manifest_records_what_the_compiled_model_needs(fp32_dir):
     assert manifest.build_options.backend == "openvino"
 
 
+def test_networks_over_images_are_also_compiled_for_their_optimum_shape(fp32_dir):
+    """Without --static too: the UNet and VAE get a model compiled for one image at the optimum
+    size (the calls most users make), the text encoder none."""
+    components = read_manifest(fp32_dir).components
+    for name in ("unet", "vae_decoder"):
+        record = components[name]
+        optimum = {k: list(p.opt) for k, p in record.io.profile.items()}
+        assert record.settings["static_shapes"] == optimum
+        assert f"{name}/{openvino_engine.STATIC_NAME}" in record.files
+    assert "static_engine" not in components["text_encoder"].settings
+
+
 @pytest.mark.parametrize("scheduler", SCHEDULERS_CHECKED)
 def test_fp32_image_is_diffusers_image(fp32_dir, diffusers_images, scheduler):
     assert_same_image(diffusers_images[scheduler], sdtrt_image(fp32_dir, scheduler))
@@ -189,7 +201,7 @@ def test_rebuild_on_another_cpu_compiles_afresh(fp32_dir, tiny_model_dir, tmp_pa
 def test_a_damaged_blob_is_refused_with_one_line(fp32_dir, tmp_path):
     copy = tmp_path / "engines"
     shutil.copytree(fp32_dir, copy)
-    blob = copy / "vae_decoder" / ENGINE_NAME
+    blob = copy / "text_encoder" / ENGINE_NAME  # imported as the engines load
     blob.write_bytes(bytes(blob.stat().st_size))  # same size, all zeros
     with pytest.raises(ArtifactError, match="could not be loaded.*rebuild the engines") as error:
         Pipeline.load(copy)
