@@ -8,7 +8,7 @@ import functools
 import io
 import queue
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO
@@ -139,10 +139,15 @@ def check_compatible(
 
 
 def compile_with_weights(
-    onnx_path: Path, io: ComponentIO, settings: Mapping[str, Any], weights: Mapping[str, np.ndarray]
+    onnx_path: Path,
+    io: ComponentIO,
+    settings: Mapping[str, Any],
+    weights: Mapping[str, np.ndarray],
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Any:
     """The exported graph compiled as the build compiled it, with `weights` in place of the
-    initializers of those names (LoRA switching): int8 engines have the new weights compressed
+    initializers of those names (LoRA switching): for the build's shape ranges, or for fixed
+    `shapes` (its model for the optimum shape). int8 engines have the new weights compressed
     again. Compiling (and compressing) again is the switch's cost. w8a8 engines are refused:
     their activation scales were calibrated for the built weights."""
     if settings.get("activations") == "int8":
@@ -165,6 +170,8 @@ def compile_with_weights(
     model.reshape({name: partial_shape(library, b) for name, b in bounded_shapes(io).items()})
     if settings.get("weights") == "int8":
         model = compress_weights(model)
+    if shapes is not None:  # compressed first, as the build did
+        model.reshape({name: library.PartialShape(list(shape)) for name, shape in shapes.items()})
     return shared_core().compile_model(
         model, str(settings.get("device", CPU)), compile_config(settings)
     )
@@ -212,9 +219,10 @@ class _Imported:
 
 
 class OpenVinoEngine(Engine):
-    """A compiled OpenVINO model behind the Engine interface; with a `--static` build, calls at
-    the optimum shapes run on the static blob and the main one is imported on first need.
-    `compiled` gives an already compiled model (LoRA switching) in place of the blobs."""
+    """A compiled OpenVINO model behind the Engine interface; where the build compiled one for
+    the optimum shapes, calls of those shapes run on it and the main one is imported on first
+    need. `compile` (LoRA switching) compiles them afresh, for the given shapes or the build's
+    ranges (None), in place of importing the blobs."""
 
     def __init__(
         self,
@@ -222,24 +230,26 @@ class OpenVinoEngine(Engine):
         path: Path,
         io: ComponentIO,
         settings: Mapping[str, Any],
-        compiled: Any = None,
+        compile: Callable[[Mapping[str, Sequence[int]] | None], Any] | None = None,
     ) -> None:
         super().__init__(name, io)
         self._output_names = [t.name for t in io.outputs]
         self._path, self._settings = path, settings
+        self._compile = compile
         self._main: _Imported | None = None
         self._static: _Imported | None = None
-        self._static_shapes: dict[str, tuple[int, ...]] = {}
+        self._static_shapes: dict[str, tuple[int, ...]] = {
+            k: tuple(v) for k, v in settings.get("static_shapes", {}).items()
+        }
         self._importing = threading.Lock()
-        if compiled is not None:
-            self._main = _Imported(compiled)
-        elif settings.get("static_engine"):
-            self._static = _Imported.load(path.parent / settings["static_engine"], settings)
-            self._static_shapes = {
-                k: tuple(v) for k, v in settings.get("static_shapes", {}).items()
-            }
+        if settings.get("static_engine"):
+            self._static = (
+                _Imported.load(path.parent / settings["static_engine"], settings)
+                if compile is None
+                else _Imported(compile(self._static_shapes))
+            )
         else:
-            self._main = _Imported.load(path, settings)
+            self._main_model()
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         static = self._static is not None and all(
@@ -253,7 +263,11 @@ class OpenVinoEngine(Engine):
     def _main_model(self) -> _Imported:
         with self._importing:
             if self._main is None:
-                self._main = _Imported.load(self._path, self._settings)
+                self._main = (
+                    _Imported.load(self._path, self._settings)
+                    if self._compile is None
+                    else _Imported(self._compile(None))
+                )
             return self._main
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from helpers import assert_same_image, psnr
 from prompt_corpus import corpus
 from transformers import CLIPTokenizer
 
+from sdtrt.engine.options import BuildOptions, Precision
 from sdtrt.export.build import build
 from sdtrt.export.clip_vocab import END, real_clip_merges
 from sdtrt.export.presets import TINY, write_model
@@ -19,6 +20,7 @@ from sdtrt.runtime.tokenizer import PromptTokenizer
 from sdtrt.tolerances import END_TO_END_PSNR_DB
 
 PADDING = {"sd1": END, "sd2": "!"}  # SD 2.x pads with "!", id 0
+FP32 = Precision.FP32  # images held to fp32's bound
 
 
 @pytest.fixture(scope="session", params=sorted(PADDING))
@@ -32,7 +34,7 @@ def real_vocab_model(request, tmp_path_factory):
     )
     root = tmp_path_factory.mktemp(preset.name)
     write_model(preset, root / "model")
-    build(str(root / "model"), root / "engines")
+    build(str(root / "model"), root / "engines", build_options=BuildOptions(precision=FP32))
     return request.param, root / "model", root / "engines"
 
 
