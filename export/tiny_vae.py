@@ -20,9 +20,6 @@ from sdtrt.engine.manifest import TinyVaeInfo
 from sdtrt.errors import InputError, ModelSourceError, first_line
 from sdtrt.export.sources import HUB_ID, digest_files
 
-TINY_VAE_DECODER = "tiny_vae_decoder"
-TINY_VAE_ENCODER = "tiny_vae_encoder"
-TINY_VAE_COMPONENTS = (TINY_VAE_DECODER, TINY_VAE_ENCODER)
 CLASS_NAME = "AutoencoderTiny"
 HUB_PATTERNS = ["config.json", "*.safetensors"]
 

@@ -228,7 +228,7 @@ class OpenVinoBackend:
             # The export compiled again as the build compiled it, with those constants
             # replaced (int8 engines: compressed again): a switch's cost is that compile, for
             # the optimum shapes where the build compiled those (the other ranges on need).
-            compile = functools.partial(compile_with_weights, portable, io, settings, weights)
-            return OpenVinoEngine(name, path, io, settings, compile)
+            recompile = functools.partial(compile_with_weights, portable, io, settings, weights)
+            return OpenVinoEngine(name, path, io, settings, recompile)
         check_compatible(path, settings, self.version(), cpu_flags())
         return OpenVinoEngine(name, path, io, settings)

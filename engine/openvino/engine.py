@@ -221,8 +221,8 @@ class _Imported:
 class OpenVinoEngine(Engine):
     """A compiled OpenVINO model behind the Engine interface; where the build compiled one for
     the optimum shapes, calls of those shapes run on it and the main one is imported on first
-    need. `compile` (LoRA switching) compiles them afresh, for the given shapes or the build's
-    ranges (None), in place of importing the blobs."""
+    need. `recompile` (LoRA switching) compiles them afresh, for the given shapes or the
+    build's ranges (None), in place of importing the blobs."""
 
     def __init__(
         self,
@@ -230,12 +230,12 @@ class OpenVinoEngine(Engine):
         path: Path,
         io: ComponentIO,
         settings: Mapping[str, Any],
-        compile: Callable[[Mapping[str, Sequence[int]] | None], Any] | None = None,
+        recompile: Callable[[Mapping[str, Sequence[int]] | None], Any] | None = None,
     ) -> None:
         super().__init__(name, io)
         self._output_names = [t.name for t in io.outputs]
         self._path, self._settings = path, settings
-        self._compile = compile
+        self._recompile = recompile
         self._main: _Imported | None = None
         self._static: _Imported | None = None
         self._static_shapes: dict[str, tuple[int, ...]] = {
@@ -245,8 +245,8 @@ class OpenVinoEngine(Engine):
         if settings.get("static_engine"):
             self._static = (
                 _Imported.load(path.parent / settings["static_engine"], settings)
-                if compile is None
-                else _Imported(compile(self._static_shapes))
+                if recompile is None
+                else _Imported(recompile(self._static_shapes))
             )
         else:
             self._main_model()
@@ -265,8 +265,8 @@ class OpenVinoEngine(Engine):
             if self._main is None:
                 self._main = (
                     _Imported.load(self._path, self._settings)
-                    if self._compile is None
-                    else _Imported(self._compile(None))
+                    if self._recompile is None
+                    else _Imported(self._recompile(None))
                 )
             return self._main
 
