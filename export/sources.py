@@ -65,16 +65,20 @@ def describe_model_ref(ref: str) -> Literal["folder", "preset", "hub", "file"]:
     )
 
 
-def _download(hub_id: str) -> Path:
+def download(
+    hub_id: str, patterns: list[str] = HUB_PATTERNS, local: str = "a local diffusers folder"
+) -> Path:
+    """The files of `hub_id` that match `patterns`, fetched (or from the cache); `local` names
+    what to pass instead when that fails."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
     except Exception as error:  # offline, missing repo, gated repo: all end the same way
         reason = type(error).__name__
         raise ModelSourceError(
             f"cannot fetch '{hub_id}' from the Hugging Face Hub ({reason}); "
-            "check the id and your connection, or pass a local diffusers folder"
+            f"check the id and your connection, or pass {local}"
         ) from error
 
 
@@ -99,7 +103,7 @@ def open_source(ref: str, allow_pickle: bool = False) -> Iterator[ModelFolder]:
             write_preset(ref, folder)
             yield ModelFolder(path=folder, kind=kind, ref=ref, name=ref)
     else:
-        yield ModelFolder(path=_download(ref), kind=kind, ref=ref, name=ref)
+        yield ModelFolder(path=download(ref), kind=kind, ref=ref, name=ref)
 
 
 def check_no_pickles(folder: Path, allow_pickle: bool) -> None:

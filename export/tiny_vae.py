@@ -18,7 +18,7 @@ from typing import Any
 
 from sdtrt.engine.manifest import TinyVaeInfo
 from sdtrt.errors import InputError, ModelSourceError, first_line
-from sdtrt.export.sources import HUB_ID, digest_files
+from sdtrt.export.sources import HUB_ID, digest_files, download
 
 CLASS_NAME = "AutoencoderTiny"
 HUB_PATTERNS = ["config.json", "*.safetensors"]
@@ -40,7 +40,7 @@ def open_tiny_vae(ref: str) -> Iterator[Path]:
             write_preset(ref, folder)
             yield folder
     elif HUB_ID.fullmatch(ref):
-        yield _checked(_download(ref))
+        yield _checked(download(ref, HUB_PATTERNS, "a local AutoencoderTiny folder"))
     else:
         raise ModelSourceError(
             f"unknown tiny VAE '{ref}': not an existing folder, not a preset "
@@ -67,18 +67,6 @@ def _checked(folder: Path) -> Path:
             f"{folder} has no .safetensors weights; convert its weights to safetensors"
         )
     return folder
-
-
-def _download(hub_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS))
-    except Exception as error:  # offline, missing repo, gated repo: all end the same way
-        raise ModelSourceError(
-            f"cannot fetch '{hub_id}' from the Hugging Face Hub ({type(error).__name__}); "
-            "check the id and your connection, or pass a local AutoencoderTiny folder"
-        ) from error
 
 
 def load_tiny_vae(folder: Path) -> Any:

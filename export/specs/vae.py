@@ -113,34 +113,21 @@ class TinyVaeDecoderSpec(VaeDecoderSpec):
     name = "tiny_vae_decoder"
 
 
-class TinyVaeEncoderSpec(_VaeSpec):
+class TinyVaeEncoderSpec(VaeEncoderSpec):
     """A tiny VAE's encoder: an image in [-1, 1] to its latents, unscaled (no distribution)."""
 
     name = "tiny_vae_encoder"
 
     def __init__(self, vae: Any, vae_scale_factor: int) -> None:
-        self.vae = vae
-        self.vae_scale_factor = vae_scale_factor
-        config = vae.config
-        self.inputs = (
-            TensorSpec(
-                name="image",
-                dtype="float32",
-                shape=("batch", int(config.in_channels), "height", "width"),
-            ),
-        )
+        super().__init__(vae, vae_scale_factor)
+        channels = int(vae.config.latent_channels)
         self.outputs = (
             TensorSpec(
                 name="latents",
                 dtype="float32",
-                shape=("batch", int(config.latent_channels), "latent_height", "latent_width"),
+                shape=("batch", channels, "latent_height", "latent_width"),
             ),
         )
 
     def module(self) -> torch.nn.Module:
         return Wrapper(self.vae, lambda m, image: m.encode(image).latents)
-
-    def sample_inputs(self, point: Point, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        channels = int(self.inputs[0].shape[1])
-        shape = (point["batch"], channels, point["height"], point["width"])
-        return {"image": rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)}

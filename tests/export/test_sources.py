@@ -2,7 +2,7 @@ import pytest
 
 from sdtrt.errors import InputError, ModelSourceError
 from sdtrt.export.presets import write_preset
-from sdtrt.export.sources import _download, describe_model_ref, digest_files
+from sdtrt.export.sources import describe_model_ref, digest_files, download
 
 
 def test_what_a_model_reference_names(tiny_model_dir, tmp_path, monkeypatch):
@@ -29,7 +29,7 @@ def test_offline_hub_id_says_to_pass_a_folder(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelSourceError) as error:
-        _download("someone/some-model")
+        download("someone/some-model")
     assert "cannot fetch 'someone/some-model'" in str(error.value)
     assert "pass a local diffusers folder" in str(error.value)
 
