@@ -30,17 +30,19 @@ def bench_tables(report: BenchReport) -> list[Table]:
         f"{report.model['name']}: {report.height}x{report.width}, {report.options.steps} steps "
         f"({report.unet_calls} UNet calls), {report.scheduler}, batch {report.options.batch}"
     )
-    latency = _latency_table(
-        title,
-        [
-            ("tokenize", stages["tokenize"]),
-            ("text encoder", stages["text_encoder"]),
-            ("unet, per call", stages["unet_step"]),
-            ("host work, per call", stages["host_step"]),
-            ("vae decoder", stages["vae_decoder"]),
-            ("end to end", stages["end_to_end"]),
-        ],
-    )
+    rows = [
+        ("tokenize", stages["tokenize"]),
+        ("text encoder", stages["text_encoder"]),
+        ("unet, per call", stages["unet_step"]),
+        ("host work, per call", stages["host_step"]),
+        ("vae decoder", stages["vae_decoder"]),
+        ("end to end", stages["end_to_end"]),
+    ]
+    if "controlnet_step" in stages:
+        rows.insert(
+            3, (f"controlnet {report.options.controlnet}, per call", stages["controlnet_step"])
+        )
+    latency = _latency_table(title, rows)
     summary = Table(title="run", show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")

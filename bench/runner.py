@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from sdtrt.bench.machine import gpus, machine_info, peak_rss_mib
@@ -37,6 +39,8 @@ class BenchOptions(BaseModel):
     warmup: int = 1
     runs: int = 5
     seed: int = 0
+    # A ControlNet of the engines to run at every step, with a hint made up here.
+    controlnet: str | None = None
 
     def check(self) -> None:
         if self.runs < 1 or self.warmup < 0:
@@ -91,9 +95,10 @@ def measure_import_seconds() -> float | None:
 
 
 def stage_latencies(results: list[GenerationOutput]) -> dict[str, Latency]:
-    """Per-stage summaries; per-step stages pool every step of every run."""
+    """Per-stage summaries; per-step stages pool every step of every run (the ControlNets',
+    where they ran)."""
     timings = [r.timings for r in results]
-    return {
+    stages = {
         "tokenize": Latency.of([t.tokenize for t in timings]),
         "text_encoder": Latency.of([t.text_encoder for t in timings]),
         "unet_step": Latency.of([s for t in timings for s in t.unet]),
@@ -101,6 +106,16 @@ def stage_latencies(results: list[GenerationOutput]) -> dict[str, Latency]:
         "vae_decoder": Latency.of([t.vae_decoder for t in timings]),
         "end_to_end": Latency.of([t.total for t in timings]),
     }
+    if any(r.controls is not None for r in results):
+        stages["controlnet_step"] = Latency.of([s for t in timings for s in t.controlnet])
+    return stages
+
+
+def hint_image(height: int, width: int) -> Image.Image:
+    """A made-up ControlNet hint: white lines on black, as an edge map is."""
+    y, x = np.mgrid[0:height, 0:width]
+    lines = (x % 32 < 2) | (y % 48 < 2) | ((x + y) % 64 < 2)
+    return Image.fromarray((lines * 255).astype(np.uint8)).convert("RGB")
 
 
 def run_bench(
@@ -113,6 +128,10 @@ def run_bench(
     load_seconds = time.perf_counter() - started
     with pipe:
         arguments = options.call_arguments()
+        if options.controlnet is not None:
+            native = pipe.manifest.model.native_size
+            size = (options.height or native[0], options.width or native[1])
+            arguments.update(controlnet=options.controlnet, control_image=hint_image(*size))
         for i in range(options.warmup):
             progress(f"warm-up {i + 1}/{options.warmup}")
             pipe(**arguments)

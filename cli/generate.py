@@ -164,6 +164,26 @@ def run(
             "--tiny-vae`, faster and less detailed (with --refiner: both have one)."
         ),
     ] = "full",
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=HINT.png[:SCALE]: guide the image with ControlNet NAME (built with "
+            "`sdtrt build --controlnet`) and a hint image, at SCALE (1 by default); repeatable."
+        ),
+    ] = None,
+    control_start: Annotated[
+        float, typer.Option(help="The fraction of the steps after which the ControlNets act.")
+    ] = 0.0,
+    control_end: Annotated[
+        float, typer.Option(help="The fraction of the steps after which they stop.")
+    ] = 1.0,
+    guess_mode: Annotated[
+        bool,
+        typer.Option(
+            help="ControlNets on the prompt's rows only, deep blocks weighted most: the hint "
+            "guides even without a prompt."
+        ),
+    ] = False,
 ) -> None:
     """Generate images from a prompt with the engines in DIRECTORY (from --image too)."""
     with user_errors():
@@ -178,6 +198,19 @@ def run(
             raise InputError("--mask needs --image: the image to inpaint")
         if refiner is not None and not 0 < refiner_start < 1:
             raise InputError(f"--refiner-start must be between 0 and 1, got {refiner_start}")
+        controls = [parse_control_arg(text) for text in control or []]
+        if not controls and (control_start, control_end, guess_mode) != (0.0, 1.0, False):
+            raise InputError("--control-start, --control-end and --guess-mode need --control")
+        controlled: dict[str, Any] = {}
+        if controls:
+            controlled = {
+                "controlnet": [name for name, _, _ in controls],
+                "control_image": [hint for _, hint, _ in controls],
+                "controlnet_conditioning_scale": [scale for _, _, scale in controls],
+                "control_guidance_start": control_start,
+                "control_guidance_end": control_end,
+                "guess_mode": guess_mode,
+            }
 
         def generate(pipe: Pipeline, what: str, seed: int | None, **task: Any) -> GenerationOutput:
             """One call with the command's prompt settings; `task` says what it starts from."""
@@ -224,6 +257,7 @@ def run(
                 strength=strength,
                 padding_mask_crop=padding_mask_crop,
                 **handoff,
+                **controlled,
             )
             if second is not None:  # the base model's latents, finished by the refiner
                 refined = generate(
@@ -242,6 +276,7 @@ def run(
                     index,
                     loras=", ".join(source.describe() for source in loras),
                     strength=result.strength,  # set for a call made from an input image
+                    controls=result.controls,
                 )
                 try:
                     save_png(image, path, parameters_text(prompt, negative, settings))  # type: ignore[arg-type]
@@ -253,6 +288,20 @@ def run(
         else:
             out.print(timing_table(result, "base model timings"))
             out.print(timing_table(refined, "refiner timings"))
+
+
+def parse_control_arg(text: str) -> tuple[str, Path, float]:
+    """NAME=HINT[:SCALE] as (name, hint file, scale)."""
+    name, sign, rest = text.partition("=")
+    if not sign or not name or not rest:
+        raise InputError(f"--control takes NAME=HINT.png[:SCALE], got {text!r}")
+    hint, colon, scale = rest.rpartition(":")
+    if colon and hint:
+        try:
+            return name, Path(hint), float(scale)
+        except ValueError:
+            pass  # a colon of the path (C:\...), not a scale
+    return name, Path(rest), 1.0
 
 
 @contextmanager

@@ -34,7 +34,9 @@ def preset(
         typer.Argument(
             help="Preset name: tiny, tiny-inpaint, tiny-v, tiny-turbo, tiny-lcm, tiny-sdxl, "
             "tiny-sdxl-refiner, tiny-sdxl-inpaint, tiny-sdxl-turbo, tiny-sd3, tiny-sd3-turbo, "
-            "sd15, sdxl or sd35-medium; tiny VAEs (for --tiny-vae): taesd, tiny-taesd."
+            "sd15, sdxl or sd35-medium; tiny VAEs (for --tiny-vae): taesd, tiny-taesd; "
+            "ControlNets (for --controlnet): tiny-controlnet, tiny-controlnet-2, "
+            "tiny-sdxl-controlnet, sd15-controlnet, sdxl-controlnet."
         ),
     ],
     directory: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
@@ -161,6 +163,15 @@ def build(
             "tiny-taesd)."
         ),
     ] = None,
+    controlnet: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A ControlNet to build beside the model (`sdtrt run --control NAME=HINT.png`), "
+            "named after its folder: a ControlNetModel folder or hub id, or a preset "
+            "(tiny-controlnet, tiny-controlnet-2, tiny-sdxl-controlnet, sd15-controlnet, "
+            "sdxl-controlnet); repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Export a model to ONNX, build engines and check them against PyTorch."""
     with user_errors():
@@ -189,6 +200,7 @@ def build(
             loras=tuple(parse_lora_arg(text) for text in lora or []),
             allow_pickle=allow_pickle,
             tiny_vae=tiny_vae,
+            controlnets=tuple(controlnet or ()),
         )
         if components:
             export_options = export_options.model_copy(

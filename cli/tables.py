@@ -86,6 +86,9 @@ def timing_table(result: GenerationOutput, title: str = "timings", denoiser: str
     ]
     if result.strength is not None:  # an input image was prepared and VAE-encoded
         rows.insert(2, ("image + vae encoder", timings.image_encode, None))
+    if any(timings.controlnet):  # the ControlNets (per step: over every step, acting or not)
+        spent = sum(timings.controlnet)
+        rows.insert(-3, (f"controlnets x {steps}", spent, spent / steps))
     for stage, seconds, per_step in rows:
         table.add_row(
             stage, f"{seconds * 1e3:.1f}", "" if per_step is None else f"{per_step * 1e3:.2f}"

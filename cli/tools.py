@@ -50,6 +50,10 @@ def bench(
         bool,
         typer.Option(help="With --compare: include torch.compile (compiling takes minutes)."),
     ] = True,
+    controlnet: Annotated[
+        str | None,
+        typer.Option(help="Run this ControlNet of the engines at every step, on a made-up hint."),
+    ] = None,
 ) -> None:
     """Measure latency per stage, end to end, images/s and memory; --compare adds references."""
     with user_errors():
@@ -64,7 +68,10 @@ def bench(
             scheduler=scheduler,
             warmup=warmup,
             runs=runs,
+            controlnet=controlnet,
         )
+        if compare and controlnet is not None:
+            raise InputError("--compare measures the model alone; leave out --controlnet")
         with console.status("benchmarking") as status:
             if compare:
                 from sdtrt.bench.compare import compare as run_compare

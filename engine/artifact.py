@@ -68,6 +68,18 @@ def _files_intact(root: Path, record: ComponentRecord) -> bool:
     )
 
 
+def _remove_all_but(folder: Path, kept: list[Path]) -> None:
+    """Remove what `folder` holds besides the `kept` folders (relative to it, and whatever
+    they hold): networks a build no longer has, and leftovers of interrupted ones."""
+    here = {path.parts[0] for path in kept if path.parts}
+    for entry in folder.iterdir():
+        if entry.name not in here:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        elif Path(entry.name) not in kept:  # a group of networks (controlnet/): look inside
+            inside = [Path(*path.parts[1:]) for path in kept if path.parts[0] == entry.name]
+            _remove_all_but(entry, inside)
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -135,7 +147,7 @@ class ArtifactWriter:
         path = self.staging / name
         if path.exists():
             shutil.rmtree(path)
-        path.mkdir()
+        path.mkdir(parents=True)  # grouped networks sit a folder deeper (controlnet/<name>)
         return path
 
     def reuse(self, name: str, build_key: str) -> ComponentRecord | None:
@@ -170,10 +182,10 @@ class ArtifactWriter:
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest last, then swap the staged directory into place."""
         files = (*manifest.text_encoders.values(), manifest.scheduler_config)
-        keep = set(manifest.components) | {Path(relative).parts[0] for relative in files}
-        for entry in self.staging.iterdir():
-            if entry.name not in keep:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        _remove_all_but(
+            self.staging,
+            [*(Path(name) for name in manifest.components), *(Path(f).parent for f in files)],
+        )
         for relative in files:
             fsync_path(self.staging / relative)
         write_json(self.staging / MANIFEST_NAME, manifest.model_dump(mode="json"))

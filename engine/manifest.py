@@ -95,6 +95,14 @@ class TinyVaeInfo(_Frozen):
     digest: str
 
 
+class ControlNetInfo(_Frozen):
+    """A ControlNet built beside the model (`--controlnet`), as the network
+    `controlnet/<name>`, and the digest of its files."""
+
+    name: str
+    digest: str
+
+
 class ModelInfo(_Frozen):
     """What the runtime needs to know of the model beyond its networks."""
 
@@ -123,6 +131,10 @@ class ModelInfo(_Frozen):
     # its name says: those are its defaults.
     few_step: bool = False
     tiny_vae: TinyVaeInfo | None = None  # built with --tiny-vae
+    controlnets: tuple[ControlNetInfo, ...] = ()  # built with --controlnet, in that order
+    # The UNet's `downsample_padding`, which sizes the ControlNet residuals of odd latent sizes
+    # (engine/residuals.py).
+    downsample_padding: int = 1
 
 
 class SourceInfo(_Frozen):

@@ -136,3 +136,5 @@ class ExportOptions(BaseModel):
     allow_pickle: bool = False
     # An AutoencoderTiny (folder, hub id or tiny VAE preset) built beside the model's own VAE.
     tiny_vae: str | None = None
+    # ControlNets (folders, hub ids or ControlNet presets) built beside the model, in order.
+    controlnets: tuple[str, ...] = ()

@@ -16,17 +16,28 @@ from sdtrt.engine.layout import SCHEDULER_FILE, TOKENIZER_FILE_NAME
 from sdtrt.engine.manifest import FORMAT_VERSION, Manifest, SourceInfo
 from sdtrt.engine.options import BuildOptions, ExportOptions, Precision
 from sdtrt.engine.ranges import BuildRanges, resolve_ranges
-from sdtrt.engine.weights.lora import LORA_COMPONENTS
+from sdtrt.engine.tensors import TensorSpec
+from sdtrt.engine.weights.lora import lora_components
 from sdtrt.errors import InputError
 from sdtrt.export.calibration import CalibrationSet, calibration_set, check_calibratable
 from sdtrt.export.component_build import ComponentBuild, Progress, build_key
+from sdtrt.export.controlnet import (
+    ControlNetSource,
+    check_fits,
+    controlnet_info,
+    controlnet_spec,
+    open_controlnets,
+)
 from sdtrt.export.families import KNOWN_COMPONENTS, Family, load_family
 from sdtrt.export.lora_merge import loras_digest, merge_loras
 from sdtrt.export.memory import build_memory_needed, release_modules
 from sdtrt.export.precision import stores_fp16_weights
 from sdtrt.export.sources import digest_files, open_source
+from sdtrt.export.specs import UNetSpec
 from sdtrt.export.tiny_vae import (
-    check_fits,
+    check_fits as check_tiny_vae_fits,
+)
+from sdtrt.export.tiny_vae import (
     load_tiny_vae,
     open_tiny_vae,
     tiny_vae_info,
@@ -63,6 +74,7 @@ def build(
     with (
         open_source(model, export_options.allow_pickle) as source,
         _tiny_vae_folder(export_options.tiny_vae) as tiny_folder,
+        open_controlnets(export_options.controlnets) as controlnets,
     ):
         # A build that stores fp16 weights need not hold SD 3's T5-XXL in fp32 (17.7 GiB).
         sixteen_bit = stores_fp16_weights(build_options.precision)
@@ -75,21 +87,35 @@ def build(
         tiny_vae = None
         if tiny_folder is not None:
             tiny_vae = load_tiny_vae(tiny_folder)
-            check_fits(tiny_vae, info.latent_channels, info.vae_scale_factor)
+            check_tiny_vae_fits(tiny_vae, info.latent_channels, info.vae_scale_factor)
             info = info.model_copy(update={"tiny_vae": tiny_vae_info(tiny_vae, tiny_folder)})
+        # The UNet's inputs, which ControlNets take too; read before the UNet may be let go.
+        unet_inputs = _check_controlnets(loaded, components, build_options, controlnets)
+        if controlnets:
+            padding = getattr(loaded.denoiser_module.config, "downsample_padding", 1)
+            info = info.model_copy(
+                update={
+                    "controlnets": tuple(controlnet_info(c) for c in controlnets),
+                    "downsample_padding": int(padding),
+                }
+            )
         ranges = resolve_ranges(
             build_options, info.native_size, loaded.size_step, backend.fixed_shapes
         )
         digests = _digests(loaded, source.path)
         if export_options.loras and not loaded.merges_loras:
             raise InputError(
-                "LoRAs are merged into SD 1.x and 2.x models; SDXL LoRAs are not supported yet"
+                "LoRAs are merged into SD 1.x, 2.x and SDXL models; SD 3 LoRAs are not "
+                "supported yet"
             )
         if export_options.loras:
             merge_loras(loaded, export_options.loras)
             lora_digest = loras_digest(export_options.loras)
             digests.update(
-                {c: build_key({"files": digests[c], "loras": lora_digest}) for c in LORA_COMPONENTS}
+                {
+                    c: build_key({"files": digests[c], "loras": lora_digest})
+                    for c in lora_components(digests)
+                }
             )
         # w8a8 calibrates the denoiser on runs of the whole model: its text encoders and VAE
         # stay loaded until then, and its build depends on every part of the model.
@@ -145,6 +171,8 @@ def build(
             records = {}
             for index, name in enumerate(components):
                 (spec,) = loaded.specs((name,))
+                if controlnets and isinstance(spec, UNetSpec):
+                    spec.take_residuals()
                 sources = [digests[f] for f in loaded.COMPONENT_FOLDERS[name]]
                 if calibrated and name == denoiser:
                     sources = [build_key(digests)]  # calibrated on runs of the whole model
@@ -160,6 +188,12 @@ def build(
             if tiny_vae is not None and info.tiny_vae is not None:
                 for spec in tiny_vae_specs(tiny_vae, info.vae_scale_factor, components):
                     records[spec.name] = job.component(spec, [info.tiny_vae.digest], _keep)
+            for controlnet, built in zip(controlnets, info.controlnets, strict=True):
+                spec = controlnet_spec(
+                    controlnet, unet_inputs, info.vae_scale_factor, info.text_max_length
+                )
+                records[spec.name] = job.component(spec, [built.digest], spec.release)
+                del spec
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 sdtrt_version=__version__,
@@ -179,6 +213,35 @@ def build(
             )
             writer.commit(manifest)
     return manifest
+
+
+def _check_controlnets(
+    loaded: Family,
+    components: tuple[str, ...],
+    options: BuildOptions,
+    controlnets: list[ControlNetSource],
+) -> tuple[TensorSpec, ...]:
+    """The UNet's inputs where ControlNets are built with it, once each is seen to fit; ()
+    without ControlNets."""
+    if not controlnets:
+        return ()
+    if not loaded.takes_controlnets:
+        raise InputError(f"ControlNets are built for SD 1.x, 2.x and SDXL, not {loaded.family}")
+    if loaded.denoiser not in components:
+        raise InputError(
+            "ControlNets are built with the UNet that takes their residuals: add unet to "
+            "--components"
+        )
+    if options.precision is Precision.W8A8:
+        raise InputError(
+            "w8a8 builds calibrate the UNet on runs without ControlNets, so they are not built "
+            "with ControlNets yet; choose --precision bf16, fp16 or fp32"
+        )
+    for controlnet in controlnets:
+        latents = (int(loaded.vae.config.latent_channels), loaded.vae_scale_factor)
+        check_fits(controlnet, loaded.denoiser_module.config, latents)
+    (unet,) = loaded.specs((loaded.denoiser,))
+    return unet.inputs
 
 
 def _keep() -> None:

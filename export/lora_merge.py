@@ -38,8 +38,9 @@ def weight_shapes(modules: dict[str, torch.nn.Module]) -> WeightShapes:
 
 
 def merge_loras(model: Any, sources: Sequence[LoraSource]) -> int:
-    """Add each LoRA's deltas to `model`'s text encoder and UNet in place; the count changed."""
-    modules: dict[str, torch.nn.Module] = {c: getattr(model, c) for c in LORA_COMPONENTS}
+    """Add each LoRA's deltas to `model`'s text encoders and UNet in place; the count changed."""
+    loaded = [c for c in LORA_COMPONENTS if getattr(model, c, None) is not None]
+    modules: dict[str, torch.nn.Module] = {c: getattr(model, c) for c in loaded}
     parameters = {c: dict(m.named_parameters()) for c, m in modules.items()}
     changed = 0
     with torch.no_grad():
@@ -97,7 +98,9 @@ def write_lora_map(digests: WeightDigests, onnx_path: Path, out_path: Path) -> N
     (fp16 graphs round weights as torch's `.half()` does; an exporter that folds renames a
     transposed weight), so initializers are matched by value: a weight maps to the one
     initializer equal to it, or to its transpose, in the graph's own dtype. A weight with no
-    single match is left out, and a LoRA that touches it must be merged at build time instead.
+    single match is left out, and a LoRA that touches it must be merged at build time instead;
+    a weight with no match at all is marked unused (SDXL's first text encoder ends a layer
+    early, and the export drops the last), and a LoRA's change to it is moot.
     The graph's weights are read one at a time.
     """
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
@@ -113,6 +116,8 @@ def write_lora_map(digests: WeightDigests, onnx_path: Path, out_path: Path) -> N
         matches = [(n, transposed) for d, transposed in candidates for n in by_value.get(d, [])]
         initializer, transposed = matches[0] if len(set(matches)) == 1 else (None, False)
         weights[name] = {"initializer": initializer, "transposed": transposed, "shape": list(shape)}
+        if not matches:  # in no form anywhere in the graph: a layer the outputs do not use
+            weights[name]["unused"] = True
     # An initializer two weights claim (equal values) cannot be re-weighted for one of them.
     claims = Counter(w["initializer"] for w in weights.values() if w["initializer"])
     for entry in weights.values():

@@ -13,6 +13,7 @@ import numpy as np
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest
+from sdtrt.runtime.controlnet import ControlRun
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.noise import NoiseSource
 from sdtrt.runtime.numerics import check_step
@@ -40,6 +41,7 @@ def denoise(
     step_callback: StepCallback | None = None,
     denoising_end: float | None = None,
     skip_guidance: SkipLayerGuidance | None = None,
+    control: ControlRun | None = None,
 ) -> np.ndarray:
     """The latents after the loop: from the task's start to the end of the schedule, or to
     `denoising_end` of it (SDXL's base model handing over to a refiner)."""
@@ -67,6 +69,9 @@ def denoise(
             np.copyto(half[:, channels:], extra)
     timestep = np.empty((model_input.shape[0],), dtype=np.float32)
     feeds = {"sample": model_input, "timestep": timestep, **conditioning}  # filled in place
+    if control is not None:  # zeros until a ControlNet acts
+        feeds.update(control.zeros)
+    steps_run = len(timesteps) - begins.begin  # what a ControlNet's start and end are parts of
     for i in range(begins.begin, end):
         t = timesteps[i]
         mark = time.perf_counter()
@@ -74,6 +79,14 @@ def denoise(
         for half in np.split(model_input, rows):
             np.copyto(half[:, :channels], scaled)
         timestep.fill(t)
+        controlled = 0.0  # seconds in the ControlNets this step
+        if control is not None and control.units:
+            controlled = time.perf_counter()
+            latent_input = model_input[:, :channels]  # not an inpainting UNet's mask channels
+            step = i - begins.begin
+            feeds.update(control.residuals(step, steps_run, latent_input, timestep))
+            controlled = time.perf_counter() - controlled
+            timings.controlnet.append(controlled)
         called = time.perf_counter()
         prediction = denoiser.infer(feeds)["noise_pred"]
         answered = time.perf_counter()
@@ -92,7 +105,7 @@ def denoise(
         latents = task.blend(latents, scheduler, plan, i)
         check_step(latents, i, end, manifest)
         timings.unet.append(answered - called)
-        timings.scheduler.append(time.perf_counter() - mark - (answered - called))
+        timings.scheduler.append(time.perf_counter() - mark - (answered - called) - controlled)
         if step_callback is not None:
             step_callback(i - begins.begin, end - begins.begin)
     return latents

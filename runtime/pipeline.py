@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -19,10 +18,11 @@ from PIL import Image
 
 from sdtrt.engine.base import Engine
 from sdtrt.engine.manifest import Manifest, read_manifest
-from sdtrt.engine.weights.lora import LORA_COMPONENTS, LoraSource, as_lora_source
+from sdtrt.engine.weights.lora import LoraSource, as_lora_source, lora_components
 from sdtrt.engine.weights.switch import load_with_initializers, lora_initializers
 from sdtrt.errors import InputError
 from sdtrt.runtime.arguments import make_request
+from sdtrt.runtime.controlnet import control_run, make_controls
 from sdtrt.runtime.engine_directory import (
     default_scheduler,
     load_engine,
@@ -31,17 +31,18 @@ from sdtrt.runtime.engine_directory import (
 )
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.loop import StepCallback, denoise
-from sdtrt.runtime.noise import NoiseSource, make_noise
-from sdtrt.runtime.numerics import check_image, is_finite
+from sdtrt.runtime.noise import make_noise
+from sdtrt.runtime.numerics import check_image
 from sdtrt.runtime.postprocess import postprocess, to_pil
 from sdtrt.runtime.preprocess import ImageInput
 from sdtrt.runtime.prompt_encoder import PromptEncoder
-from sdtrt.runtime.request import Request, SizeConditioning
+from sdtrt.runtime.request import Controls, GenerationOutput, Request, SizeConditioning
 from sdtrt.runtime.skip_guidance import SkipLayerGuidance, skip_layers
 from sdtrt.runtime.t5 import T5PromptTokenizer
 from sdtrt.runtime.task_setup import (
     ImageInputs,
     TaskSetup,
+    initial_latents,
     load_inputs,
     make_image_task,
     output_size,
@@ -52,20 +53,6 @@ from sdtrt.runtime.tokenizer import PromptTokenizer
 from sdtrt.runtime.vae import DECODERS, ENCODERS, decoder_latents
 
 DECODER = DECODERS["full"]  # needed with the text encoders and the denoiser by most calls
-
-
-@dataclass
-class GenerationOutput:
-    images: list[Image.Image] | np.ndarray
-    request: Request
-    timings: Timings
-    strength: float | None = None  # of an input image; None for text to image
-
-
-def _sizes(**given: Any) -> SizeConditioning | None:
-    """SDXL's micro-conditioning when the call sets any of it; None leaves the defaults."""
-    chosen = {name: value for name, value in given.items() if value is not None}
-    return SizeConditioning(**chosen) if chosen else None
 
 
 class Pipeline:
@@ -154,6 +141,12 @@ class Pipeline:
         skip_layer_guidance_start: float = 0.01,
         skip_layer_guidance_stop: float = 0.2,
         vae: str = "full",
+        control_image: ImageInput | Sequence[ImageInput] | None = None,
+        controlnet: str | Sequence[str] | None = None,
+        controlnet_conditioning_scale: float | Sequence[float] | None = None,
+        control_guidance_start: float | Sequence[float] | None = None,
+        control_guidance_end: float | Sequence[float] | None = None,
+        guess_mode: bool = False,
     ) -> GenerationOutput:
         """Generate images. `latents` is the initial noise, exactly as diffusers' `latents=`.
         Steps and guidance default to those of diffusers' pipeline for the model (50 steps;
@@ -175,6 +168,9 @@ class Pipeline:
         their defaults are 28 steps at guidance 7.0 (image to image and inpainting: 50).
         `vae="tiny"` decodes (and encodes images) with the tiny VAE built beside the model's
         (`sdtrt build --tiny-vae`), as diffusers does with `pipe.vae = AutoencoderTiny(...)`.
+        ControlNets (`sdtrt build --controlnet`) take diffusers' ControlNet pipelines'
+        arguments (`control_image`: a hint per ControlNet; the size defaults to the first's),
+        and `controlnet`: the names of those to use, every built one by default.
         """
         started = time.perf_counter()
         inputs = load_inputs(
@@ -187,6 +183,22 @@ class Pipeline:
         )
         if padding_mask_crop is not None and output_type != "pil":
             raise InputError("padding_mask_crop makes PIL images: leave output_type 'pil'")
+        controls = make_controls(
+            self.manifest.model,
+            control_image,
+            controlnet,
+            controlnet_conditioning_scale,
+            control_guidance_start,
+            control_guidance_end,
+            guess_mode,
+            default_scale=self.family.default_controlnet_scale(
+                "txt2img" if inputs is None else inputs.kind
+            ),
+        )
+        if controls is not None and padding_mask_crop is not None:
+            raise InputError("padding_mask_crop does not take ControlNets yet; leave it unset")
+        if controls is not None and height is None and width is None:
+            height, width = controls.default_size(self.manifest.model.vae_scale_factor)
         height, width = output_size(inputs, self.manifest, height, width)
         if output_type not in ("pil", "np", "latent"):
             raise InputError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
@@ -222,7 +234,7 @@ class Pipeline:
                 skip_layer_guidance_stop,
             ),
             vae=vae,
-            sizes=_sizes(
+            sizes=SizeConditioning.given(
                 original_size=original_size,
                 crops_coords_top_left=crops_coords_top_left,
                 target_size=target_size,
@@ -240,6 +252,7 @@ class Pipeline:
             denoising_start=denoising_start,
             denoising_end=denoising_end,
             started=started,
+            controls=controls,
         )
 
     def run(
@@ -254,17 +267,18 @@ class Pipeline:
         denoising_start: float | None = None,
         denoising_end: float | None = None,
         started: float | None = None,
+        controls: Controls | None = None,
     ) -> GenerationOutput:
         """A call whose request is already made and checked (`make_request`, and `load_inputs`
-        for its images): what the call above runs, and what a server that checked a request
-        when it took it runs without building it again."""
+        for its images; `make_controls` for its ControlNets): what the call above runs, and
+        what a server that checked a request when it took it runs without building it again."""
         started = time.perf_counter() if started is None else started
         self.prompt_encoder.check(request)
         timings = Timings()
         source = make_noise(request.noise, request.seed)
         conditioning = self.prompt_encoder(request, timings)
         if inputs is None:
-            task = Task(self._initial_latents(request, latents, source))
+            task = Task(initial_latents(request, self.manifest.model, latents, source))
         else:
             mark = time.perf_counter()
             given = latents
@@ -273,8 +287,9 @@ class Pipeline:
                 manifest=self.manifest,
                 engines=self._opened(ENCODERS[request.vae]),
                 source=source,
-                draw_latents=lambda: self._initial_latents(request, given, source),
+                draw_latents=lambda: initial_latents(request, self.manifest.model, given, source),
                 latents_given=given is not None,
+                controlled=controls is not None,
             )
             task = make_image_task(inputs, setup, strength, denoising_start)
             timings.image_encode = time.perf_counter() - mark
@@ -294,10 +309,18 @@ class Pipeline:
                 if request.skip_layers is not None and request.guided
                 else None
             ),
+            control=control_run(
+                controls,
+                self._denoiser,
+                request,
+                conditioning,
+                self.manifest.model,
+                lambda name: self._opened(name)[name],
+            ),
         )
         if output_type == "latent":
             timings.total = time.perf_counter() - started
-            return GenerationOutput(latents, request, timings, task.strength)
+            return GenerationOutput(latents, request, timings, task.strength, controls)
         mark = time.perf_counter()
         decoder = DECODERS[request.vae]
         latents = decoder_latents(latents, self.manifest.model, request.vae)
@@ -311,29 +334,7 @@ class Pipeline:
             if task.finish is not None:
                 output = [task.finish(image) for image in output]
         timings.total = time.perf_counter() - started
-        return GenerationOutput(
-            images=output,
-            request=request,
-            timings=timings,
-            strength=task.strength,
-        )
-
-    def _initial_latents(
-        self, request: Request, latents: np.ndarray | None, source: NoiseSource
-    ) -> np.ndarray:
-        model = self.manifest.model
-        f = model.vae_scale_factor
-        shape = (request.batch, model.latent_channels, request.height // f, request.width // f)
-        if latents is None:
-            return source.randn(shape)
-        latents = np.asarray(latents)
-        if latents.shape != shape:
-            raise InputError(
-                f"latents must have shape {shape} for this request, got {latents.shape}"
-            )
-        if not is_finite(latents):
-            raise InputError("latents hold NaN or infinity; pass finite initial noise")
-        return latents.astype(np.float32)
+        return GenerationOutput(output, request, timings, task.strength, controls)
 
     @property
     def _denoiser(self) -> Engine:
@@ -351,19 +352,17 @@ class Pipeline:
     def set_loras(
         self, loras: Sequence[LoraSource | str | Path | tuple[str | Path, float]]
     ) -> None:
-        """Re-weight the text encoder and denoiser with `loras` (files, `(file, scale)` pairs or
-        LoraSource), in place of any set before; `[]` restores the built weights. The engines
-        are replaced between calls: do not switch while another thread generates."""
+        """Re-weight the text encoders and denoiser with `loras` (files, `(file, scale)` pairs
+        or LoraSource), in place of any set before; `[]` restores the built weights. The
+        engines are replaced between calls: do not switch while another thread generates."""
         sources = tuple(as_lora_source(item) for item in loras)
         if not self.family.switches_loras:
-            raise InputError(
-                "LoRAs switch on SD 1.x and 2.x engines; SDXL LoRAs are not supported yet"
-            )
+            raise InputError("LoRAs switch on SD 1.x, 2.x and SDXL engines; not on SD 3 yet")
         records = self.manifest.components
         weights = lora_initializers(self.directory, records, sources) if sources else {}
         fresh: dict[str, Engine] = {}
         try:
-            for name in LORA_COMPONENTS:
+            for name in lora_components(records):
                 fresh[name] = load_with_initializers(
                     self.directory, records[name], weights.get(name, {})
                 )
@@ -374,7 +373,8 @@ class Pipeline:
         for name, engine in fresh.items():
             self.engines[name].close()
             self.engines[name] = engine
-        self.prompt_encoder.conditioners["text_encoder"].encoder = self.engines["text_encoder"]
+            if name in self.prompt_encoder.conditioners:
+                self.prompt_encoder.conditioners[name].encoder = engine
         self.loras = sources
 
     def close(self) -> None:

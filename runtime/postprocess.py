@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdtrt.runtime.request import Request
+from sdtrt.runtime.request import Controls, Request
 
 
 def postprocess(decoded: np.ndarray) -> np.ndarray:
@@ -25,10 +25,17 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
 
 
 def generation_settings(
-    request: Request, model: str, index: int, *, loras: str = "", strength: float | None = None
+    request: Request,
+    model: str,
+    index: int,
+    *,
+    loras: str = "",
+    strength: float | None = None,
+    controls: Controls | None = None,
 ) -> dict[str, object]:
-    """The settings of image `index` of a pipeline call, under the A1111 web UI's keys; `loras`
-    and `strength` (image to image) where the call had them."""
+    """The settings of image `index` of a pipeline call, under the A1111 web UI's keys (its
+    ControlNet extension's for `controls`); `loras`, `strength` (image to image) and
+    `controls` where the call had them."""
     settings: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.scheduler,
@@ -48,8 +55,26 @@ def generation_settings(
         settings["Denoising strength"] = strength
     if request.vae != "full":  # the web UI's key for the VAE an image was decoded with
         settings["VAE"] = request.vae
+    if controls is not None:
+        settings.update(_control_settings(controls))
     if request.batch > 1:
         settings["Batch pos"] = index
+    return settings
+
+
+def _control_settings(controls: Controls) -> dict[str, str]:
+    """Each ControlNet of a call as the A1111 web UI's ControlNet extension writes its units."""
+    settings = {}
+    for number, unit in enumerate(controls.units):
+        described = {
+            "Model": unit.name,
+            "Weight": unit.scale,
+            "Guidance Start": unit.start,
+            "Guidance End": unit.end,
+            "Guess Mode": controls.guess_mode,
+        }
+        text = ", ".join(f"{key}: {value}" for key, value in described.items())
+        settings[f"ControlNet {number}"] = f'"{text}"'
     return settings
 
 

@@ -134,6 +134,17 @@ def preprocess_image(value: Image.Image | np.ndarray, height: int, width: int) -
     return np.ascontiguousarray(np.float32(2.0) * array - np.float32(1.0), dtype=np.float32)
 
 
+def preprocess_hint(value: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:
+    """A ControlNet's hint image as it takes it: (1, 3, height, width) float32 in [0, 1], as
+    diffusers' control image processor makes it (resized as above, not normalised)."""
+    if isinstance(value, Image.Image):
+        resized = value.resize((width, height), resample=Image.Resampling.LANCZOS)
+        pixels = np.array(resized.convert("RGB")).astype(np.float32) / np.float32(255.0)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    array = nearest_resize(_channels_first(value, 3, "control image"), height, width)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def preprocess_mask(value: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:
     """A mask as (1, 1, height, width) float32 of 0 (keep) and 1 (repaint)."""
     if isinstance(value, Image.Image):

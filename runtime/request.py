@@ -4,10 +4,16 @@ runtime/arguments.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from sdtrt.runtime.noise import NoiseKind
+from sdtrt.runtime.preprocess import default_size
 from sdtrt.runtime.prompt_syntax import PromptSyntax
 from sdtrt.runtime.skip_guidance import SkipLayers
+from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.vae import VaeChoice
 
 
@@ -21,6 +27,13 @@ class SizeConditioning:
     target_size: tuple[int, int] | None = None
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+
+    @classmethod
+    def given(cls, **values: Any) -> SizeConditioning | None:
+        """The conditioning a call sets (None: not set), or None where it sets none of it,
+        which leaves the defaults."""
+        chosen = {name: value for name, value in values.items() if value is not None}
+        return cls(**chosen) if chosen else None
 
 
 @dataclass(frozen=True)
@@ -60,3 +73,37 @@ class Request:
         """Classifier-free guidance runs only above 1, as in diffusers, and never for a UNet
         that embeds the guidance scale."""
         return self.guidance_scale > 1.0 and not self.guidance_embedded
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet in a call: its hint image (as given), scale and active fraction."""
+
+    name: str
+    hint: Image.Image | np.ndarray
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class Controls:
+    units: tuple[ControlUnit, ...]
+    guess_mode: bool = False
+
+    def default_size(self, factor: int) -> tuple[int, int]:
+        """The first hint's size rounded down to the VAE factor: the output size diffusers'
+        ControlNet pipelines default to."""
+        return default_size(self.units[0].hint, factor)
+
+
+@dataclass
+class GenerationOutput:
+    """What a pipeline call returns: its images, the request they were made for, and where
+    the time went."""
+
+    images: list[Image.Image] | np.ndarray
+    request: Request
+    timings: Timings
+    strength: float | None = None  # of an input image; None for text to image
+    controls: Controls | None = None  # the ControlNets it used

@@ -148,6 +148,22 @@ def output_size(
     return asked
 
 
+def initial_latents(
+    request: Request, model: ModelInfo, latents: np.ndarray | None, source: NoiseSource
+) -> np.ndarray:
+    """The latents the loop starts from: `latents` as given (checked), or noise drawn now."""
+    f = model.vae_scale_factor
+    shape = (request.batch, model.latent_channels, request.height // f, request.width // f)
+    if latents is None:
+        return source.randn(shape)
+    latents = np.asarray(latents)
+    if latents.shape != shape:
+        raise InputError(f"latents must have shape {shape} for this request, got {latents.shape}")
+    if not is_finite(latents):
+        raise InputError("latents hold NaN or infinity; pass finite initial noise")
+    return latents.astype(np.float32)
+
+
 def denoiser_channels(denoiser: ComponentIO) -> int:
     return int(denoiser.input("sample").shape[1])
 
@@ -163,6 +179,7 @@ class TaskSetup:
     source: NoiseSource
     draw_latents: Callable[[], np.ndarray]  # the caller's latents, or noise drawn now
     latents_given: bool
+    controlled: bool = False  # with ControlNets, whose pipelines have their own defaults
 
     @property
     def model(self) -> ModelInfo:
@@ -256,7 +273,7 @@ def _strength(
     takes its place where given, as in diffusers."""
     family, steps = family_of(setup.model), setup.request.steps
     if strength is None:
-        strength = family.default_strength(setup.model, inputs.kind)
+        strength = family.default_strength(setup.model, inputs.kind, setup.controlled)
     if denoising_start is None:
         check_strength(strength, steps, family.skipped_steps)
     return strength

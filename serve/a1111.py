@@ -23,6 +23,7 @@ from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.families import family_of
 from sdtrt.serve.a1111_dialect import SAMPLERS, SCHEDULE_TYPES, prompt_syntax_for, scheduler_for
+from sdtrt.serve.controlnet_units import a1111_controls
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.loras import take_tags
@@ -206,6 +207,7 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
         task=task,
         loras=request.app.state.loras.sources(weights),
         prompt_syntax=prompt_syntax_for(family, prompt, body.negative_prompt),
+        control=a1111_controls(body.model_extra),
     )
     refiner = body.refiner_checkpoint
     if refiner and refiner != "None":  # A1111's web UI sends "None" for no refiner

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sdtrt import __version__
 from sdtrt.errors import InputError, SdtrtError, debugging, first_line
 from sdtrt.serve.a1111 import a1111_router
+from sdtrt.serve.controlnet_units import controlnet_router
 from sdtrt.serve.errors import NotAccepting, QueueFull, UnknownJob
 from sdtrt.serve.guards import Guard, problem
 from sdtrt.serve.loras import LoraLibrary
@@ -137,5 +138,6 @@ def create_app(served: Service | ModelSet, options: ServeOptions | None = None) 
     app.include_router(v1_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)
+    app.include_router(controlnet_router)
     app.add_middleware(Guard, options=options)
     return app

@@ -13,12 +13,12 @@ from PIL.PngImagePlugin import PngInfo
 from sdtrt.errors import InputError
 from sdtrt.runtime.postprocess import generation_settings, parameters_text
 from sdtrt.runtime.preprocess import decode_image
-from sdtrt.runtime.request import Request
+from sdtrt.runtime.request import Controls, Request
 
 
-def infotext(request: Request, model: str, index: int) -> str:
+def infotext(request: Request, model: str, index: int, controls: Controls | None = None) -> str:
     """The `parameters` text for image `index` of a pipeline call, as `sdtrt run` writes it."""
-    settings = generation_settings(request, model, index)
+    settings = generation_settings(request, model, index, controls=controls)
     return parameters_text(request.prompts[0], request.negative_prompts[0], settings)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sdtrt.engine.weights.lora import LoraSource
-from sdtrt.runtime.request import Request, SizeConditioning
+from sdtrt.runtime.request import Controls, Request, SizeConditioning
 from sdtrt.runtime.task_setup import ImageInputs
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,20 @@ class ImageTask:
     mask: Image.Image | None = None
     strength: float | None = None
     padding_mask_crop: int | None = None
+
+
+@dataclass(frozen=True)
+class ControlArguments:
+    """ControlNets for a job, as diffusers' ControlNet pipelines take them (runtime/controlnet.py
+    checks them against the model): a hint per ControlNet, and per ControlNet a name (None:
+    every built one), a scale (None: the task's default), and where it starts and ends."""
+
+    images: tuple[Image.Image, ...]
+    names: tuple[str, ...] | None = None
+    scales: tuple[float, ...] | None = None
+    starts: tuple[float, ...] | None = None
+    ends: tuple[float, ...] | None = None
+    guess_mode: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class GenerationParams:
     denoising_end: float | None = None
     denoising_start: float | None = None
     latents: list[np.ndarray] | None = None
+    control: ControlArguments | None = None
 
 
 @dataclass
@@ -108,6 +123,7 @@ class Job:
     loras: tuple[LoraSource, ...] = ()
     denoising_start: float | None = None
     denoising_end: float | None = None  # set: the job's result is latents, not images
+    controls: Controls | None = None  # the ControlNets of every call, checked
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     step: int = 0  # denoising steps done, over all calls

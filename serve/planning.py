@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.arguments import MAX_SEED, make_request
+from sdtrt.runtime.controlnet import make_controls
 from sdtrt.runtime.families import family_of
-from sdtrt.runtime.request import Request
+from sdtrt.runtime.request import Controls, Request
 from sdtrt.runtime.skip_guidance import skip_layers
 from sdtrt.runtime.task_setup import ImageInputs, load_inputs, output_size
 from sdtrt.runtime.tasks import check_fraction, check_strength
-from sdtrt.serve.jobs import GenerationParams
+from sdtrt.serve.jobs import ControlArguments, GenerationParams
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Plan:
     calls: list[Request]  # each made and checked once, run as they are
     call_inputs: list[ImageInputs | None]  # per call, the images (or latents) it starts from
     strength: float | None
+    controls: Controls | None = None
 
 
 def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationParams) -> Plan:
@@ -32,7 +34,7 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     task = params.task
     family = family_of(manifest.model)
     if params.loras and not family.switches_loras:
-        raise InputError("LoRAs switch on SD 1.x and 2.x engines; SDXL LoRAs are not supported yet")
+        raise InputError("LoRAs switch on SD 1.x, 2.x and SDXL engines; not on SD 3 yet")
     denoiser = manifest.components[family.denoiser].io
     handed = None  # a refiner's: the base model's latents, one array per call
     if params.latents is not None:
@@ -56,7 +58,11 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     check_fraction(params.denoising_end, "denoising_end")
     if params.denoising_start is not None and inputs is None:
         raise InputError("denoising_start continues from an image or latents")
-    height, width = output_size(inputs, manifest, params.height, params.width)
+    controls = _controls(manifest, params.control, "txt2img" if inputs is None else inputs.kind)
+    height, width = params.height, params.width
+    if controls is not None and height is None and width is None:
+        height, width = controls.default_size(manifest.model.vae_scale_factor)
+    height, width = output_size(inputs, manifest, height, width)
     first = make_request(
         manifest=manifest,
         default_scheduler=default_scheduler,
@@ -83,7 +89,7 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     if task is not None and inputs is not None and params.denoising_start is None:
         chosen = task.strength
         if chosen is None:
-            chosen = family.default_strength(manifest.model, inputs.kind)
+            chosen = family.default_strength(manifest.model, inputs.kind, controls is not None)
         check_strength(chosen, first.steps, family.skipped_steps)
     strength = None if task is None else task.strength
     calls = [first]
@@ -93,4 +99,19 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         calls = [dataclasses.replace(first, seed=first.seed + i) for i in range(params.images)]
     if handed is not None and len(handed) != len(calls):
         raise InputError(f"{len(handed)} latents handed over for {len(calls)} calls")
-    return Plan(calls, handed or [inputs] * len(calls), strength)
+    return Plan(calls, handed or [inputs] * len(calls), strength, controls)
+
+
+def _controls(manifest: Manifest, control: ControlArguments | None, task: str) -> Controls | None:
+    if control is None:
+        return None
+    return make_controls(
+        manifest.model,
+        list(control.images),
+        None if control.names is None else list(control.names),
+        None if control.scales is None else list(control.scales),
+        None if control.starts is None else list(control.starts),
+        None if control.ends is None else list(control.ends),
+        control.guess_mode,
+        default_scale=family_of(manifest.model).default_controlnet_scale(task),
+    )

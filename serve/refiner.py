@@ -42,6 +42,7 @@ async def refined(
         latents=first.result.latents,
         denoising_start=switch_at,
         loras=(),  # a LoRA of the base model is not the refiner's
+        control=None,  # nor are its ControlNets
     )
     second = finisher.submit(handed, owner, deadline_s)
     await wait_or_cancel(request, finisher, second)

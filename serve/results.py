@@ -18,6 +18,7 @@ def stage_seconds(t: Timings) -> dict[str, float]:
         "text_encoder": t.text_encoder,
         "unet": sum(t.unet),
         "scheduler": sum(t.scheduler),
+        **({"controlnet": sum(t.controlnet)} if t.controlnet else {}),  # engines that have one
         "vae_decoder": t.vae_decoder,
         "pipeline": t.total,
     }
@@ -32,7 +33,7 @@ def job_result(outputs: list[GenerationOutput], model: str, timings: dict[str, f
             latents.append(output.images)
             seeds += [request.seed] * len(output.images)
         for index, image in enumerate(output.images if isinstance(output.images, list) else []):
-            text = infotext(request, model, index)
+            text = infotext(request, model, index, output.controls)
             pngs.append(png_bytes(image, text))  # type: ignore[arg-type]
             seeds.append(request.seed)
             texts.append(text)

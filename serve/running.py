@@ -82,4 +82,5 @@ def _call(pipe: Pipeline, job: Job, index: int, call: Request) -> GenerationOutp
         denoising_start=job.denoising_start,
         denoising_end=job.denoising_end,
         step_callback=between_steps,
+        controls=job.controls,
     )

@@ -26,6 +26,22 @@ Seed = Annotated[Int, BeforeValidator(_seed_from_text)]
 Pair = Annotated[tuple[Int, Int], Field(description="Two whole numbers.")]
 
 
+class ControlUnitBody(BaseModel):
+    """A ControlNet of the request, with its hint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Annotated[str, Strict()] = Field(description="The hint image, base64.")
+    controlnet: Annotated[str, Strict()] | None = Field(
+        None, description="Which built ControlNet (name each unit's, or none: every built one)."
+    )
+    scale: Number | None = Field(
+        None, description="Its conditioning scale; diffusers' default for the task if unset."
+    )
+    start: Number = Field(0.0, description="The fraction of the steps after which it acts.")
+    end: Number = Field(1.0, description="The fraction of the steps after which it stops.")
+
+
 class Txt2ImgRequest(BaseModel):
     """The `sdtrt run` command's parameters."""
 
@@ -91,6 +107,14 @@ class Txt2ImgRequest(BaseModel):
         None, description="SDXL: the fraction of the steps the base model takes; 0.8 if unset."
     )
     negative_aesthetic_score: Number | None = Field(None, description="SDXL refiners: 2.5.")
+    control: list[ControlUnitBody] | None = Field(
+        None,
+        description="ControlNets built with the model, one hint each; the size is the "
+        "first hint's if unset.",
+    )
+    guess_mode: Annotated[bool, Strict()] = Field(
+        False, description="The ControlNets on the prompt's rows only, deep blocks weighted most."
+    )
 
 
 class Img2ImgRequest(Txt2ImgRequest):

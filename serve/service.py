@@ -188,6 +188,7 @@ class Service:
                 loras=params.loras,
                 denoising_start=params.denoising_start,
                 denoising_end=params.denoising_end,
+                controls=plan.controls,
             )
             self._history.add(job)
             self._queue.append(job)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sdtrt.errors import InputError
 from sdtrt.runtime.request import SizeConditioning
 from sdtrt.runtime.schedulers import scheduler_names
+from sdtrt.serve.controlnet_units import v1_controls
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
 from sdtrt.serve.options import ServeOptions
@@ -160,8 +161,7 @@ def _sizes(body: Txt2ImgRequest) -> SizeConditioning | None:
         "aesthetic_score",
         "negative_aesthetic_score",
     )
-    given = {name: getattr(body, name) for name in names if getattr(body, name) is not None}
-    return SizeConditioning(**given) if given else None
+    return SizeConditioning.given(**{name: getattr(body, name) for name in names})
 
 
 async def _generate(
@@ -190,6 +190,7 @@ async def _generate(
         ),
         sizes=_sizes(body),
         loras=request.app.state.loras.sources(body.loras or {}),
+        control=v1_controls(body.control, body.guess_mode),
     )
     if body.refiner is not None:
         if not wait:

@@ -118,6 +118,38 @@ def tiny_inpaint_engine_dir(
     return output
 
 
+CONTROLNET_PRESETS = ("tiny-controlnet", "tiny-controlnet-2")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The two tiny ControlNet presets as diffusers folders, by name."""
+    from sdtrt.export.presets import write_preset
+
+    folder = tmp_path_factory.mktemp("controlnets")
+    for name in CONTROLNET_PRESETS:
+        write_preset(name, folder / name)
+    return {name: folder / name for name in CONTROLNET_PRESETS}
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_engine_dir(
+    tiny_model_dir: Path,
+    tiny_controlnet_dirs: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """ONNX Runtime fp32 engines for the tiny model with both tiny ControlNets (named after
+    their presets), default components. Read-only."""
+    from sdtrt.engine.options import BuildOptions, Precision
+    from sdtrt.export.build import ExportOptions, build
+
+    output = tmp_path_factory.mktemp("engines") / "tiny-with-controlnets"
+    refs = tuple(str(tiny_controlnet_dirs[name]) for name in CONTROLNET_PRESETS)
+    options = BuildOptions(backend="onnxruntime", precision=Precision.FP32)
+    build(str(tiny_model_dir), output, ExportOptions(controlnets=refs), options)
+    return output
+
+
 @pytest.fixture(scope="session")
 def preset_build(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """`get(name)` -> (diffusers folder, ONNX Runtime engine directory) of a preset, each

@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 
 from sdtrt.engine.weights.lora import LoraSource
 from sdtrt.engine.weights.safetensors import SafetensorsFile
+from sdtrt.engine.weights.sgm_names import sgm_names
 
 # Module name endings a LoRA of each network changes: attention, feed-forward, the 1x1
 # projections around the transformer and a 3x3 ResNet convolution (LoCon-style).
@@ -23,16 +24,26 @@ WEIGHT_FILES = {
     "unet": "unet/diffusion_pytorch_model.safetensors",
     "text_encoder": "text_encoder/model.safetensors",
 }
+SDXL_WEIGHT_FILES = {**WEIGHT_FILES, "text_encoder_2": "text_encoder_2/model.safetensors"}
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+# kohya's SDXL files: te1/te2, and the UNet's layers under SGM's names.
+SDXL_KOHYA_PREFIXES = {
+    "unet": "lora_unet_",
+    "text_encoder": "lora_te1_",
+    "text_encoder_2": "lora_te2_",
+}
 
 
-def _targets(model_dir: Path, clip_prefix: str = "") -> dict[str, dict[str, tuple[int, ...]]]:
+def _targets(
+    model_dir: Path, clip_prefix: str = "", files: dict[str, str] = WEIGHT_FILES
+) -> dict[str, dict[str, tuple[int, ...]]]:
     """component -> module -> weight shape, for the modules a test LoRA changes; CLIP's layers
     under `clip_prefix` (kohya files say `text_model.`, which transformers 5 no longer has)."""
     found: dict[str, dict[str, tuple[int, ...]]] = {}
-    for component, relative in WEIGHT_FILES.items():
+    for component, relative in files.items():
         endings = UNET_TARGETS if component == "unet" else TEXT_TARGETS
         weights = SafetensorsFile(model_dir / relative)
-        prefix = clip_prefix if component == "text_encoder" else ""
+        prefix = clip_prefix if component != "unet" else ""
         found[component] = {
             prefix + name[: -len(".weight")].removeprefix("text_model."): weights.shape(name)
             for name in weights.keys()
@@ -51,12 +62,13 @@ def _pair(shape: tuple[int, ...], rank: int, rng: np.random.Generator):
 
 
 def write_diffusers_lora(model_dir: Path, path: Path, seed: int, rank: int = 4,
-                         alpha: float | None = None) -> Path:  # fmt: skip
+                         alpha: float | None = None,
+                         files: dict[str, str] = WEIGHT_FILES) -> Path:  # fmt: skip
     """A diffusers/PEFT-layout LoRA (`unet.<m>.lora_A.weight`); `alpha` goes in the metadata
     header as diffusers writes it, else the file means alpha = rank."""
     rng = np.random.default_rng(seed)
     tensors = {}
-    targets = _targets(model_dir)
+    targets = _targets(model_dir, files=files)
     for component, modules in targets.items():
         for module, shape in sorted(modules.items()):
             down, up = _pair(shape, rank, rng)
@@ -73,16 +85,26 @@ def write_diffusers_lora(model_dir: Path, path: Path, seed: int, rank: int = 4,
     return path
 
 
+def _sgm_names(unet_weights: Path) -> dict[str, str]:
+    """SGM's name of each UNet module (from all of them: the layers per block count)."""
+    keys = SafetensorsFile(unet_weights).keys()
+    return sgm_names(k[: -len(".weight")] for k in keys if k.endswith(".weight"))
+
+
 def write_kohya_lora(model_dir: Path, path: Path, seed: int, rank: int = 4,
-                     alpha: float = 2.0, dtype: type = np.float16) -> Path:  # fmt: skip
-    """A kohya-layout LoRA (`lora_unet_<m>.lora_down.weight`, `.alpha`), fp16 as most ship."""
+                     alpha: float = 2.0, dtype: type = np.float16,
+                     sdxl: bool = False) -> Path:  # fmt: skip
+    """A kohya-layout LoRA (`lora_unet_<m>.lora_down.weight`, `.alpha`), fp16 as most ship;
+    `sdxl`: as kohya writes SDXL's (te1/te2, the UNet's layers under SGM's names)."""
     rng = np.random.default_rng(seed)
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    prefixes = SDXL_KOHYA_PREFIXES if sdxl else KOHYA_PREFIXES
+    files = SDXL_WEIGHT_FILES if sdxl else WEIGHT_FILES
     tensors = {}
-    for component, modules in _targets(model_dir, "text_model.").items():
+    for component, modules in _targets(model_dir, "text_model.", files).items():
+        names = _sgm_names(model_dir / files[component]) if sdxl and component == "unet" else {}
         for module, shape in sorted(modules.items()):
             down, up = _pair(shape, rank, rng)
-            name = prefixes[component] + module.replace(".", "_")
+            name = prefixes[component] + names.get(module, module).replace(".", "_")
             tensors[f"{name}.lora_down.weight"] = down.astype(dtype)
             tensors[f"{name}.lora_up.weight"] = up.astype(dtype)
             tensors[f"{name}.alpha"] = np.array(alpha, dtype=np.float32)

@@ -6,9 +6,10 @@ Two layouts are read, both as .safetensors:
   `lora.down` / `lora.up`, `lora_linear_layer.down` / `.up`), prefixed `unet.` or
   `text_encoder.`; alpha from `<module>.alpha` keys or the `lora_adapter_metadata` header that
   diffusers writes, else alpha = rank (scale 1, PEFT's convention);
-- kohya (A1111, ComfyUI, sd-scripts): `lora_unet_<module>` / `lora_te_<module>` with the dots
-  of the diffusers module path written as underscores, `.lora_down.weight`, `.lora_up.weight`
-  and an optional `.alpha`.
+- kohya (A1111, ComfyUI, sd-scripts): `lora_unet_<module>` / `lora_te_<module>` (SDXL:
+  `lora_te1_`, `lora_te2_`) with the dots of the module path written as underscores,
+  `.lora_down.weight`, `.lora_up.weight` and an optional `.alpha`; SDXL's UNet layers under
+  their SGM names (engine/weights/sgm_names.py).
 
 A kohya name is resolved against the model's real module names rather than by string rules, so
 `transformer_blocks` or `to_out_0` come back unambiguous. Each layer adds
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +28,35 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from sdtrt.engine.weights.safetensors import SafetensorsFile
+from sdtrt.engine.weights.sgm_names import sgm_names
 from sdtrt.errors import InputError
 
-# The networks a LoRA can touch, by the prefixes the two layouts give them.
-LORA_COMPONENTS = ("text_encoder", "unet")
-DIFFUSERS_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder"}
-KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder"}
+# The networks a LoRA can touch (those a model has), by the prefixes the two layouts give them.
+LORA_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
+DIFFUSERS_PREFIXES = {
+    "unet.": "unet",
+    "text_encoder.": "text_encoder",
+    "text_encoder_2.": "text_encoder_2",
+}
+KOHYA_PREFIXES = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
 DOWN_SUFFIXES = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
 UP_SUFFIXES = (".lora_B.weight", ".lora.up.weight", ".lora_linear_layer.up.weight")
 KOHYA_DOWN, KOHYA_UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 METADATA_KEY = "lora_adapter_metadata"
 # Adapters that are not a plain low-rank product; merging them as LoRA would be wrong.
-UNSUPPORTED = ("dora_scale", "lora_magnitude_vector", "hada_", "lokr_", "lora_mid", "lora_te2_")
+UNSUPPORTED = ("dora_scale", "lora_magnitude_vector", "hada_", "lokr_", "lora_mid")
+
+
+def lora_components(present: Iterable[str]) -> tuple[str, ...]:
+    """The networks among `present` a LoRA may change, in LORA_COMPONENTS' order."""
+    names = set(present)
+    return tuple(name for name in LORA_COMPONENTS if name in names)
+
 
 # Which weights a LoRA may change: component -> weight name -> shape.
 WeightShapes = Mapping[str, Mapping[str, tuple[int, ...]]]
@@ -152,10 +170,15 @@ def _aliases(module: str) -> tuple[str, ...]:
     return names + tuple(name.replace(".", "_") for name in names)
 
 
-def _alias_table(weights: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
-    """Every name a LoRA may give a weighted module of one component -> the module's path."""
+def _alias_table(weights: Mapping[str, tuple[int, ...]], component: str) -> dict[str, str]:
+    """Every name a LoRA may give a weighted module of one component -> the module's path
+    (a UNet's under SGM's names too, in kohya's underscores)."""
     modules = [name[: -len(".weight")] for name in weights if name.endswith(".weight")]
-    return {alias: module for module in modules for alias in _aliases(module)}
+    table = {alias: module for module in modules for alias in _aliases(module)}
+    if component == "unet":
+        for module, sgm in sgm_names(modules).items():
+            table.setdefault(sgm.replace(".", "_"), module)
+    return table
 
 
 def _split_key(key: str) -> tuple[str, str, str] | None:
@@ -185,19 +208,20 @@ def _diffusers_module(rest: str) -> tuple[str, str] | None:
 def read_lora(source: LoraSource, shapes: WeightShapes) -> list[LoraLayer]:
     """The layers of `source`, each checked against the model's weights in `shapes`."""
     file = SafetensorsFile(source.path)
-    aliases = {component: _alias_table(weights) for component, weights in shapes.items()}
+    aliases = {c: _alias_table(weights, c) for c, weights in shapes.items()}
     parts: dict[tuple[str, str], dict[str, str]] = {}
     for key in file.keys():
         if any(marker in key for marker in UNSUPPORTED):
             raise InputError(
-                f"{source.path.name} holds {key}: a LyCORIS/DoRA/SDXL adapter, which sdtrt "
-                "does not merge; use a plain LoRA for SD 1.x/2.x"
+                f"{source.path.name} holds {key}: a LyCORIS/DoRA adapter, which sdtrt does "
+                "not merge; use a plain LoRA"
             )
         split = _split_key(key)
         if split is None:
             raise InputError(
                 f"{source.path.name} is not a LoRA sdtrt reads (unexpected tensor {key!r}); "
-                "expected diffusers (unet./text_encoder.) or kohya (lora_unet_/lora_te_) keys"
+                "expected diffusers (unet./text_encoder./text_encoder_2.) or kohya (lora_unet_/"
+                "lora_te_/lora_te1_/lora_te2_) keys"
             )
         layout, component, rest = split
         if layout == "kohya":

@@ -24,14 +24,15 @@ from sdtrt.engine.base import Engine
 from sdtrt.engine.layout import WEIGHT_MAP
 from sdtrt.engine.manifest import ComponentRecord
 from sdtrt.engine.weights.initializers import read_initializers
-from sdtrt.engine.weights.lora import LORA_COMPONENTS, LoraSource, lora_deltas
+from sdtrt.engine.weights.lora import LoraSource, lora_components, lora_deltas
 from sdtrt.errors import ArtifactError, InputError
 
 
 class MappedWeight(BaseModel):
-    initializer: str | None  # None: no single initializer holds it (folded or shared)
+    initializer: str | None  # None: no single initializer holds it (folded, shared or unused)
     transposed: bool = False
     shape: tuple[int, ...]
+    unused: bool = False  # the graph holds it in no form: the outputs do not depend on it
 
 
 class WeightMap(BaseModel):
@@ -56,11 +57,14 @@ def lora_initializers(
     directory: Path, records: Mapping[str, ComponentRecord], sources: Sequence[LoraSource]
 ) -> dict[str, dict[str, np.ndarray]]:
     """component -> initializer name -> base + delta, in the initializer's own dtype."""
-    maps = {name: read_weight_map(directory, records[name]) for name in LORA_COMPONENTS}
+    switched = lora_components(records)
+    maps = {name: read_weight_map(directory, records[name]) for name in switched}
     shapes = {c: {w: m.shape for w, m in wm.weights.items()} for c, wm in maps.items()}
-    deltas: dict[str, dict[str, np.ndarray]] = {c: {} for c in LORA_COMPONENTS}
+    deltas: dict[str, dict[str, np.ndarray]] = {c: {} for c in switched}
     for component, weight, delta in lora_deltas(sources, shapes):
         mapped = maps[component].weights[weight]
+        if mapped.unused:
+            continue
         if mapped.initializer is None:
             raise InputError(
                 f"the {component} weight {weight} cannot be re-weighted in these engines (the "

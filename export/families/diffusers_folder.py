@@ -95,6 +95,8 @@ class DiffusersModel:
     merges_loras: ClassVar[bool] = True
     # The network that predicts the noise (a UNet; SD 3's transformer).
     denoiser: ClassVar[str] = "unet"
+    # Whether `sdtrt build --controlnet` builds ControlNets for it (export/controlnet.py).
+    takes_controlnets: ClassVar[bool] = True
 
     folder: Path
     name: str

@@ -89,6 +89,7 @@ class StableDiffusion3Model(DiffusersModel):
     OPTIONAL_TEXT_ENCODERS = (T5_ENCODER,)
     T5_ENCODERS = (T5_ENCODER,)
     merges_loras = False  # SD 3 LoRAs' layer names are not mapped yet
+    takes_controlnets = False  # SD3ControlNetModel is not built yet
 
     @classmethod
     def load(

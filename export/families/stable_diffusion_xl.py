@@ -62,7 +62,6 @@ class StableDiffusionXLModel(DiffusersModel):
         "StableDiffusionXLImg2ImgPipeline",
         "StableDiffusionXLInpaintPipeline",
     )
-    merges_loras = False  # its LoRAs' layer names are not mapped yet
 
     @classmethod
     def load(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sdtrt.errors import InputError
+from sdtrt.export.presets.controlnet import CONTROLNET_PRESETS
 from sdtrt.export.presets.sd3 import SD35_MEDIUM, TINY_SD3, TINY_SD3_TURBO, SD3Preset
 from sdtrt.export.presets.table import UNET_PRESETS, Preset
 from sdtrt.export.presets.tiny_vae import TINY_VAE_PRESETS
@@ -22,6 +23,6 @@ def get_preset(name: str) -> Preset | SD3Preset:
 
 def check_preset(name: str) -> None:
     """InputError, in one line, for a name that is neither a model nor a tiny VAE preset."""
-    if name not in PRESETS and name not in TINY_VAE_PRESETS:
-        names = ", ".join([*PRESETS, *TINY_VAE_PRESETS])
+    if name not in PRESETS and name not in TINY_VAE_PRESETS and name not in CONTROLNET_PRESETS:
+        names = ", ".join([*PRESETS, *TINY_VAE_PRESETS, *CONTROLNET_PRESETS])
         raise InputError(f"unknown preset '{name}'; choose one of: {names}")

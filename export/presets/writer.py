@@ -11,6 +11,11 @@ from typing import Any
 from sdtrt.errors import InputError
 from sdtrt.export.clip_vocab import END, START, vocab_from_merges, write_clip_files
 from sdtrt.export.presets.catalog import check_preset, get_preset
+from sdtrt.export.presets.controlnet import (
+    CONTROLNET_PRESETS,
+    ControlNetPreset,
+    write_controlnet,
+)
 from sdtrt.export.presets.sd3 import SD3Preset, write_sd3
 from sdtrt.export.presets.table import Preset
 from sdtrt.export.presets.tiny_vae import TINY_VAE_PRESETS, TinyVaePreset, write_tiny_vae_files
@@ -87,11 +92,15 @@ def write_preset(name: str, directory: Path) -> None:
     check_preset(name)
     if name in TINY_VAE_PRESETS:
         write_model(TINY_VAE_PRESETS[name], directory)
+    elif name in CONTROLNET_PRESETS:
+        write_model(CONTROLNET_PRESETS[name], directory)
     else:
         write_model(get_preset(name), directory)
 
 
-def write_model(preset: Preset | SD3Preset | TinyVaePreset, directory: Path) -> None:
+def write_model(
+    preset: Preset | SD3Preset | TinyVaePreset | ControlNetPreset, directory: Path
+) -> None:
     """Write `preset`'s model as a diffusers folder at `directory`, which must be new or empty."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InputError(f"{directory} already exists and is not empty; choose a new directory")
@@ -102,6 +111,8 @@ def write_model(preset: Preset | SD3Preset | TinyVaePreset, directory: Path) -> 
             write_sd3(preset, staging)
         elif isinstance(preset, TinyVaePreset):
             write_tiny_vae_files(preset, staging)
+        elif isinstance(preset, ControlNetPreset):
+            write_controlnet(preset, staging)
         else:
             _write_pipeline(preset, staging)
         if directory.exists():

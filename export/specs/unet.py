@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sdtrt.engine.ranges import BuildRanges
+from sdtrt.engine.residuals import MID_RESIDUAL
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.export.specs.base import (
     ComponentSpec,
@@ -18,6 +19,7 @@ from sdtrt.export.specs.base import (
     latent_dims,
     text_dims,
 )
+from sdtrt.export.specs.residuals import random_residuals, residual_dims, residual_tensors
 
 
 class UNetSpec(ComponentSpec):
@@ -65,12 +67,23 @@ class UNetSpec(ComponentSpec):
         )
         out = ("batch", int(config.out_channels), "latent_height", "latent_width")
         self.outputs = (TensorSpec(name="noise_pred", dtype="float32", shape=out),)
+        # ControlNets' residuals, once `take_residuals` makes them inputs.
+        self.residuals: tuple[TensorSpec, ...] = ()
+        self.padding = int(getattr(config, "downsample_padding", 1))
+
+    def take_residuals(self) -> None:
+        """Take ControlNet residuals as inputs too (export/specs/residuals.py): what a build
+        with ControlNets exports. Requests without a ControlNet feed zeros."""
+        self.residuals = residual_tensors(self.unet)
+        self.inputs = (*self.inputs, *self.residuals)
 
     def dims(self, ranges: BuildRanges) -> DimRanges:
+        latent = latent_dims(ranges, self.vae_scale_factor)
         return {
             "batch": batch_dims(ranges, 2),
-            **latent_dims(ranges, self.vae_scale_factor),
+            **latent,
             "text_tokens": text_dims(ranges, self.max_length),
+            **residual_dims(latent, self.residuals, self.padding),
         }
 
     def trace_point(self, ranges: BuildRanges) -> Point:
@@ -90,6 +103,7 @@ class UNetSpec(ComponentSpec):
 
     def module(self) -> torch.nn.Module:
         names = [t.name for t in self.inputs[3:]]
+        down = [t.name for t in self.residuals if t.name != MID_RESIDUAL]
 
         def call(m: Any, sample: Any, t: Any, context: Any, *extra: Any) -> Any:
             named = dict(zip(names, extra, strict=True))
@@ -100,6 +114,8 @@ class UNetSpec(ComponentSpec):
                 context,
                 timestep_cond=named.get("timestep_cond"),
                 added_cond_kwargs=added or None,
+                down_block_additional_residuals=tuple(named[k] for k in down) or None,
+                mid_block_additional_residual=named.get(MID_RESIDUAL),
                 return_dict=False,
             )[0]
 
@@ -117,19 +133,25 @@ class UNetSpec(ComponentSpec):
                 (batch, point["text_tokens"], int(context)), dtype=np.float32
             ),
         }
-        for spec in self.inputs[3:]:
+        for spec in self.inputs[3 : len(self.inputs) - len(self.residuals)]:
             width = int(spec.shape[1])
             if spec.name == "text_embeds":
                 inputs[spec.name] = rng.standard_normal((batch, width), dtype=np.float32)
             elif spec.name == "time_ids":
-                # Sizes in pixels, a zero crop, and the target size (or aesthetic score 6).
                 f = self.vae_scale_factor
-                size = [point["latent_height"] * f, point["latent_width"] * f]
-                ids = [*size, 0, 0, *(size if width == 6 else [6.0])]
-                inputs[spec.name] = np.tile(np.asarray(ids, np.float32), (batch, 1))
-            else:  # timestep_cond: guidance scale 7.5, as a latent consistency model embeds it
+                size = (point["latent_height"] * f, point["latent_width"] * f)
+                inputs[spec.name] = time_ids_for(*size, width, batch)
+            elif spec.name == "timestep_cond":  # guidance 7.5, as a consistency model embeds it
                 inputs[spec.name] = _guidance_embedding(7.5, batch, width)
+        inputs.update(random_residuals(self.residuals, point, self.padding, rng))
         return inputs
+
+
+def time_ids_for(height: int, width: int, count: int, batch: int) -> np.ndarray:
+    """SDXL's time ids for an image of height x width px: its size, a zero crop, and the target
+    size (or, `count` 5, a refiner's aesthetic score of 6)."""
+    ids = [height, width, 0, 0, *((height, width) if count == 6 else (6.0,))]
+    return np.tile(np.asarray(ids, np.float32), (batch, 1))
 
 
 def _guidance_embedding(guidance_scale: float, batch: int, width: int) -> np.ndarray:

@@ -120,7 +120,13 @@ class Family:
         scheduler beside it."""
         return dict(config)
 
-    def default_strength(self, model: ModelInfo, kind: str) -> float:
-        """Likewise for the strength of image to image ("img2img") and inpainting ("inpaint"):
-        StableDiffusionImg2ImgPipeline 0.8, StableDiffusionInpaintPipeline 1.0."""
+    def default_strength(self, model: ModelInfo, kind: str, controlled: bool = False) -> float:
+        """Likewise for the strength of image to image ("img2img") and inpainting ("inpaint"),
+        with ControlNets (`controlled`) or not: StableDiffusionImg2ImgPipeline 0.8,
+        StableDiffusionInpaintPipeline 1.0, and their ControlNet pipelines alike."""
         return 0.8 if kind == "img2img" else 1.0
+
+    def default_controlnet_scale(self, task: str) -> float:
+        """The ControlNets' conditioning scale diffusers' ControlNet pipeline for the task
+        ("txt2img", "img2img", "inpaint") uses when none is given."""
+        return {"img2img": 0.8, "inpaint": 0.5}.get(task, 1.0)

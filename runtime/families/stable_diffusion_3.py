@@ -70,7 +70,7 @@ class StableDiffusion3(Family):
             return 4
         return 28 if task == "txt2img" else 50
 
-    def default_strength(self, model: ModelInfo, kind: str) -> float:
+    def default_strength(self, model: ModelInfo, kind: str, controlled: bool = False) -> float:
         """StableDiffusion3Img2ImgPipeline's and …InpaintPipeline's 0.6."""
         return 0.6
 

@@ -15,7 +15,6 @@ from sdtrt.runtime.request import Request
 
 class StableDiffusionXL(Family):
     name = STABLE_DIFFUSION_XL
-    switches_loras = False  # its LoRAs' layer names are not mapped yet
     takes = frozenset({"prompt_2", "negative_prompt_2", "sizes", "prompt_syntax"})
 
     def text_inputs(
@@ -38,9 +37,16 @@ class StableDiffusionXL(Family):
             return super().default_guidance(model, task)
         return 5.0
 
-    def default_strength(self, model: ModelInfo, kind: str) -> float:
-        """StableDiffusionXLImg2ImgPipeline 0.3, StableDiffusionXLInpaintPipeline 0.9999."""
-        return 0.3 if kind == "img2img" else 0.9999
+    def default_strength(self, model: ModelInfo, kind: str, controlled: bool = False) -> float:
+        """StableDiffusionXLImg2ImgPipeline 0.3 (its ControlNet pipeline 0.8),
+        StableDiffusionXLInpaintPipeline 0.9999 (its ControlNet pipeline too)."""
+        if kind == "img2img":
+            return 0.8 if controlled else 0.3
+        return 0.9999
+
+    def default_controlnet_scale(self, task: str) -> float:
+        """StableDiffusionXLControlNetImg2ImgPipeline 0.8; the others 1.0."""
+        return 0.8 if task == "img2img" else 1.0
 
 
 def _time_ids(request: Request, model: ModelInfo) -> np.ndarray:

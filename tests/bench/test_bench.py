@@ -79,6 +79,7 @@ def test_compare_names_every_row_with_its_precision(tiny_engine_dir, tiny_model_
     assert report.host_step_us > 0
 
 
+@pytest.mark.slow  # builds OpenVINO engines and runs every reference: ~40 s on two cores
 def test_compare_on_openvino_engines_adds_onnxruntime_on_the_same_graph(tiny_model_dir, tmp_path):
     from sdtrt.engine.options import BuildOptions, Precision
     from sdtrt.export.build import build

@@ -4,6 +4,7 @@ image is the base model's latents finished by the refiner as the API composes th
 import json
 
 import numpy as np
+import pytest
 from helpers import assert_one_line_error, sdtrt
 from PIL import Image
 
@@ -27,6 +28,7 @@ def test_build_an_sdxl_preset_by_name(tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # builds the tiny refiner: ~50 s; the refiner's parity runs by default
 def test_refiner_finishes_the_base_models_latents(preset_build, tmp_path):
     _, base = preset_build("tiny-sdxl")
     _, refiner = preset_build("tiny-sdxl-refiner")

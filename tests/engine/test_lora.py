@@ -82,7 +82,7 @@ def test_bfloat16_reads_exactly(tmp_path):
 @pytest.mark.parametrize(
     ("tensors", "message"),
     [
-        ({"lora_unet_x.hada_w1_a": np.zeros(2)}, "LyCORIS/DoRA/SDXL"),
+        ({"lora_unet_x.hada_w1_a": np.zeros(2)}, "LyCORIS/DoRA adapter"),
         ({"model.weight": np.zeros(2)}, "not a LoRA sdtrt reads"),
         ({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": np.zeros((2, 8))},
          "another architecture"),

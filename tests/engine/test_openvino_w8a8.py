@@ -117,6 +117,7 @@ def test_w8a8_image_is_still_diffusers_image(w8a8_dir, diffusers_pipeline, sched
     assert psnr(expected, sdtrt_image(w8a8_dir, scheduler)) >= REDUCED_PRECISION_PSNR_DB
 
 
+@pytest.mark.slow  # calibrates and quantizes tiny SDXL: ~2 min on two cores (SD 1.x: default)
 def test_sdxl_calibrates_on_its_own_pipeline(preset_build, tmp_path):
     """SDXL's UNet also takes pooled text and time ids: recorded from diffusers' SDXL runs."""
     import diffusers
@@ -155,6 +156,7 @@ def test_an_inpainting_model_is_refused_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # calibrates and quantizes tiny SD 3: ~1.5 min on two cores
 def test_sd3_calibrates_its_transformer_on_its_own_pipeline(preset_build, tmp_path):
     """SD 3's transformer, recorded from diffusers' SD 3 runs (pooled prompts, all layers)."""
     import diffusers

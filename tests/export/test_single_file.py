@@ -59,7 +59,11 @@ def test_single_file_builds_the_images_of_the_diffusers_folder(
 
 @pytest.mark.parametrize(
     ("preset", "reference_class"),
-    [("tiny-v", "StableDiffusionPipeline"), ("tiny-sdxl", "StableDiffusionXLPipeline")],
+    [
+        # SD 2.x's conversion: ~40 s on two cores, beside SD 1.x's by default
+        pytest.param("tiny-v", "StableDiffusionPipeline", marks=pytest.mark.slow),
+        ("tiny-sdxl", "StableDiffusionXLPipeline"),
+    ],
 )
 def test_sd2_and_sdxl_single_files_build_the_images_of_their_folders(
     preset_build, preset, reference_class, tmp_path, monkeypatch

@@ -1,0 +1,195 @@
+"""ControlNets built beside a model (`sdtrt build MODEL --controlnet SOURCE`, repeatable).
+
+Each is a network of the engine directory, `controlnet/<name>`, named after its folder (or
+preset, or the last part of its hub id); the UNet is then built to take their residuals
+(export/specs/residuals.py). A ControlNet is checked against the model before anything is
+built: it must mirror the UNet's encoder and read hints at the model's VAE factor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdtrt.engine.manifest import ControlNetInfo
+from sdtrt.engine.tensors import TensorSpec
+from sdtrt.errors import InputError, ModelSourceError, first_line
+from sdtrt.export.sources import HUB_ID, digest_files, download
+
+if TYPE_CHECKING:
+    from sdtrt.export.specs.controlnet import ControlNetSpec
+
+CLASS_NAME = "ControlNetModel"
+HUB_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
+COMPONENT_PREFIX = "controlnet/"
+# What must be equal between a ControlNet's config and the UNet's for its residuals to fit.
+MATCHED = (
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "cross_attention_dim",
+    "addition_embed_type",
+    "projection_class_embeddings_input_dim",
+)
+
+
+@dataclass(frozen=True)
+class ControlNetSource:
+    name: str  # its network is controlnet/<name>
+    folder: Path
+    config: Mapping[str, Any]
+
+
+def component_name(name: str) -> str:
+    return COMPONENT_PREFIX + name
+
+
+@contextmanager
+def open_controlnets(refs: tuple[str, ...]) -> Iterator[list[ControlNetSource]]:
+    """Each of `refs` as a local ControlNetModel folder (an existing folder, a ControlNet preset
+    written for the block, or a hub id), named, in the order given."""
+    with ExitStack() as stack:
+        sources = [stack.enter_context(_open(ref)) for ref in refs]
+        names = [source.name for source in sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise InputError(
+                f"two ControlNets would both be named '{repeated[0]}'; give each its own "
+                "folder name"
+            )
+        yield sources
+
+
+@contextmanager
+def _open(ref: str) -> Iterator[ControlNetSource]:
+    from sdtrt.export.presets.controlnet import CONTROLNET_PRESETS, write_controlnet
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        yield _checked(path.resolve(), path.resolve().name)
+    elif ref in CONTROLNET_PRESETS:
+        with tempfile.TemporaryDirectory(prefix=f"sdtrt-{ref}-") as scratch:
+            folder = Path(scratch) / ref
+            write_controlnet(CONTROLNET_PRESETS[ref], folder)
+            yield _checked(folder, ref)
+    elif HUB_ID.fullmatch(ref):
+        folder = download(ref, HUB_PATTERNS, "a local ControlNetModel folder")
+        yield _checked(folder, ref.rsplit("/", 1)[1])
+    else:
+        raise ModelSourceError(
+            f"unknown ControlNet '{ref}': not an existing folder, not a preset "
+            f"({', '.join(CONTROLNET_PRESETS)}) and not a hub id (org/name)"
+        )
+
+
+def _checked(folder: Path, name: str) -> ControlNetSource:
+    """`folder`, once seen to hold a ControlNetModel in safetensors (a pickle can run code as
+    it loads: not read), under a name fit for a folder of the engine directory."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        class_name = config.get("_class_name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ModelSourceError(
+            f"{folder} is not a diffusers ControlNetModel folder ({path.name} cannot be read)"
+        ) from error
+    if class_name != CLASS_NAME:
+        raise ModelSourceError(f"{folder} holds {class_name}, not a {CLASS_NAME}")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelSourceError(
+            f"{folder} has no .safetensors weights; convert its weights to safetensors"
+        )
+    safe = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "controlnet"
+    return ControlNetSource(safe, folder, config)
+
+
+def check_fits(source: ControlNetSource, unet_config: Any, latents: tuple[int, int]) -> None:
+    """InputError, in one line, for a ControlNet made for another model (`latents`: its latent
+    channels and VAE factor). An inpainting UNet takes a ControlNet of plain latents."""
+    config = source.config
+    latent_channels, vae_scale_factor = latents
+    if int(config.get("in_channels", 4)) != latent_channels:
+        raise InputError(
+            f"the ControlNet '{source.name}' reads {config.get('in_channels')}-channel latents; "
+            f"this model's have {latent_channels}"
+        )
+    for key in MATCHED:
+        theirs, ours = config.get(key), getattr(unet_config, key, None)
+        if _comparable(theirs) != _comparable(ours):
+            raise InputError(
+                f"the ControlNet '{source.name}' was made for another model ({key} "
+                f"{theirs}, this model's UNet has {ours}): use a ControlNet for this family"
+            )
+    embedding = config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
+    factor = 2 ** (len(embedding) - 1)
+    if factor != vae_scale_factor:
+        raise InputError(
+            f"the ControlNet '{source.name}' reads hints at 1/{factor} of the latents' pixels; "
+            f"this model's latents are 1/{vae_scale_factor} of the image"
+        )
+    if int(config.get("conditioning_channels", 3)) != 3:
+        raise InputError(
+            f"the ControlNet '{source.name}' reads {config['conditioning_channels']}-channel "
+            "hints; sdtrt builds ControlNets of RGB hints"
+        )
+    if config.get("global_pool_conditions"):
+        raise InputError(
+            f"the ControlNet '{source.name}' pools its conditions globally (a shuffle "
+            "ControlNet), which sdtrt does not build yet"
+        )
+
+
+def _comparable(value: Any) -> Any:
+    """Config values as JSON and diffusers' loaded configs both hold them (lists, tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable(v) for v in value)
+    return value
+
+
+def load_controlnet(source: ControlNetSource) -> Any:
+    """The ControlNetModel of `source`, in fp32."""
+    import torch
+    from diffusers import ControlNetModel
+
+    try:
+        module = ControlNetModel.from_pretrained(source.folder, use_safetensors=True)
+    except Exception as error:  # diffusers raises many types for bad folders
+        raise ModelSourceError(f"cannot load {source.folder}: {first_line(error)}") from error
+    return module.to(torch.float32).eval()
+
+
+def controlnet_spec(
+    source: ControlNetSource,
+    conditioning: tuple[TensorSpec, ...],
+    vae_scale_factor: int,
+    max_length: int,
+) -> ControlNetSpec:
+    """The network of `source`; its weights are read only if it is built (not reused)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from sdtrt.export.specs.controlnet import ControlNetSpec
+
+    with torch.device("meta"):
+        skeleton = ControlNetModel.from_config(dict(source.config))
+    return ControlNetSpec(
+        component_name(source.name),
+        skeleton,
+        lambda: load_controlnet(source),
+        conditioning,
+        vae_scale_factor,
+        max_length,
+    )
+
+
+def controlnet_info(source: ControlNetSource) -> ControlNetInfo:
+    """Its name and the digest of its files (its network's build key)."""
+    return ControlNetInfo(
+        name=source.name, digest=digest_files(source.folder.parent, [source.folder.name])
+    )

@@ -1,0 +1,114 @@
+"""ControlNets over HTTP: /v1's control units and the A1111 ControlNet extension's units (with
+the unchanged webuiapi client), each the pipeline's own image for the same hints and seed; what
+the server cannot do is one 400."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webuiapi
+from PIL import Image
+from serving import LiveServer, decode_png, live_server
+
+from sdtrt.runtime.pipeline import Pipeline
+from sdtrt.serve.app import ServeOptions
+
+
+def _hint(shift: int = 0) -> Image.Image:
+    y, x = np.mgrid[0:64, 0:64]
+    lines = np.stack([(x + shift) % 16 < 3, y % 16 < 3, (x + y) % 20 < 2], axis=-1)
+    return Image.fromarray((lines * 255).astype(np.uint8))
+
+
+def _b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def controlled(tiny_controlnet_engine_dir: Path) -> Iterator[LiveServer]:
+    with live_server(tiny_controlnet_engine_dir, ServeOptions(max_steps=100)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_controlnet_engine_dir: Path) -> Iterator[Pipeline]:
+    with Pipeline.load(tiny_controlnet_engine_dir) as pipeline:
+        yield pipeline
+
+
+def _same(png: Image.Image, expected: Image.Image) -> None:
+    np.testing.assert_array_equal(np.asarray(png.convert("RGB")), np.asarray(expected))
+
+
+def test_v1_control_units_make_the_pipelines_image(controlled: LiveServer, pipe: Pipeline) -> None:
+    units = [
+        {"image": _b64(_hint()), "controlnet": "tiny-controlnet", "scale": 0.7, "end": 0.6},
+        {"image": _b64(_hint(5)), "controlnet": "tiny-controlnet-2", "scale": 1.1},
+    ]
+    body = {"prompt": "a lighthouse", "steps": 4, "seed": 5, "control": units}
+    with controlled.client() as client:
+        answer = client.post("/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    expected = pipe(
+        "a lighthouse",
+        num_inference_steps=4,
+        seed=5,
+        control_image=[_hint(), _hint(5)],
+        controlnet=["tiny-controlnet", "tiny-controlnet-2"],
+        controlnet_conditioning_scale=[0.7, 1.1],
+        control_guidance_end=[0.6, 1.0],
+    ).images[0]
+    _same(decode_png(answer.json()["images"][0]), expected)
+    assert 'ControlNet 1: "Model: tiny-controlnet-2, Weight: 1.1' in answer.json()["parameters"][0]
+
+
+def test_a1111_controlnet_units_from_webuiapi(controlled: LiveServer, pipe: Pipeline) -> None:
+    host, port = controlled.url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port))
+    assert api.controlnet_model_list() == ["tiny-controlnet", "tiny-controlnet-2"]
+    unit = webuiapi.ControlNetUnit(
+        image=_hint(), model="tiny-controlnet [0123abcd]", weight=0.8, guidance_end=0.5
+    )
+    result = api.txt2img(
+        prompt="a fox", steps=4, seed=9, cfg_scale=7.5, sampler_name="PNDM",
+        width=64, height=64, controlnet_units=[unit],
+    )  # fmt: skip
+    expected = pipe(
+        "a fox",
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        seed=9,
+        scheduler="PNDM",
+        control_image=[_hint()],
+        controlnet=["tiny-controlnet"],
+        controlnet_conditioning_scale=[0.8],
+        control_guidance_end=[0.5],
+    ).images[0]
+    _same(result.image, expected)
+
+
+def test_what_the_server_cannot_do_is_one_400(controlled: LiveServer, server: LiveServer) -> None:
+    hint = _b64(_hint())
+    unit = {"image": hint, "module": "canny", "model": "tiny-controlnet"}
+    a1111 = {"prompt": "a fox", "steps": 2, "alwayson_scripts": {"ControlNet": {"args": [unit]}}}
+    with controlled.client() as client:
+        canny = client.post("/sdapi/v1/txt2img", json=a1111)
+        unit.update(module="none", control_mode="My prompt is more important")
+        mode = client.post("/sdapi/v1/txt2img", json=a1111)
+        unknown = client.post(
+            "/v1/txt2img",
+            json={"prompt": "a fox", "steps": 2, "control": [{"image": hint, "controlnet": "x"}]},
+        )
+    assert canny.status_code == 400 and "preprocessor 'canny' does not run here" in canny.text
+    assert mode.status_code == 400 and "control mode 'My prompt is more important'" in mode.text
+    assert unknown.status_code == 400 and "no ControlNet 'x' was built here" in unknown.text
+    with server.client() as client:  # engines built without ControlNets
+        plain = client.post("/v1/txt2img", json={"prompt": "a", "control": [{"image": hint}]})
+    assert plain.status_code == 400 and "these engines have no ControlNet" in plain.text
