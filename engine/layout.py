@@ -9,6 +9,7 @@ convention. A backend's own engine files are named in its manifest record, not h
     <component>/reference_fp32.onnx    guarded fp16 builds: the fp32 graph it was checked against
     <component>/lora_weights.json      LoRA-able networks: torch weight -> ONNX initializer
     <component>/<engine files>         the backend's, as the component record names them
+    controlnet/<name>/                 each ControlNet's network, a component like the others
 """
 
 from __future__ import annotations
@@ -20,3 +21,8 @@ RECORD_NAME = "component.json"
 ONNX_NAME = "model.onnx"
 REFERENCE_NAME = "reference_fp32.onnx"
 WEIGHT_MAP = "lora_weights.json"
+
+
+def controlnet_component(name: str) -> str:
+    """The network of the ControlNet built under `name`."""
+    return f"controlnet/{name}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdtrt.engine.layout import controlnet_component
 from sdtrt.engine.manifest import ControlNetInfo
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.errors import InputError, ModelSourceError, first_line
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 CLASS_NAME = "ControlNetModel"
 HUB_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
-COMPONENT_PREFIX = "controlnet/"
 # What must be equal between a ControlNet's config and the UNet's for its residuals to fit.
 MATCHED = (
     "block_out_channels",
@@ -44,10 +44,6 @@ class ControlNetSource:
     name: str  # its network is controlnet/<name>
     folder: Path
     config: Mapping[str, Any]
-
-
-def component_name(name: str) -> str:
-    return COMPONENT_PREFIX + name
 
 
 @contextmanager
@@ -179,7 +175,7 @@ def controlnet_spec(
     with torch.device("meta"):
         skeleton = ControlNetModel.from_config(dict(source.config))
     return ControlNetSpec(
-        component_name(source.name),
+        controlnet_component(source.name),
         skeleton,
         lambda: load_controlnet(source),
         conditioning,

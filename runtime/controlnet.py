@@ -16,18 +16,13 @@ from typing import cast
 import numpy as np
 
 from sdtrt.engine.base import Engine
+from sdtrt.engine.layout import controlnet_component
 from sdtrt.engine.manifest import ModelInfo
 from sdtrt.engine.residuals import dim_level, downsampled, is_residual
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.errors import InputError
 from sdtrt.runtime.preprocess import ImageInput, load_input, preprocess_hint
 from sdtrt.runtime.request import Controls, ControlUnit, Request
-
-COMPONENT_PREFIX = "controlnet/"  # the network of ControlNet NAME is controlnet/NAME
-
-
-def controlnet_component(name: str) -> str:
-    return COMPONENT_PREFIX + name
 
 
 def _per_unit(value: object, count: int, what: str, default: float) -> list[float]:
@@ -38,9 +33,12 @@ def _per_unit(value: object, count: int, what: str, default: float) -> list[floa
     if len(values) != count:
         raise InputError(f"{what} has {len(values)} values for {count} ControlNets")
     try:
-        return [float(v) for v in values]  # type: ignore[arg-type]
+        numbers = [float(v) for v in values]  # type: ignore[arg-type]
     except (TypeError, ValueError) as error:
         raise InputError(f"{what} must be numbers, got {values!r}") from error
+    if not all(np.isfinite(numbers)):
+        raise InputError(f"{what} must be finite numbers, got {values!r}")
+    return numbers
 
 
 def make_controls(
@@ -165,8 +163,10 @@ class ControlRun:
     ) -> None:
         """`residuals`: the UNet's residual inputs; `conditioning`: its inputs besides the
         latents and the timestep, with the guided rows after the unguided ones."""
-        self.guided = guided
-        self.guess = controls is not None and controls.guess_mode and guided
+        # Guess mode ramps the residuals always, and runs the ControlNets on the guided rows
+        # only where there are unguided ones.
+        self.ramp = controls is not None and controls.guess_mode
+        self.guess = self.ramp and guided
         rows = 2 * batch if guided else batch
         f = model.vae_scale_factor
         sizes = {"batch": rows, "latent_height": height // f, "latent_width": width // f}
@@ -213,7 +213,7 @@ class ControlRun:
             else:
                 feeds["sample"], feeds["timestep"] = np.ascontiguousarray(latents), timestep
             outputs = engine.infer(feeds)
-            if self.guess or unit.scale != 1.0:
+            if self.ramp or unit.scale != 1.0:
                 scales = self._scales(unit.scale, len(self.order))
                 for name, scale in zip(self.order, scales, strict=True):
                     outputs[name] *= scale
@@ -234,6 +234,6 @@ class ControlRun:
     def _scales(self, scale: float, count: int) -> np.ndarray:
         """Each residual's factor: the scale, in guess mode ramped from 0.1 to 1 over the
         down residuals and the middle one (diffusers' `torch.logspace(-1, 0, n)`)."""
-        if not self.guess:
+        if not self.ramp:
             return np.full(count, scale, np.float32)
         return (np.logspace(-1, 0, count, dtype=np.float32) * np.float32(scale)).astype(np.float32)

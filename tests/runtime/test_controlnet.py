@@ -74,6 +74,10 @@ CASES = {
         {"controlnet": ["tiny-controlnet"]},
         {"guess_mode": True, "controlnet_conditioning_scale": 0.7},
     ),
+    "guess mode unguided": (
+        {"controlnet": ["tiny-controlnet"]},
+        {"guess_mode": True, "guidance_scale": 1.0},
+    ),
     "two": (
         {"controlnet": list(NAMES)},
         {
