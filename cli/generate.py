@@ -177,6 +177,13 @@ def run(
     control_end: Annotated[
         float, typer.Option(help="The fraction of the steps after which they stop.")
     ] = 1.0,
+    embedding: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A textual-inversion embedding (.safetensors: diffusers' or the A1111 web "
+            "UI's), used in the prompt by its word (the A1111 files': their name); repeatable."
+        ),
+    ] = None,
     guess_mode: Annotated[
         bool,
         typer.Option(
@@ -240,6 +247,8 @@ def run(
         with ExitStack() as stack:
             pipe = stack.enter_context(Pipeline.load(directory))
             second = None if refiner is None else stack.enter_context(Pipeline.load(refiner))
+            for path in embedding or []:
+                pipe.load_textual_inversion(path)
             if loras:
                 with console.status("applying LoRAs"):
                     pipe.set_loras(loras)

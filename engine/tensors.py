@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict
 from sdtrt.errors import InputError
 
 Dim = int | str
+# The CLIP text encoders' second input: rows of token embeddings appended to the model's own
+# table, the ids past its vocabulary picking them (textual-inversion embeddings, loaded at run
+# time); at least one row, zeros where none is loaded, and at most this many.
+ADDED_EMBEDDINGS = "added_embeddings"
+MAX_ADDED_TOKENS = 64
 Shape = tuple[int, ...]
 # A network's inputs by name; several of them (w8a8 builds calibrate on those met in real runs).
 Feed = Mapping[str, np.ndarray]

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdtrt.engine.base import Engine
+from sdtrt.engine.tensors import ADDED_EMBEDDINGS, MAX_ADDED_TOKENS
 from sdtrt.errors import InputError
 from sdtrt.runtime.prompt_syntax import Chunk, PromptSyntax, parse_prompt, split_chunks
+from sdtrt.runtime.textual_inversion import expand_prompt
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
 # The text encoder output clip skip reads (see export/specs/text_encoders.py).
@@ -67,6 +69,51 @@ class TextConditioner:
             self.default_layer = self.layers - 1
         self.pooled = POOLED in outputs
         self.comma_id = tokenizer.token_id(",</w>")
+        # Textual-inversion rows after the model's token table, and the words they spell out.
+        self.added_input = next((t for t in encoder.inputs if t.name == ADDED_EMBEDDINGS), None)
+        self.added: list[np.ndarray] = []
+        self.words: dict[str, str] = {}
+
+    @property
+    def width(self) -> int | None:
+        """The width of its token embeddings; None for engines built without added rows."""
+        return None if self.added_input is None else int(self.added_input.shape[1])
+
+    def check_embedding(self, tokens: list[str]) -> None:
+        """Refuse, in one line, an embedding of `tokens` that this encoder cannot take."""
+        if self.added_input is None:
+            raise InputError(
+                "these engines were built before textual-inversion embeddings; rebuild them "
+                "with this sdtrt (`sdtrt build`) to load one"
+            )
+        if len(self.added) + len(tokens) > MAX_ADDED_TOKENS:
+            raise InputError(
+                f"these engines take {MAX_ADDED_TOKENS} embedding vectors in all; "
+                f"{len(self.added)} are loaded and this one has {len(tokens)}"
+            )
+        taken = [token for token in tokens if self.tokenizer.token_id(token) is not None]
+        if taken:
+            raise InputError(
+                f"the token {taken[0]!r} is already in this model's vocabulary; give the "
+                "embedding another word (API: token=)"
+            )
+
+    def add_embedding(self, tokens: list[str], vectors: np.ndarray) -> None:
+        """Make `tokens` (a word, then its further vectors' tokens) mean `vectors`."""
+        self.check_embedding(tokens)
+        self.tokenizer.add_tokens(tokens)
+        self.added.extend(vectors.astype(np.float32))
+        if len(tokens) > 1:
+            self.words[tokens[0]] = " ".join(tokens)
+
+    def _added_rows(self) -> np.ndarray:
+        """The rows to feed: those loaded, padded with zeros to the fewest the engine takes."""
+        assert self.added_input is not None and self.width is not None
+        fewest = int(self.encoder.io.profile[ADDED_EMBEDDINGS].min[0])
+        rows = np.zeros((max(len(self.added), fewest), self.width), np.float32)
+        if self.added:
+            rows[: len(self.added)] = np.stack(self.added)
+        return rows
 
     def check_clip_skip(self, clip_skip: int | None) -> int | None:
         """The layer `clip_skip` reads (an index into the layer output); None for the last
@@ -88,6 +135,7 @@ class TextConditioner:
     def tokenize(self, texts: list[str], syntax: PromptSyntax, count: int = 1) -> list[TokenChunk]:
         """Text-encoder inputs for `texts`: one chunk (the diffusers syntax) or at least
         `count` (the A1111 syntax: as many as the longest text needs)."""
+        texts = [expand_prompt(text, self.words) for text in texts]
         if syntax == "diffusers":
             return [TokenChunk(self.tokenizer(texts), None)]
         per_text = [self._chunks(text) for text in texts]
@@ -114,8 +162,9 @@ class TextConditioner:
         layer = self.check_clip_skip(clip_skip)
         parts = []
         pooled = None
+        feeds = {} if self.added_input is None else {ADDED_EMBEDDINGS: self._added_rows()}
         for chunk in chunks:
-            outputs = self.encoder.infer({"input_ids": chunk.ids})
+            outputs = self.encoder.infer({"input_ids": chunk.ids, **feeds})
             states = self._states(outputs, self.default_layer)
             if layer != self.default_layer:
                 skipped = self._states(outputs, layer)

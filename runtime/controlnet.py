@@ -21,6 +21,7 @@ from sdtrt.engine.manifest import ModelInfo
 from sdtrt.engine.residuals import dim_level, downsampled, is_residual
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.errors import InputError
+from sdtrt.runtime.families import family_of
 from sdtrt.runtime.preprocess import ImageInput, load_input, preprocess_hint
 from sdtrt.runtime.request import Controls, ControlUnit, Request
 
@@ -49,13 +50,14 @@ def make_controls(
     start: float | Sequence[float] | None = None,
     end: float | Sequence[float] | None = None,
     guess_mode: bool = False,
-    default_scale: float = 1.0,
+    task: str = "txt2img",
 ) -> Controls | None:
     """A call's ControlNets from diffusers' arguments (`control_image`,
     `controlnet_conditioning_scale`, `control_guidance_start`, `control_guidance_end`,
     `guess_mode`) and the names of the ControlNets (`controlnet`: every built one by
-    default), checked; None for a call without a control image. `default_scale`: the scale
-    of diffusers' ControlNet pipeline for the family and task."""
+    default), checked; None for a call without a control image. Scales default to those of
+    diffusers' ControlNet pipeline for the family and `task` ("txt2img", "img2img",
+    "inpaint")."""
     built = [c.name for c in model.controlnets]
     if control_image is None:
         given = [
@@ -86,6 +88,7 @@ def make_controls(
             f"{len(images)} control images for {len(names)} ControlNets ({', '.join(names)}); "
             "give one image per ControlNet"
         )
+    default_scale = family_of(model).default_controlnet_scale(task)
     scales = _per_unit(scale, len(names), "controlnet_conditioning_scale", default_scale)
     starts = _per_unit(start, len(names), "control_guidance_start", 0.0)
     ends = _per_unit(end, len(names), "control_guidance_end", 1.0)

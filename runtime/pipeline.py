@@ -48,6 +48,7 @@ from sdtrt.runtime.task_setup import (
     output_size,
 )
 from sdtrt.runtime.tasks import Task, check_fraction
+from sdtrt.runtime.textual_inversion import read_embedding
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
 from sdtrt.runtime.vae import DECODERS, ENCODERS, decoder_latents
@@ -191,14 +192,12 @@ class Pipeline:
             control_guidance_start,
             control_guidance_end,
             guess_mode,
-            default_scale=self.family.default_controlnet_scale(
-                "txt2img" if inputs is None else inputs.kind
-            ),
+            task="txt2img" if inputs is None else inputs.kind,
         )
-        if controls is not None and padding_mask_crop is not None:
-            raise InputError("padding_mask_crop does not take ControlNets yet; leave it unset")
-        if controls is not None and height is None and width is None:
-            height, width = controls.default_size(self.manifest.model.vae_scale_factor)
+        if controls is not None:
+            if padding_mask_crop is not None:
+                raise InputError("padding_mask_crop does not take ControlNets yet; leave it unset")
+            height, width = controls.size(height, width, self.manifest.model.vae_scale_factor)
         height, width = output_size(inputs, self.manifest, height, width)
         if output_type not in ("pil", "np", "latent"):
             raise InputError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
@@ -376,6 +375,12 @@ class Pipeline:
             if name in self.prompt_encoder.conditioners:
                 self.prompt_encoder.conditioners[name].encoder = engine
         self.loras = sources
+
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> None:
+        """Add a textual-inversion embedding (a .safetensors file: diffusers' or the A1111 web
+        UI's) as the word `token`, else the file's own word, as diffusers' method of this
+        name does; no rebuild. Prompts written after it may use the word."""
+        self.prompt_encoder.add_embedding(read_embedding(path, token), Path(path).name)
 
     def close(self) -> None:
         for engine in self.engines.values():

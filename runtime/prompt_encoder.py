@@ -19,6 +19,7 @@ from sdtrt.runtime.conditioning import TextConditioner, TokenChunk
 from sdtrt.runtime.families import EncodedText, family_of
 from sdtrt.runtime.request import Request
 from sdtrt.runtime.t5 import T5Conditioner, T5PromptTokenizer
+from sdtrt.runtime.textual_inversion import Embedding, vectors_for
 from sdtrt.runtime.timings import Timings
 from sdtrt.runtime.tokenizer import PromptTokenizer
 
@@ -48,6 +49,18 @@ class PromptEncoder:
             for name, tokenizer in tokenizers.items()
             if isinstance(tokenizer, T5PromptTokenizer)
         ]
+
+    def add_embedding(self, embedding: Embedding, name: str) -> None:
+        """Load a textual-inversion embedding (read from file `name`) into every CLIP text
+        encoder, each its own table of it; nothing changes where one of them refuses."""
+        conditioners = list(self.conditioners.values())
+        tokens = embedding.tokens()
+        for conditioner in conditioners:
+            conditioner.check_embedding(tokens)
+        widths = [int(conditioner.width or 0) for conditioner in conditioners]
+        tables = vectors_for(embedding, widths, name)
+        for conditioner, vectors in zip(conditioners, tables, strict=True):
+            conditioner.add_embedding(tokens, vectors)
 
     def check(self, request: Request) -> None:
         """Refuse what these engines cannot do before any of them runs."""

@@ -91,10 +91,11 @@ class Controls:
     units: tuple[ControlUnit, ...]
     guess_mode: bool = False
 
-    def default_size(self, factor: int) -> tuple[int, int]:
-        """The first hint's size rounded down to the VAE factor: the output size diffusers'
-        ControlNet pipelines default to."""
-        return default_size(self.units[0].hint, factor)
+    def size(self, height: int | None, width: int | None, factor: int) -> tuple[int, int]:
+        """The output size asked for, else the first hint's rounded down to the VAE factor:
+        what diffusers' ControlNet pipelines default to."""
+        own_height, own_width = default_size(self.units[0].hint, factor)
+        return (own_height if height is None else height, own_width if width is None else width)
 
 
 @dataclass

@@ -37,6 +37,16 @@ class PromptTokenizer:
             raise ArtifactError(f"{path} does not frame prompts in start and end tokens")
         self.start_id, self.end_id = int(framed[0]), int(framed[1])
 
+    def add_tokens(self, tokens: list[str]) -> None:
+        """Add new whole-string tokens (textual-inversion words), matched in the prompt as
+        written, before the model's own splitting, as transformers' tokenizers add them; their
+        ids follow the vocabulary."""
+        from tokenizers import AddedToken
+
+        added = [AddedToken(token, normalized=False) for token in tokens]
+        for tokenizer in (self._tokenizer, self._plain):
+            tokenizer.add_tokens(added)
+
     def tokens(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids, without start/end tokens, truncation or padding."""
         return [e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)]

@@ -60,8 +60,8 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         raise InputError("denoising_start continues from an image or latents")
     controls = _controls(manifest, params.control, "txt2img" if inputs is None else inputs.kind)
     height, width = params.height, params.width
-    if controls is not None and height is None and width is None:
-        height, width = controls.default_size(manifest.model.vae_scale_factor)
+    if controls is not None:
+        height, width = controls.size(height, width, manifest.model.vae_scale_factor)
     height, width = output_size(inputs, manifest, height, width)
     first = make_request(
         manifest=manifest,
@@ -113,5 +113,5 @@ def _controls(manifest: Manifest, control: ControlArguments | None, task: str) -
         None if control.starts is None else list(control.starts),
         None if control.ends is None else list(control.ends),
         control.guess_mode,
-        default_scale=family_of(manifest.model).default_controlnet_scale(task),
+        task=task,
     )

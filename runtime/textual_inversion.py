@@ -1,0 +1,99 @@
+"""Textual-inversion embeddings: new prompt words whose token embeddings come from a file, as
+diffusers' `load_textual_inversion` loads them, without a rebuild.
+
+Read from .safetensors only (a pickle can run code as it loads): diffusers' own files (one
+tensor named after its token), the A1111 web UI's (`emb_params`; SDXL's `clip_l` and `clip_g`,
+one per text encoder). An embedding of n vectors becomes the tokens `word`, `word_1`, ...,
+`word_{n-1}`, and a prompt's `word` is written out as all of them, as diffusers does. Each CLIP
+text encoder engine takes the vectors as rows after its own table (ADDED_EMBEDDINGS); the
+tokenizer gives the new tokens the ids that follow its vocabulary, which is the table's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdtrt.engine.weights.safetensors import SafetensorsFile
+from sdtrt.errors import InputError
+
+# The A1111 web UI's keys: SD 1.x/2.x's one table, SDXL's per text encoder (by their widths).
+A1111_KEY = "emb_params"
+SDXL_KEYS = ("clip_l", "clip_g")
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A file's word and its vectors, (n, width) per table in the file."""
+
+    token: str
+    vectors: tuple[np.ndarray, ...]
+
+    def tokens(self) -> list[str]:
+        """The tokens of its n vectors, as diffusers names them."""
+        count = len(self.vectors[0])
+        return [self.token, *(f"{self.token}_{i}" for i in range(1, count))]
+
+
+def read_embedding(path: str | Path, token: str | None = None) -> Embedding:
+    """The embedding in `path`; its word is `token`, else the file's own (diffusers' files name
+    theirs; the web UI's take the file's name, as the web UI does)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"embedding file {path} does not exist")
+    if path.suffix.lower() != ".safetensors":
+        raise InputError(
+            f"embedding file {path} is not .safetensors (a pickle can run code as it loads); "
+            "convert it to .safetensors"
+        )
+    try:
+        file = SafetensorsFile(path)
+        keys = file.keys()
+        if A1111_KEY in keys:
+            word, tables = path.stem, [file.read(A1111_KEY)]
+        elif all(key in keys for key in SDXL_KEYS):
+            word, tables = path.stem, [file.read(key) for key in SDXL_KEYS]
+        elif len(keys) == 1:
+            word, tables = keys[0], [file.read(keys[0])]
+        else:
+            raise InputError(
+                f"{path.name} is not a textual-inversion embedding sdtrt reads: expected one "
+                f"tensor, {A1111_KEY}, or {' and '.join(SDXL_KEYS)}; it holds {', '.join(keys)}"
+            )
+    except (OSError, ValueError) as error:
+        raise InputError(f"embedding file {path} cannot be read ({error})") from error
+    vectors = tuple(np.atleast_2d(np.asarray(t, dtype=np.float32)) for t in tables)
+    if any(v.ndim != 2 or not np.all(np.isfinite(v)) for v in vectors):
+        raise InputError(f"{path.name} holds no finite (n, width) embedding vectors")
+    if len({len(v) for v in vectors}) != 1:
+        raise InputError(f"{path.name}: its tables hold different numbers of vectors")
+    word = token or word
+    if not word or any(c.isspace() for c in word):
+        raise InputError(f"an embedding's word must be one word without spaces, got {word!r}")
+    return Embedding(word, vectors)
+
+
+def vectors_for(embedding: Embedding, widths: list[int], name: str) -> list[np.ndarray]:
+    """The embedding's vectors for text encoders of `widths` (in the model's order): one table
+    per encoder, matched by width (SDXL's `clip_l` to the first, `clip_g` to the second)."""
+    by_width = {int(v.shape[1]): v for v in embedding.vectors}
+    missing = [width for width in widths if width not in by_width]
+    if missing or len(embedding.vectors) != len(widths):
+        have = ", ".join(str(int(v.shape[1])) for v in embedding.vectors)
+        want = ", ".join(str(width) for width in widths)
+        raise InputError(
+            f"{name} holds vectors of width {have}; this model's text encoders take {want}: "
+            "use an embedding made for this model's family"
+        )
+    return [by_width[width] for width in widths]
+
+
+def expand_prompt(prompt: str, words: dict[str, str]) -> str:
+    """`prompt` with each multi-vector word written out as its tokens (diffusers'
+    `maybe_convert_prompt`)."""
+    for word, written in words.items():
+        if word in prompt:
+            prompt = prompt.replace(word, written)
+    return prompt

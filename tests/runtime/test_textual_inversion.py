@@ -1,0 +1,121 @@
+"""Textual-inversion embeddings loaded at run time: images match diffusers' pipelines after its
+`load_textual_inversion` (diffusers' files and the A1111 web UI's; single and multi-vector;
+SD 1.x and SDXL), token ids match its tokenizer's, and what does not fit is one line."""
+
+import re
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, assert_same_image, psnr, sdtrt
+from PIL import Image
+from safetensors.numpy import save_file
+
+from sdtrt.errors import InputError
+from sdtrt.runtime.pipeline import Pipeline
+from sdtrt.tolerances import END_TO_END_PSNR_DB
+
+WIDTH = 32  # the tiny model's text encoder; tiny SDXL's second one is 48 wide
+PROMPT = "a photo of {} on a beach"
+
+
+def _vectors(rows: int, width: int, seed: int) -> np.ndarray:
+    """Embedding vectors a few times the table's scale, so that they show in the image."""
+    return np.random.default_rng(seed).standard_normal((rows, width), dtype=np.float32) * 0.1
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("embeddings")
+    made = {
+        "diffusers": ({"<fox-style>": _vectors(1, WIDTH, 1)[0]}, "learned_embeds.safetensors"),
+        "a1111": ({"emb_params": _vectors(3, WIDTH, 2)}, "inkstyle.safetensors"),
+        "sdxl": (
+            {"clip_l": _vectors(2, WIDTH, 3), "clip_g": _vectors(2, 48, 4)},
+            "glowxl.safetensors",
+        ),
+    }
+    for tensors, name in made.values():
+        save_file(tensors, str(folder / name))
+    return {kind: folder / name for kind, (_, name) in made.items()}
+
+
+def _reference(cls, model: Path):
+    pipe = cls.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _image(pipe, prompt: str, **extra) -> np.ndarray:
+    generator = torch.Generator("cpu").manual_seed(7)
+    return pipe(
+        prompt, num_inference_steps=5, generator=generator, output_type="np", **extra
+    ).images
+
+
+@pytest.mark.parametrize(("kind", "word"), [("diffusers", "<fox-style>"), ("a1111", "inkstyle")])
+def test_sd_embeddings_make_diffusers_image(tiny_model_dir, tiny_engine_dir, files, kind, word):
+    reference = _reference(diffusers.StableDiffusionPipeline, tiny_model_dir)
+    # diffusers names an A1111 file's word only when told; the web UI (and sdtrt) by the file.
+    reference.load_textual_inversion(str(files[kind]), token=word if kind == "a1111" else None)
+    prompt = PROMPT.format(word)
+    expected = _image(reference, prompt)
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        plain = pipe(prompt, num_inference_steps=5, seed=7, output_type="np").images
+        pipe.load_textual_inversion(files[kind])
+        actual = pipe(prompt, num_inference_steps=5, seed=7, output_type="np").images
+        conditioner = pipe.prompt_encoder.conditioners["text_encoder"]
+        written = reference.maybe_convert_prompt(prompt, reference.tokenizer)
+        ids = reference.tokenizer(written, padding="max_length", max_length=77).input_ids
+        assert conditioner.tokenize([prompt], "diffusers")[0].ids[0].tolist() == ids
+    assert_same_image(expected, actual)
+    assert psnr(plain, actual) < END_TO_END_PSNR_DB - 10  # the word's vectors changed the image
+
+
+def test_sdxl_embeddings_feed_both_text_encoders(preset_build, files):
+    model, engines = preset_build("tiny-sdxl")
+    reference = _reference(diffusers.StableDiffusionXLPipeline, model)
+    from safetensors.torch import load_file
+
+    tables = load_file(str(files["sdxl"]))
+    reference.load_textual_inversion(tables["clip_l"], token="glowxl")
+    reference.load_textual_inversion(
+        tables["clip_g"],
+        token="glowxl",
+        text_encoder=reference.text_encoder_2,
+        tokenizer=reference.tokenizer_2,
+    )
+    prompt = PROMPT.format("glowxl")
+    expected = _image(reference, prompt)
+    with Pipeline.load(engines) as pipe:
+        pipe.load_textual_inversion(files["sdxl"])
+        actual = pipe(prompt, num_inference_steps=5, seed=7, output_type="np").images
+    assert_same_image(expected, actual)
+
+
+def test_what_does_not_fit_is_refused(tiny_engine_dir, files, tmp_path):
+    pickle = tmp_path / "old.pt"
+    pickle.write_bytes(b"not read")
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        with pytest.raises(InputError, match="is not .safetensors"):
+            pipe.load_textual_inversion(pickle)
+        with pytest.raises(InputError, match="holds vectors of width 32, 48; this model's text"):
+            pipe.load_textual_inversion(files["sdxl"])
+        taken = re.escape("'<|endoftext|>' is already in this model's vocabulary")
+        with pytest.raises(InputError, match=taken):
+            pipe.load_textual_inversion(files["diffusers"], token="<|endoftext|>")
+        pipe.load_textual_inversion(files["diffusers"])
+        with pytest.raises(InputError, match="'<fox-style>' is already in this model's vocab"):
+            pipe.load_textual_inversion(files["diffusers"])
+
+
+def test_run_takes_embeddings(tiny_engine_dir, files, tmp_path):
+    output = tmp_path / "ink.png"
+    result = sdtrt("run", tiny_engine_dir, PROMPT.format("inkstyle"), "--steps", 2,
+                   "--embedding", files["a1111"], "-o", output)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert Image.open(output).size == (64, 64)
+    missing = sdtrt("run", tiny_engine_dir, "a fox", "--embedding", tmp_path / "none.safetensors")
+    assert_one_line_error(missing, "none.safetensors does not exist")
