@@ -184,6 +184,13 @@ def run(
             "UI's), used in the prompt by its word (the A1111 files': their name); repeatable."
         ),
     ] = None,
+    embeddings_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Every embedding in this folder, each by its word, as the A1111 web UI's "
+            "embeddings folder (those this model cannot take are skipped, with a warning)."
+        ),
+    ] = None,
     guess_mode: Annotated[
         bool,
         typer.Option(
@@ -198,6 +205,7 @@ def run(
         from sdtrt.engine.weights.lora import parse_lora_arg
         from sdtrt.runtime.pipeline import GenerationOutput, Pipeline
         from sdtrt.runtime.postprocess import generation_settings, parameters_text, save_png
+        from sdtrt.runtime.textual_inversion import load_folder
 
         paths = _output_paths(output, batch)
         loras = [parse_lora_arg(text) for text in lora or []]
@@ -247,6 +255,8 @@ def run(
         with ExitStack() as stack:
             pipe = stack.enter_context(Pipeline.load(directory))
             second = None if refiner is None else stack.enter_context(Pipeline.load(refiner))
+            if embeddings_dir is not None:
+                load_folder(embeddings_dir, pipe.load_textual_inversion)
             for path in embedding or []:
                 pipe.load_textual_inversion(path)
             if loras:

@@ -159,6 +159,13 @@ def serve(
             "unloaded to make room. Default: three quarters of this machine's memory."
         ),
     ] = None,
+    embeddings_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Textual-inversion embeddings (.safetensors), each used by its word in any "
+            "prompt, as the A1111 web UI's embeddings folder."
+        ),
+    ] = None,
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
@@ -188,6 +195,7 @@ def serve(
             forwarded_allow_ips,
             lora_dir,
             memory_budget,
+            embeddings_dir,
         )
         shown = f"[{host}]" if ":" in host else host
         served = ", ".join(str(directory) for directory in directories)

@@ -11,6 +11,8 @@ tokenizer gives the new tokens the ids that follow its vocabulary, which is the 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import numpy as np
 
 from sdtrt.engine.weights.safetensors import SafetensorsFile
 from sdtrt.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # The A1111 web UI's keys: SD 1.x/2.x's one table, SDXL's per text encoder (by their widths).
 A1111_KEY = "emb_params"
@@ -97,3 +101,21 @@ def expand_prompt(prompt: str, words: dict[str, str]) -> str:
         if word in prompt:
             prompt = prompt.replace(word, written)
     return prompt
+
+
+def load_folder(folder: str | Path, load: Callable[[Path], None]) -> list[str]:
+    """`load` each embedding file in `folder` and below, in name order, as the web UI loads its
+    embeddings folder: those the model cannot take (another family's, a word it has) are
+    skipped with a warning. The files loaded."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"the embeddings folder {folder} is not a folder")
+    loaded = []
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            load(path)
+        except InputError as error:
+            log.warning("embedding %s skipped: %s", path.name, error)
+        else:
+            loaded.append(path.name)
+    return loaded

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdtrt.errors import InputError
+from sdtrt.runtime.pipeline import Pipeline
+from sdtrt.runtime.textual_inversion import load_folder
 from sdtrt.serve.guards import host_name
 from sdtrt.serve.models import ModelSet
 from sdtrt.serve.options import ServeOptions, host_names_for, is_loopback
@@ -93,6 +95,22 @@ def _budget(gib: float | None) -> int:
     return int(gib * 2**30) if gib is not None else int(0.75 * psutil.virtual_memory().total)
 
 
+def embedding_loader(folder: Path) -> Callable[[Path], Pipeline]:
+    """Pipeline.load, then every embedding of `folder` this model takes (A1111's embeddings
+    folder: a prompt's word that names one uses it)."""
+
+    def load(directory: Path) -> Pipeline:
+        pipe = Pipeline.load(directory)
+        try:
+            load_folder(folder, pipe.load_textual_inversion)
+        except BaseException:
+            pipe.close()
+            raise
+        return pipe
+
+    return load
+
+
 def prepare(
     directories: Path | Sequence[Path],
     host: str = "127.0.0.1",
@@ -105,6 +123,7 @@ def prepare(
     forwarded_allow_ips: str | None = None,
     lora_dir: Path | None = None,
     memory_budget_gib: float | None = None,
+    embeddings_dir: Path | None = None,
 ) -> uvicorn.Server:
     """Check everything and make the server; `.run()` serves until SIGINT/SIGTERM, then drains."""
     import uvicorn
@@ -125,9 +144,12 @@ def prepare(
     folders = [directories] if isinstance(directories, Path) else list(directories)
     if not folders:
         raise InputError("name at least one engine directory to serve")
+    if embeddings_dir is not None and not embeddings_dir.is_dir():
+        raise InputError(f"--embeddings-dir {embeddings_dir} is not a folder")
+    loader = Pipeline.load if embeddings_dir is None else embedding_loader(embeddings_dir)
     models = ModelSet(
         folders,
-        lambda folder: Service(folder, workers=workers, queue_size=queue),
+        lambda folder: Service(folder, workers=workers, queue_size=queue, loader=loader),
         workers=workers,
         budget_bytes=_budget(memory_budget_gib),
     )

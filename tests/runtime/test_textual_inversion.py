@@ -119,3 +119,41 @@ def test_run_takes_embeddings(tiny_engine_dir, files, tmp_path):
     assert Image.open(output).size == (64, 64)
     missing = sdtrt("run", tiny_engine_dir, "a fox", "--embedding", tmp_path / "none.safetensors")
     assert_one_line_error(missing, "none.safetensors does not exist")
+
+
+def test_an_embeddings_folder_loads_what_fits(tiny_engine_dir, files, tmp_path):
+    """As the web UI's embeddings folder: each file by its word; another family's skipped."""
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    for kind in ("a1111", "sdxl"):
+        (folder / files[kind].name).write_bytes(files[kind].read_bytes())
+    output = tmp_path / "ink.png"
+    prompt = PROMPT.format("inkstyle")
+    result = sdtrt("run", tiny_engine_dir, prompt, "--steps", 3, "--seed", 5,
+                   "--embeddings-dir", folder, "-o", output)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        pipe.load_textual_inversion(files["a1111"])
+        expected = pipe(prompt, num_inference_steps=3, seed=5).images[0]
+    assert np.array_equal(np.asarray(Image.open(output)), np.asarray(expected))
+    assert "glowxl.safetensors skipped" in result.stderr
+
+
+def test_the_server_reads_its_embeddings_folder(tiny_engine_dir, files, tmp_path):
+    from serving import decode_png, live_server
+
+    from sdtrt.serve.server import embedding_loader
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    (folder / files["a1111"].name).write_bytes(files["a1111"].read_bytes())
+    prompt = PROMPT.format("inkstyle")
+    with live_server(tiny_engine_dir, loader=embedding_loader(folder)) as server:
+        with server.client() as client:
+            answer = client.post("/v1/txt2img", json={"prompt": prompt, "steps": 3, "seed": 5})
+    assert answer.status_code == 200, answer.text
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        pipe.load_textual_inversion(files["a1111"])
+        expected = pipe(prompt, num_inference_steps=3, seed=5).images[0]
+    image = decode_png(answer.json()["images"][0]).convert("RGB")
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
