@@ -99,6 +99,13 @@ def run(
             "longer prompts."
         ),
     ] = "diffusers",
+    lora_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="LoRA .safetensors files by name, for <lora:NAME:WEIGHT> in an a1111-syntax "
+            "prompt."
+        ),
+    ] = None,
     clip_skip: Annotated[
         int | None,
         typer.Option(help="Text encoder layers to skip from the end (diffusers' clip_skip)."),
@@ -203,12 +210,20 @@ def run(
     with user_errors():
         from sdtrt.cli.tables import timing_table
         from sdtrt.engine.weights.lora import parse_lora_arg
+        from sdtrt.runtime.lora_library import LoraLibrary, take_tags
         from sdtrt.runtime.pipeline import GenerationOutput, Pipeline
         from sdtrt.runtime.postprocess import generation_settings, parameters_text, save_png
         from sdtrt.runtime.textual_inversion import load_folder
 
         paths = _output_paths(output, batch)
         loras = [parse_lora_arg(text) for text in lora or []]
+        if prompt_syntax == "a1111":  # the web UI's LoRA tags, by name from --lora-dir
+            prompt, weights = take_tags(prompt)
+            loras += LoraLibrary(lora_dir).sources(weights)
+        elif lora_dir is not None:
+            raise InputError(
+                "--lora-dir names LoRAs for <lora:NAME:WEIGHT> tags: add --prompt-syntax a1111"
+            )
         if mask is not None and image is None:
             raise InputError("--mask needs --image: the image to inpaint")
         if refiner is not None and not 0 < refiner_start < 1:

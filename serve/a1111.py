@@ -22,11 +22,11 @@ from sdtrt import __version__
 from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.families import family_of
+from sdtrt.runtime.lora_library import take_tags
 from sdtrt.serve.a1111_dialect import SAMPLERS, SCHEDULE_TYPES, prompt_syntax_for, scheduler_for
 from sdtrt.serve.controlnet_units import a1111_controls
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
-from sdtrt.serve.loras import take_tags
 from sdtrt.serve.models import ModelSet
 from sdtrt.serve.owners import owner_of
 from sdtrt.serve.refiner import refined

@@ -19,11 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdtrt import __version__
 from sdtrt.errors import InputError, SdtrtError, debugging, first_line
+from sdtrt.runtime.lora_library import LoraLibrary
 from sdtrt.serve.a1111 import a1111_router
 from sdtrt.serve.controlnet_units import controlnet_router
 from sdtrt.serve.errors import NotAccepting, QueueFull, UnknownJob
 from sdtrt.serve.guards import Guard, problem
-from sdtrt.serve.loras import LoraLibrary
 from sdtrt.serve.models import ModelSet
 from sdtrt.serve.openai_images import openai_router
 from sdtrt.serve.options import ServeOptions

@@ -36,3 +36,19 @@ def test_info_names_the_merged_loras(tiny_model_dir, lora_files, tmp_path):
     assert result.exit_code == 0, result.stderr
     shown = sdtrt("info", tmp_path / "e")
     assert "LoRAs      b.safetensors:0.5 (merged at build)" in shown.stdout
+
+
+def test_lora_tags_in_a1111_prompts_load_from_the_lora_dir(tiny_engine_dir, lora_files, tmp_path):
+    common = ("run", tiny_engine_dir, "--steps", 3, "--seed", 1, "--prompt-syntax", "a1111")
+    folder = lora_files["kohya"].parent  # a.safetensors and b.safetensors
+    tagged = sdtrt(*common[:2], "a cat <lora:b:0.9>", *common[2:], "--lora-dir", folder,
+                   "-o", tmp_path / "tagged.png")  # fmt: skip
+    named = sdtrt(*common[:2], "a cat", *common[2:], "--lora", f"{lora_files['kohya']}:0.9",
+                  "-o", tmp_path / "named.png")  # fmt: skip
+    assert tagged.exit_code == 0 and named.exit_code == 0, tagged.stderr
+    same = [np.asarray(Image.open(tmp_path / name)) for name in ("tagged.png", "named.png")]
+    assert np.array_equal(*same)
+    unknown = sdtrt(*common[:2], "a cat <lora:c>", *common[2:], "--lora-dir", folder)
+    assert_one_line_error(unknown, "unknown LoRA 'c'; --lora-dir has: a, b")
+    plain = sdtrt("run", tiny_engine_dir, "a cat", "--lora-dir", folder)
+    assert_one_line_error(plain, "--lora-dir names LoRAs for <lora:NAME:WEIGHT> tags")

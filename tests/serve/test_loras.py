@@ -12,7 +12,7 @@ from serving import decode_png, live_server
 from sdtrt.errors import InputError
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve.app import ServeOptions
-from sdtrt.serve.loras import take_tags
+from sdtrt.runtime.lora_library import take_tags
 
 
 def test_tags_come_out_of_the_prompt() -> None:

@@ -1,6 +1,7 @@
-"""LoRAs by name: the `.safetensors` files of `sdtrt serve --lora-dir`, asked for with A1111's
-`<lora:NAME:WEIGHT>` tags in a prompt or /v1's `loras` field. A worker switches its engines'
-weights only when a job asks for a set other than the one it has."""
+"""LoRAs by name: the `.safetensors` files of a `--lora-dir` folder (`sdtrt run` and `sdtrt
+serve`), asked for with A1111's `<lora:NAME:WEIGHT>` tags in a prompt (or /v1's `loras` field).
+A server's worker switches its engines' weights only when a job asks for a set other than the
+one it has."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ class LoraLibrary:
         chosen = []
         for name, weight in sorted(weights.items()):
             if name not in self.files:
-                known = ", ".join(self.files) or "none: start the server with --lora-dir"
-                raise InputError(f"unknown LoRA {name!r}; this server has: {known}")
+                known = ", ".join(self.files) or "none: name a folder of them with --lora-dir"
+                raise InputError(f"unknown LoRA {name!r}; --lora-dir has: {known}")
             if not math.isfinite(weight):
                 raise InputError(f"LoRA {name!r} weight must be a finite number, got {weight}")
             if weight != 0:
