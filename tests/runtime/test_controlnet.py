@@ -235,24 +235,32 @@ def test_run_with_a_control_image(tiny_controlnet_engine_dir, tmp_path):
 
 
 def test_sdxl_with_a_controlnet_is_diffusers_image(tmp_path):
+    """Text to image, and image to image at the defaults of SDXL's ControlNet pipeline
+    (strength 0.8 and scale 0.8, where SDXL's own image-to-image pipeline has strength 0.3)."""
     model, net = tmp_path / "tiny-sdxl", tmp_path / "tiny-sdxl-controlnet"
     write_preset("tiny-sdxl", model)
     write_preset("tiny-sdxl-controlnet", net)
-    networks = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
+    networks = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
     options = ExportOptions(components=networks, controlnets=(str(net),))
     build(str(model), tmp_path / "e", options, FP32_ON_ONNXRUNTIME)
-    reference = diffusers.StableDiffusionXLControlNetPipeline.from_pretrained(
-        model, controlnet=diffusers.ControlNetModel.from_pretrained(net)
-    )
-    reference.set_progress_bar_config(disable=True)
+    controlnet = diffusers.ControlNetModel.from_pretrained(net)
     hint = _hints()[1]
-    arguments = dict(prompt="a fox", num_inference_steps=5, controlnet_conditioning_scale=0.8)
-    generator = torch.Generator("cpu").manual_seed(2)
-    expected = reference(**arguments, image=hint, generator=generator, output_type="np").images
-    with Pipeline.load(tmp_path / "e") as pipe:
-        actual = pipe(**arguments, control_image=hint, seed=2, output_type="np").images
-    assert expected.std() > 0.01  # a picture, not a flat field that anything matches
-    assert_same_image(expected, actual)
+    cases = [
+        (diffusers.StableDiffusionXLControlNetPipeline, {"controlnet_conditioning_scale": 0.8}),
+        (diffusers.StableDiffusionXLControlNetImg2ImgPipeline, {"image": _picture()}),
+    ]
+    for cls, task in cases:
+        reference = cls.from_pretrained(model, controlnet=controlnet)
+        reference.set_progress_bar_config(disable=True)
+        generator = torch.Generator("cpu").manual_seed(2)
+        hinted = {"image": hint} if "image" not in task else {"control_image": hint}
+        expected = reference("a fox", num_inference_steps=5, generator=generator,
+                             output_type="np", **task, **hinted).images  # fmt: skip
+        with Pipeline.load(tmp_path / "e") as pipe:
+            actual = pipe("a fox", num_inference_steps=5, seed=2, output_type="np",
+                          control_image=hint, **task).images  # fmt: skip
+        assert expected.std() > 0.01  # a picture, not a flat field that anything matches
+        assert_same_image(expected, actual)
 
 
 def test_bench_measures_the_controlnet_per_step(tiny_controlnet_engine_dir, tmp_path):
