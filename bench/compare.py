@@ -31,8 +31,10 @@ from sdtrt.bench.torch_process import TorchProcess
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import ComponentRecord, Manifest
 from sdtrt.engine.options import Precision
+from sdtrt.engine.residuals import is_residual
 from sdtrt.errors import InputError
 from sdtrt.export.memory import EXPORT_ACTIVATIONS, LIBRARIES_BYTES, fp32_bytes_on_disk
+from sdtrt.runtime.controlnet import zero_residuals
 from sdtrt.runtime.guidance import guidance_embedding
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.runtime.schedulers import resolve_scheduler_name
@@ -145,7 +147,11 @@ def _unet_feeds(pipe: Pipeline, height: int, width: int, batch: int) -> dict[str
             (rows, int(context[1]), int(context[2])), dtype=np.float32
         ),
     }
+    residuals = [spec for spec in io.inputs if is_residual(spec.name)]
+    feeds.update(zero_residuals(residuals, model, rows, height, width))  # built for ControlNets
     for spec in io.inputs[3:]:
+        if is_residual(spec.name):
+            continue
         if spec.name == LAYER_MASK:  # SD 3: every layer runs
             feeds[spec.name] = np.ones((int(spec.shape[0]),), np.float32)
             continue

@@ -324,8 +324,8 @@ def run(
             out.print(timing_table(refined, "refiner timings"))
 
 
-def parse_control_arg(text: str) -> tuple[str, Path, float]:
-    """NAME=HINT[:SCALE] as (name, hint file, scale)."""
+def parse_control_arg(text: str) -> tuple[str, Path, float | None]:
+    """NAME=HINT[:SCALE] as (name, hint file, scale; None: the task's default, as diffusers')."""
     name, sign, rest = text.partition("=")
     if not sign or not name or not rest:
         raise InputError(f"--control takes NAME=HINT.png[:SCALE], got {text!r}")
@@ -335,7 +335,7 @@ def parse_control_arg(text: str) -> tuple[str, Path, float]:
             return name, Path(hint), float(scale)
         except ValueError:
             pass  # a colon of the path (C:\...), not a scale
-    return name, Path(rest), 1.0
+    return name, Path(rest), None
 
 
 @contextmanager

@@ -101,8 +101,8 @@ class TextConditioner:
     def add_embedding(self, tokens: list[str], vectors: np.ndarray) -> None:
         """Make `tokens` (a word, then its further vectors' tokens) mean `vectors`."""
         self.check_embedding(tokens)
+        self.added.extend(vectors.astype(np.float32))  # the rows before the ids that pick them
         self.tokenizer.add_tokens(tokens)
-        self.added.extend(vectors.astype(np.float32))
         if len(tokens) > 1:
             self.words[tokens[0]] = " ".join(tokens)
 

@@ -27,14 +27,15 @@ from sdtrt.runtime.request import Controls, ControlUnit, Request
 
 
 def _per_unit(value: object, count: int, what: str, default: float) -> list[float]:
-    """diffusers' convention: one value for every ControlNet, or a list of one per ControlNet."""
+    """diffusers' convention: one value for every ControlNet, or a list of one per ControlNet
+    (where None stands for the default)."""
     if value is None:
         return [default] * count
     values = list(value) if isinstance(value, (list, tuple)) else [value] * count
     if len(values) != count:
         raise InputError(f"{what} has {len(values)} values for {count} ControlNets")
-    try:
-        numbers = [float(v) for v in values]  # type: ignore[arg-type]
+    try:  # a None in the list: that ControlNet's default
+        numbers = [default if v is None else float(v) for v in values]  # type: ignore[arg-type]
     except (TypeError, ValueError) as error:
         raise InputError(f"{what} must be numbers, got {values!r}") from error
     if not all(np.isfinite(numbers)):
@@ -148,6 +149,25 @@ def control_run(
     )
 
 
+def zero_residuals(
+    residuals: Sequence[TensorSpec], model: ModelInfo, rows: int, height: int, width: int
+) -> dict[str, np.ndarray]:
+    """The UNet's residual inputs, all zeros, for `rows` rows of height x width px images:
+    what it is fed where no ControlNet acts."""
+    f = model.vae_scale_factor
+    sizes = {"batch": rows, "latent_height": height // f, "latent_width": width // f}
+
+    def size(dim: int | str) -> int:
+        if isinstance(dim, int):
+            return dim
+        if dim in sizes:
+            return sizes[dim]
+        latent = sizes[f"latent_{'height' if 'height' in dim else 'width'}"]
+        return downsampled(latent, dim_level(dim), model.downsample_padding)
+
+    return {t.name: np.zeros(tuple(size(d) for d in t.shape), np.float32) for t in residuals}
+
+
 class ControlRun:
     """A call's ControlNets over its steps: the UNet's residual inputs for each step."""
 
@@ -171,20 +191,7 @@ class ControlRun:
         self.ramp = controls is not None and controls.guess_mode
         self.guess = self.ramp and guided
         rows = 2 * batch if guided else batch
-        f = model.vae_scale_factor
-        sizes = {"batch": rows, "latent_height": height // f, "latent_width": width // f}
-
-        def size(dim: int | str) -> int:
-            if isinstance(dim, int):
-                return dim
-            if dim in sizes:
-                return sizes[dim]
-            latent = sizes[f"latent_{'height' if 'height' in dim else 'width'}"]
-            return downsampled(latent, dim_level(dim), model.downsample_padding)
-
-        self.zeros = {
-            t.name: np.zeros(tuple(size(d) for d in t.shape), np.float32) for t in residuals
-        }
+        self.zeros = zero_residuals(residuals, model, rows, height, width)
         self.order = [t.name for t in residuals]
         self.units: list[tuple[ControlUnit, Engine, dict[str, np.ndarray]]] = []
         for unit in controls.units if controls is not None else ():

@@ -379,7 +379,8 @@ class Pipeline:
     def load_textual_inversion(self, path: str | Path, token: str | None = None) -> None:
         """Add a textual-inversion embedding (a .safetensors file: diffusers' or the A1111 web
         UI's) as the word `token`, else the file's own word, as diffusers' method of this
-        name does; no rebuild. Prompts written after it may use the word."""
+        name does; no rebuild. Prompts written after it may use the word. Not while another
+        thread generates with this pipeline (its tokenizers change)."""
         self.prompt_encoder.add_embedding(read_embedding(path, token), Path(path).name)
 
     def close(self) -> None:

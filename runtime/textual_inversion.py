@@ -12,6 +12,7 @@ tokenizer gives the new tokens the ids that follow its vocabulary, which is the 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,8 @@ def read_embedding(path: str | Path, token: str | None = None) -> Embedding:
     vectors = tuple(np.atleast_2d(np.asarray(t, dtype=np.float32)) for t in tables)
     if any(v.ndim != 2 or not np.all(np.isfinite(v)) for v in vectors):
         raise InputError(f"{path.name} holds no finite (n, width) embedding vectors")
-    if len({len(v) for v in vectors}) != 1:
-        raise InputError(f"{path.name}: its tables hold different numbers of vectors")
+    if len({len(v) for v in vectors}) != 1 or not len(vectors[0]):
+        raise InputError(f"{path.name}: its tables hold no vectors, or different numbers of them")
     word = token or word
     if not word or any(c.isspace() for c in word):
         raise InputError(f"an embedding's word must be one word without spaces, got {word!r}")
@@ -96,11 +97,12 @@ def vectors_for(embedding: Embedding, widths: list[int], name: str) -> list[np.n
 
 def expand_prompt(prompt: str, words: dict[str, str]) -> str:
     """`prompt` with each multi-vector word written out as its tokens (diffusers'
-    `maybe_convert_prompt`)."""
-    for word, written in words.items():
-        if word in prompt:
-            prompt = prompt.replace(word, written)
-    return prompt
+    `maybe_convert_prompt`), the longest word first where one word holds another, as the
+    tokenizer matches its added tokens."""
+    if not words:
+        return prompt
+    pattern = "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
+    return re.sub(pattern, lambda found: words[found.group(0)], prompt)
 
 
 def load_folder(folder: str | Path, load: Callable[[Path], None]) -> list[str]:

@@ -59,6 +59,11 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     if params.denoising_start is not None and inputs is None:
         raise InputError("denoising_start continues from an image or latents")
     controls = _controls(manifest, params.control, "txt2img" if inputs is None else inputs.kind)
+    if controls is not None and inputs is not None and inputs.padding_mask_crop is not None:
+        raise InputError(
+            "inpainting around the mask (padding_mask_crop, inpaint_full_res) does not take "
+            "ControlNets yet; leave it off"
+        )
     height, width = params.height, params.width
     if controls is not None:
         height, width = controls.size(height, width, manifest.model.vae_scale_factor)

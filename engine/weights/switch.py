@@ -13,6 +13,7 @@ Base weights always come from the ONNX file, so switching A -> B -> A leaves not
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from sdtrt.engine.manifest import ComponentRecord
 from sdtrt.engine.weights.initializers import read_initializers
 from sdtrt.engine.weights.lora import LoraSource, lora_components, lora_deltas
 from sdtrt.errors import ArtifactError, InputError
+
+log = logging.getLogger(__name__)
 
 
 class MappedWeight(BaseModel):
@@ -61,9 +64,11 @@ def lora_initializers(
     maps = {name: read_weight_map(directory, records[name]) for name in switched}
     shapes = {c: {w: m.shape for w, m in wm.weights.items()} for c, wm in maps.items()}
     deltas: dict[str, dict[str, np.ndarray]] = {c: {} for c in switched}
+    moot: list[str] = []
     for component, weight, delta in lora_deltas(sources, shapes):
         mapped = maps[component].weights[weight]
-        if mapped.unused:
+        if mapped.unused:  # the graph holds it in no form: its change reaches no output
+            moot.append(f"{component} {weight}")
             continue
         if mapped.initializer is None:
             raise InputError(
@@ -71,6 +76,8 @@ def lora_initializers(
                 "exporter folded or shared it); merge this LoRA with `sdtrt build --lora`"
             )
         deltas[component][mapped.initializer] = delta.T if mapped.transposed else delta
+    if moot:  # SDXL's first text encoder's last layer, which its export drops
+        log.info("%d LoRA weights change layers these engines do not use: %s", len(moot), moot)
     result: dict[str, dict[str, np.ndarray]] = {}
     for component, changes in deltas.items():
         onnx_path = directory / records[component].name / maps[component].onnx

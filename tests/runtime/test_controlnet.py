@@ -4,6 +4,7 @@ image, image to image, inpainting; SDXL), a call without a hint is the plain mod
 what does not fit is refused in one line."""
 
 import json
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -277,3 +278,19 @@ def test_bench_measures_the_controlnet_per_step(tiny_controlnet_engine_dir, tmp_
     )
     unknown = sdtrt(*common, "--controlnet", "depth")
     assert_one_line_error(unknown, "no ControlNet 'depth' was built here")
+
+
+def test_the_compare_bench_feeds_a_controlnet_ready_unet(pipe):
+    """`bench --compare` times the UNet alone: zero residuals where it takes them."""
+    from sdtrt.bench.compare import _unet_feeds
+
+    feeds = _unet_feeds(pipe, 64, 64, 1)
+    assert feeds["mid_residual"].shape[0] == 2 and not feeds["mid_residual"].any()
+    assert pipe.engines["unet"].infer(feeds)["noise_pred"].shape == (2, 4, 32, 32)
+
+
+def test_a_scale_left_out_on_the_command_line_is_the_tasks_default():
+    from sdtrt.cli.generate import parse_control_arg
+
+    assert parse_control_arg("canny=edges.png")[2] is None
+    assert parse_control_arg("canny=C:/edges.png:0.5") == ("canny", Path("C:/edges.png"), 0.5)

@@ -157,3 +157,18 @@ def test_the_server_reads_its_embeddings_folder(tiny_engine_dir, files, tmp_path
         expected = pipe(prompt, num_inference_steps=3, seed=5).images[0]
     image = decode_png(answer.json()["images"][0]).convert("RGB")
     assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_words_are_written_out_longest_first():
+    from sdtrt.runtime.textual_inversion import expand_prompt
+
+    words = {"style": "style style_1", "style2": "style2 style2_1"}
+    assert expand_prompt("style2 and style", words) == "style2 style2_1 and style style_1"
+
+
+def test_an_empty_embedding_is_refused(tmp_path):
+    from sdtrt.runtime.textual_inversion import read_embedding
+
+    save_file({"emb_params": np.zeros((0, WIDTH), np.float32)}, str(tmp_path / "none.safetensors"))
+    with pytest.raises(InputError, match="its tables hold no vectors"):
+        read_embedding(tmp_path / "none.safetensors")

@@ -102,6 +102,14 @@ def test_what_the_server_cannot_do_is_one_400(controlled: LiveServer, server: Li
         canny = client.post("/sdapi/v1/txt2img", json=a1111)
         unit.update(module="none", control_mode="My prompt is more important")
         mode = client.post("/sdapi/v1/txt2img", json=a1111)
+        mask = Image.new("L", (64, 64))
+        mask.paste(255, (16, 16, 48, 48))
+        cropped = client.post(
+            "/v1/img2img",
+            json={"prompt": "a fox", "steps": 2, "image": hint, "mask": _b64(mask),
+                  "padding_mask_crop": 8,
+                  "control": [{"image": hint, "controlnet": "tiny-controlnet"}]},
+        )  # fmt: skip
         unknown = client.post(
             "/v1/txt2img",
             json={"prompt": "a fox", "steps": 2, "control": [{"image": hint, "controlnet": "x"}]},
@@ -109,6 +117,7 @@ def test_what_the_server_cannot_do_is_one_400(controlled: LiveServer, server: Li
     assert canny.status_code == 400 and "preprocessor 'canny' does not run here" in canny.text
     assert mode.status_code == 400 and "control mode 'My prompt is more important'" in mode.text
     assert unknown.status_code == 400 and "no ControlNet 'x' was built here" in unknown.text
+    assert cropped.status_code == 400 and "does not take ControlNets yet" in cropped.text
     with server.client() as client:  # engines built without ControlNets
         plain = client.post("/v1/txt2img", json={"prompt": "a", "control": [{"image": hint}]})
     assert plain.status_code == 400 and "these engines have no ControlNet" in plain.text

@@ -10,9 +10,9 @@ import pytest
 from serving import decode_png, live_server
 
 from sdtrt.errors import InputError
+from sdtrt.runtime.lora_library import take_tags
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve.app import ServeOptions
-from sdtrt.runtime.lora_library import take_tags
 
 
 def test_tags_come_out_of_the_prompt() -> None:
