@@ -160,7 +160,7 @@ def test_weights_stay_weights_through_constant_folding(tiny_model_dir, tmp_path,
     assert "inner.embeddings.position_embedding.weight" in weights("aside.onnx") & parameters
     assert "inner.embeddings.position_embedding.weight" not in weights("whole.onnx")
     graph = onnx.load(str(tmp_path / "aside.onnx")).graph
-    assert [i.name for i in graph.input] == ["input_ids"]
+    assert [i.name for i in graph.input] == ["input_ids", "added_embeddings"]
     read = {name for node in graph.node for name in node.input}
     assert all(t.name in read for t in graph.initializer)
     cpu = ["CPUExecutionProvider"]
