@@ -8,9 +8,8 @@ built: it must mirror the UNet's encoder and read hints at the model's VAE facto
 
 from __future__ import annotations
 
-import json
+import functools
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from sdtrt.engine.layout import controlnet_component
 from sdtrt.engine.manifest import ControlNetInfo
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.errors import InputError, ModelSourceError, first_line
-from sdtrt.export.sources import HUB_ID, digest_files, download
+from sdtrt.export.sources import digest_files, open_part
 
 if TYPE_CHECKING:
     from sdtrt.export.specs.controlnet import ControlNetSpec
@@ -41,7 +40,7 @@ MATCHED = (
 
 @dataclass(frozen=True)
 class ControlNetSource:
-    name: str  # its network is controlnet/<name>
+    name: str  # its network is controlnet/<name>, the name made fit for a folder
     folder: Path
     config: Mapping[str, Any]
 
@@ -50,8 +49,27 @@ class ControlNetSource:
 def open_controlnets(refs: tuple[str, ...]) -> Iterator[list[ControlNetSource]]:
     """Each of `refs` as a local ControlNetModel folder (an existing folder, a ControlNet preset
     written for the block, or a hub id), named, in the order given."""
+    from sdtrt.export.presets.controlnet import CONTROLNET_PRESETS, write_controlnet
+
+    presets = {
+        name: functools.partial(write_controlnet, preset)
+        for name, preset in CONTROLNET_PRESETS.items()
+    }
     with ExitStack() as stack:
-        sources = [stack.enter_context(_open(ref)) for ref in refs]
+        parts = [
+            stack.enter_context(
+                open_part(
+                    ref,
+                    kind="ControlNet",
+                    class_name=CLASS_NAME,
+                    described=f"a {CLASS_NAME}",
+                    presets=presets,
+                    patterns=HUB_PATTERNS,
+                )
+            )
+            for ref in refs
+        ]
+        sources = [ControlNetSource(_folder_name(p.name), p.path, p.config) for p in parts]
         names = [source.name for source in sources]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -62,47 +80,8 @@ def open_controlnets(refs: tuple[str, ...]) -> Iterator[list[ControlNetSource]]:
         yield sources
 
 
-@contextmanager
-def _open(ref: str) -> Iterator[ControlNetSource]:
-    from sdtrt.export.presets.controlnet import CONTROLNET_PRESETS, write_controlnet
-
-    path = Path(ref).expanduser()
-    if path.exists():
-        yield _checked(path.resolve(), path.resolve().name)
-    elif ref in CONTROLNET_PRESETS:
-        with tempfile.TemporaryDirectory(prefix=f"sdtrt-{ref}-") as scratch:
-            folder = Path(scratch) / ref
-            write_controlnet(CONTROLNET_PRESETS[ref], folder)
-            yield _checked(folder, ref)
-    elif HUB_ID.fullmatch(ref):
-        folder = download(ref, HUB_PATTERNS, "a local ControlNetModel folder")
-        yield _checked(folder, ref.rsplit("/", 1)[1])
-    else:
-        raise ModelSourceError(
-            f"unknown ControlNet '{ref}': not an existing folder, not a preset "
-            f"({', '.join(CONTROLNET_PRESETS)}) and not a hub id (org/name)"
-        )
-
-
-def _checked(folder: Path, name: str) -> ControlNetSource:
-    """`folder`, once seen to hold a ControlNetModel in safetensors (a pickle can run code as
-    it loads: not read), under a name fit for a folder of the engine directory."""
-    path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        class_name = config.get("_class_name")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-        raise ModelSourceError(
-            f"{folder} is not a diffusers ControlNetModel folder ({path.name} cannot be read)"
-        ) from error
-    if class_name != CLASS_NAME:
-        raise ModelSourceError(f"{folder} holds {class_name}, not a {CLASS_NAME}")
-    if not any(folder.glob("*.safetensors")):
-        raise ModelSourceError(
-            f"{folder} has no .safetensors weights; convert its weights to safetensors"
-        )
-    safe = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "controlnet"
-    return ControlNetSource(safe, folder, config)
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "controlnet"
 
 
 def check_fits(source: ControlNetSource, unet_config: Any, latents: tuple[int, int]) -> None:

@@ -6,13 +6,14 @@ Every kind ends as a local diffusers folder, so the build has one path to follow
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sdtrt.errors import ModelSourceError
 from sdtrt.export.presets import PRESETS, write_preset
@@ -104,6 +105,67 @@ def open_source(ref: str, allow_pickle: bool = False) -> Iterator[ModelFolder]:
             yield ModelFolder(path=folder, kind=kind, ref=ref, name=ref)
     else:
         yield ModelFolder(path=download(ref), kind=kind, ref=ref, name=ref)
+
+
+@dataclass(frozen=True)
+class PartFolder:
+    """A model part built beside a model (a tiny VAE, a ControlNet): its local folder, the
+    name it goes by (its folder's, preset's, or hub id's last part) and its config."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+
+
+@contextmanager
+def open_part(
+    ref: str,
+    *,
+    kind: str,
+    class_name: str,
+    described: str,
+    presets: Mapping[str, Callable[[Path], None]],
+    patterns: list[str],
+) -> Iterator[PartFolder]:
+    """`ref` as a local folder of a diffusers `class_name` in safetensors: an existing folder,
+    a preset (`presets` writes it, for the block) or a hub id (downloaded). `kind` and
+    `described` (the part, and its class, as users know them) word the one-line refusals."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        yield _part(path.resolve(), path.resolve().name, class_name, described)
+    elif ref in presets:
+        with tempfile.TemporaryDirectory(prefix=f"sdtrt-{ref}-") as scratch:
+            folder = Path(scratch) / ref
+            presets[ref](folder)
+            yield _part(folder, ref, class_name, described)
+    elif HUB_ID.fullmatch(ref):
+        folder = download(ref, patterns, f"a local {class_name} folder")
+        yield _part(folder, ref.rsplit("/", 1)[1], class_name, described)
+    else:
+        raise ModelSourceError(
+            f"unknown {kind} '{ref}': not an existing folder, not a preset "
+            f"({', '.join(presets)}) and not a hub id (org/name)"
+        )
+
+
+def _part(folder: Path, name: str, class_name: str, described: str) -> PartFolder:
+    """`folder`, once seen to hold `class_name` in safetensors (a pickle can run code as it
+    loads: not read)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        found = config.get("_class_name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ModelSourceError(
+            f"{folder} is not a diffusers {class_name} folder ({path.name} cannot be read)"
+        ) from error
+    if found != class_name:
+        raise ModelSourceError(f"{folder} holds {found}, not {described}")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelSourceError(
+            f"{folder} has no .safetensors weights; convert its weights to safetensors"
+        )
+    return PartFolder(folder, name, config)
 
 
 def check_no_pickles(folder: Path, allow_pickle: bool) -> None:

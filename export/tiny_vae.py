@@ -9,8 +9,7 @@ Its encoder gives latents, not a distribution to sample, so image to image draws
 
 from __future__ import annotations
 
-import json
-import tempfile
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from sdtrt.engine.manifest import TinyVaeInfo
 from sdtrt.errors import InputError, ModelSourceError, first_line
-from sdtrt.export.sources import HUB_ID, digest_files, download
+from sdtrt.export.sources import digest_files, open_part
 
 CLASS_NAME = "AutoencoderTiny"
 HUB_PATTERNS = ["config.json", "*.safetensors"]
@@ -31,42 +30,16 @@ def open_tiny_vae(ref: str) -> Iterator[Path]:
     from sdtrt.export.presets.tiny_vae import TINY_VAE_PRESETS
     from sdtrt.export.presets.writer import write_preset
 
-    path = Path(ref).expanduser()
-    if path.exists():
-        yield _checked(path.resolve())
-    elif ref in TINY_VAE_PRESETS:
-        with tempfile.TemporaryDirectory(prefix=f"sdtrt-{ref}-") as scratch:
-            folder = Path(scratch) / ref
-            write_preset(ref, folder)
-            yield folder
-    elif HUB_ID.fullmatch(ref):
-        yield _checked(download(ref, HUB_PATTERNS, "a local AutoencoderTiny folder"))
-    else:
-        raise ModelSourceError(
-            f"unknown tiny VAE '{ref}': not an existing folder, not a preset "
-            f"({', '.join(TINY_VAE_PRESETS)}) and not a hub id (org/name)"
-        )
-
-
-def _checked(folder: Path) -> Path:
-    """`folder`, once it is seen to hold an AutoencoderTiny in safetensors (a pickle can run
-    code as it loads: not read)."""
-    config = folder / "config.json"
-    try:
-        class_name = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-        raise ModelSourceError(
-            f"{folder} is not a diffusers AutoencoderTiny folder ({config.name} cannot be read)"
-        ) from error
-    if class_name != CLASS_NAME:
-        raise ModelSourceError(
-            f"{folder} holds {class_name}, not {CLASS_NAME} (TAESD, TAESDXL, TAESD3)"
-        )
-    if not any(folder.glob("*.safetensors")):
-        raise ModelSourceError(
-            f"{folder} has no .safetensors weights; convert its weights to safetensors"
-        )
-    return folder
+    presets = {name: functools.partial(write_preset, name) for name in TINY_VAE_PRESETS}
+    with open_part(
+        ref,
+        kind="tiny VAE",
+        class_name=CLASS_NAME,
+        described=f"{CLASS_NAME} (TAESD, TAESDXL, TAESD3)",
+        presets=presets,
+        patterns=HUB_PATTERNS,
+    ) as part:
+        yield part.path
 
 
 def load_tiny_vae(folder: Path) -> Any:

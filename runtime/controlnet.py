@@ -24,6 +24,7 @@ from sdtrt.errors import InputError
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.preprocess import ImageInput, load_input, preprocess_hint
 from sdtrt.runtime.request import Controls, ControlUnit, Request
+from sdtrt.runtime.task_setup import ImageInputs
 
 
 def _per_unit(value: object, count: int, what: str, default: float) -> list[float]:
@@ -51,14 +52,14 @@ def make_controls(
     start: float | Sequence[float] | None = None,
     end: float | Sequence[float] | None = None,
     guess_mode: bool = False,
-    task: str = "txt2img",
+    inputs: ImageInputs | None = None,
 ) -> Controls | None:
     """A call's ControlNets from diffusers' arguments (`control_image`,
     `controlnet_conditioning_scale`, `control_guidance_start`, `control_guidance_end`,
     `guess_mode`) and the names of the ControlNets (`controlnet`: every built one by
-    default), checked; None for a call without a control image. Scales default to those of
-    diffusers' ControlNet pipeline for the family and `task` ("txt2img", "img2img",
-    "inpaint")."""
+    default), checked against the call's `inputs` (None: text to image); None for a call
+    without a control image. Scales default to those of diffusers' ControlNet pipeline for
+    the family and task."""
     built = [c.name for c in model.controlnets]
     if control_image is None:
         given = [
@@ -89,6 +90,12 @@ def make_controls(
             f"{len(images)} control images for {len(names)} ControlNets ({', '.join(names)}); "
             "give one image per ControlNet"
         )
+    if inputs is not None and inputs.padding_mask_crop is not None:
+        raise InputError(
+            "inpainting around the mask (padding_mask_crop; A1111's inpaint_full_res) does not "
+            "take ControlNets yet; leave it off"
+        )
+    task = "txt2img" if inputs is None else inputs.kind
     default_scale = family_of(model).default_controlnet_scale(task)
     scales = _per_unit(scale, len(names), "controlnet_conditioning_scale", default_scale)
     starts = _per_unit(start, len(names), "control_guidance_start", 0.0)
@@ -192,8 +199,11 @@ class ControlRun:
         self.guess = self.ramp and guided
         rows = 2 * batch if guided else batch
         self.zeros = zero_residuals(residuals, model, rows, height, width)
+        # Guess mode's residuals, rows of zeros then the guided rows', reused over the steps.
+        self.guessed = {name: np.zeros_like(v) for name, v in self.zeros.items() if self.guess}
         self.order = [t.name for t in residuals]
-        self.units: list[tuple[ControlUnit, Engine, dict[str, np.ndarray]]] = []
+        # Per ControlNet: itself, its engine, its feeds, and its residuals' factors (None: 1).
+        self.units: list[tuple[ControlUnit, Engine, dict[str, np.ndarray], np.ndarray | None]] = []
         for unit in controls.units if controls is not None else ():
             engine = engines[controlnet_component(unit.name)]
             taken = {t.name for t in engine.io.inputs}
@@ -205,7 +215,8 @@ class ControlRun:
             elif guided:
                 hint = np.concatenate([hint, hint])
             feeds["controlnet_cond"] = np.ascontiguousarray(hint)
-            self.units.append((unit, engine, feeds))
+            scaled = self.ramp or unit.scale != 1.0
+            self.units.append((unit, engine, feeds, self._scales(unit.scale) if scaled else None))
 
     def residuals(
         self, step: int, steps: int, latents: np.ndarray, timestep: np.ndarray
@@ -214,7 +225,7 @@ class ControlRun:
         `controlnet_keep`: a ControlNet acts from `start` to `end` of them), from the latents
         the UNet reads (unguided rows, then guided ones)."""
         summed: dict[str, np.ndarray] | None = None
-        for unit, engine, feeds in self.units:
+        for unit, engine, feeds, scales in self.units:
             if step / steps < unit.start or (step + 1) / steps > unit.end:
                 continue
             if self.guess:
@@ -223,8 +234,7 @@ class ControlRun:
             else:
                 feeds["sample"], feeds["timestep"] = np.ascontiguousarray(latents), timestep
             outputs = engine.infer(feeds)
-            if self.ramp or unit.scale != 1.0:
-                scales = self._scales(unit.scale, len(self.order))
+            if scales is not None:
                 for name, scale in zip(self.order, scales, strict=True):
                     outputs[name] *= scale
             if summed is None:
@@ -234,16 +244,16 @@ class ControlRun:
                     summed[name] += outputs[name]
         if summed is None:
             return self.zeros
-        if self.guess:  # the unguided rows take nothing from the ControlNets
-            return {
-                name: np.concatenate([np.zeros_like(value), value])
-                for name, value in summed.items()
-            }
+        if self.guess:  # the unguided rows (the first half, never written) take nothing
+            for name, value in summed.items():
+                np.copyto(np.split(self.guessed[name], 2)[1], value)
+            return self.guessed
         return summed
 
-    def _scales(self, scale: float, count: int) -> np.ndarray:
+    def _scales(self, scale: float) -> np.ndarray:
         """Each residual's factor: the scale, in guess mode ramped from 0.1 to 1 over the
         down residuals and the middle one (diffusers' `torch.logspace(-1, 0, n)`)."""
+        count = len(self.order)
         if not self.ramp:
             return np.full(count, scale, np.float32)
         return (np.logspace(-1, 0, count, dtype=np.float32) * np.float32(scale)).astype(np.float32)

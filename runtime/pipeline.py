@@ -192,11 +192,9 @@ class Pipeline:
             control_guidance_start,
             control_guidance_end,
             guess_mode,
-            task="txt2img" if inputs is None else inputs.kind,
+            inputs,
         )
         if controls is not None:
-            if padding_mask_crop is not None:
-                raise InputError("padding_mask_crop does not take ControlNets yet; leave it unset")
             height, width = controls.size(height, width, self.manifest.model.vae_scale_factor)
         height, width = output_size(inputs, self.manifest, height, width)
         if output_type not in ("pil", "np", "latent"):

@@ -121,28 +121,29 @@ def _channels_first(array: np.ndarray, channels: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1)[None]).astype(np.float32)
 
 
-def preprocess_image(value: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:
-    """An image as the VAE encoder takes it: (1, 3, height, width) float32 in [-1, 1]."""
+def _unit_pixels(value: Image.Image | np.ndarray, height: int, width: int, what: str) -> np.ndarray:
+    """(1, 3, height, width) float32: a PIL image resized with Lanczos, in RGB, in [0, 1]; an
+    array resized by nearest neighbour, its values as they are."""
     if isinstance(value, Image.Image):
         resized = value.resize((width, height), resample=Image.Resampling.LANCZOS)
         pixels = np.array(resized.convert("RGB")).astype(np.float32) / np.float32(255.0)
-        array = pixels.transpose(2, 0, 1)[None]
-    else:
-        array = nearest_resize(_channels_first(value, 3, "image"), height, width)
-        if array.min() < 0:  # diffusers takes arrays with negatives as already in [-1, 1]
-            return np.ascontiguousarray(array, dtype=np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    array = nearest_resize(_channels_first(value, 3, what), height, width)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def preprocess_image(value: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:
+    """An image as the VAE encoder takes it: (1, 3, height, width) float32 in [-1, 1]."""
+    array = _unit_pixels(value, height, width, "image")
+    if not isinstance(value, Image.Image) and array.min() < 0:
+        return array  # diffusers takes arrays with negatives as already in [-1, 1]
     return np.ascontiguousarray(np.float32(2.0) * array - np.float32(1.0), dtype=np.float32)
 
 
 def preprocess_hint(value: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:
     """A ControlNet's hint image as it takes it: (1, 3, height, width) float32 in [0, 1], as
     diffusers' control image processor makes it (resized as above, not normalised)."""
-    if isinstance(value, Image.Image):
-        resized = value.resize((width, height), resample=Image.Resampling.LANCZOS)
-        pixels = np.array(resized.convert("RGB")).astype(np.float32) / np.float32(255.0)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
-    array = nearest_resize(_channels_first(value, 3, "control image"), height, width)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return _unit_pixels(value, height, width, "control image")
 
 
 def preprocess_mask(value: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:

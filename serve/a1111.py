@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from typing import Any
 
@@ -23,7 +22,13 @@ from sdtrt.engine.manifest import Manifest
 from sdtrt.errors import InputError
 from sdtrt.runtime.families import family_of
 from sdtrt.runtime.lora_library import take_tags
-from sdtrt.serve.a1111_dialect import SAMPLERS, SCHEDULE_TYPES, prompt_syntax_for, scheduler_for
+from sdtrt.serve.a1111_dialect import (
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    checkpoint_name,
+    prompt_syntax_for,
+    scheduler_for,
+)
 from sdtrt.serve.controlnet_units import a1111_controls
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import GenerationParams, ImageTask, Job, JobState
@@ -88,15 +93,10 @@ def _models(request: Request) -> ModelSet:
     return request.app.state.models  # type: ignore[no-any-return]
 
 
-def _checkpoint(title: str) -> str:
-    """A model's name from an A1111 checkpoint title, "NAME [HASH]"."""
-    return re.sub(r"\s*\[[0-9a-f]+\]$", "", title.strip())
-
-
 def _asked_model(body: A1111Txt2Img) -> str | None:
     settings = body.model_extra.get("override_settings") if body.model_extra else None
     title = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
-    return _checkpoint(title) if isinstance(title, str) else None
+    return checkpoint_name(title) if isinstance(title, str) else None
 
 
 def _model_hash(manifest: Manifest) -> str:
@@ -212,7 +212,7 @@ async def _generate(request: Request, body: A1111Txt2Img, task: ImageTask | None
     refiner = body.refiner_checkpoint
     if refiner and refiner != "None":  # A1111's web UI sends "None" for no refiner
         switch_at = body.refiner_switch_at
-        service, job = await refined(request, service, params, _checkpoint(refiner), switch_at)
+        service, job = await refined(request, service, params, checkpoint_name(refiner), switch_at)
     else:
         job = service.submit(params, owner=owner_of(request))
         await wait_or_cancel(request, service, job)
@@ -284,7 +284,7 @@ def set_options(settings: dict[str, Any], request: Request) -> None:
     wanted = settings.get("sd_model_checkpoint")
     if wanted is not None:
         models = _models(request)
-        models.default = models.name_of(_checkpoint(str(wanted)))
+        models.default = models.name_of(checkpoint_name(str(wanted)))
 
 
 @a1111_router.get("/progress")

@@ -3,10 +3,18 @@ its prompt syntax."""
 
 from __future__ import annotations
 
+import re
+
 from sdtrt.errors import InputError
 from sdtrt.runtime.families import Family
 from sdtrt.runtime.prompt_syntax import is_plain
 from sdtrt.runtime.schedulers import resolve_scheduler_name
+
+
+def checkpoint_name(title: str) -> str:
+    """A model's name from an A1111 model title, "NAME [HASH]" (checkpoints, ControlNets)."""
+    return re.sub(r"\s*\[[0-9a-f]+\]$", "", title.strip())
+
 
 # A1111 sampler name -> (sdtrt scheduler, A1111's aliases).
 SAMPLERS: dict[str, tuple[str, list[str]]] = {

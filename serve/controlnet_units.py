@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from sdtrt.errors import InputError
+from sdtrt.serve.a1111_dialect import checkpoint_name
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import ControlArguments
 from sdtrt.serve.schemas import ControlUnitBody
@@ -103,7 +103,7 @@ def _model_name(unit: Mapping[str, Any], index: int) -> str:
     title = unit.get("model")
     if not isinstance(title, str) or title.strip() in ("", "None"):
         raise InputError(f"ControlNet unit {index} names no model; see /controlnet/model_list")
-    return re.sub(r"\s*\[[0-9a-f]+\]$", "", title.strip())
+    return checkpoint_name(title)
 
 
 def _mode(unit: Mapping[str, Any], index: int) -> bool:

@@ -58,12 +58,7 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     check_fraction(params.denoising_end, "denoising_end")
     if params.denoising_start is not None and inputs is None:
         raise InputError("denoising_start continues from an image or latents")
-    controls = _controls(manifest, params.control, "txt2img" if inputs is None else inputs.kind)
-    if controls is not None and inputs is not None and inputs.padding_mask_crop is not None:
-        raise InputError(
-            "inpainting around the mask (padding_mask_crop, inpaint_full_res) does not take "
-            "ControlNets yet; leave it off"
-        )
+    controls = _controls(manifest, params.control, inputs)
     height, width = params.height, params.width
     if controls is not None:
         height, width = controls.size(height, width, manifest.model.vae_scale_factor)
@@ -107,16 +102,18 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
     return Plan(calls, handed or [inputs] * len(calls), strength, controls)
 
 
-def _controls(manifest: Manifest, control: ControlArguments | None, task: str) -> Controls | None:
+def _controls(
+    manifest: Manifest, control: ControlArguments | None, inputs: ImageInputs | None
+) -> Controls | None:
     if control is None:
         return None
     return make_controls(
         manifest.model,
-        list(control.images),
-        None if control.names is None else list(control.names),
-        None if control.scales is None else list(control.scales),
-        None if control.starts is None else list(control.starts),
-        None if control.ends is None else list(control.ends),
+        control.images,
+        control.names,
+        control.scales,
+        control.starts,
+        control.ends,
         control.guess_mode,
-        task=task,
+        inputs,
     )

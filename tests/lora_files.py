@@ -120,12 +120,15 @@ def prompt_latents() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((1, 4, 32, 32), dtype=np.float32)
 
 
-def diffusers_image(model_dir: Path, loras: list[LoraSource]) -> np.ndarray:
-    """The reference: diffusers with the LoRAs loaded as adapters and fused at their scales."""
+def diffusers_image(
+    model_dir: Path, loras: list[LoraSource], pipeline: str = "StableDiffusionPipeline"
+) -> np.ndarray:
+    """The reference: diffusers' `pipeline` with the LoRAs loaded as adapters and fused at
+    their scales."""
+    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe = getattr(diffusers, pipeline).from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     if loras:
         names = [f"lora{i}" for i in range(len(loras))]
@@ -150,10 +153,11 @@ def lora_image(pipe) -> np.ndarray:  # type: ignore[no-untyped-def]
     return pipe(**PROMPT, latents=prompt_latents(), output_type="np").images
 
 
-def check_switches(pipe, a, b, repeat_db: float | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+def check_switches(pipe, a, b, repeat_db: float | None = None):  # type: ignore[no-untyped-def]
     """On `pipe`: A -> B -> A gives A bit for bit (or, with `repeat_db`, to that many dB: for
     engines whose kernels are not deterministic), B and A differ, A differs from the built
-    image and none gives it back (the LoRAs are taken off whatever happens); A's image."""
+    image and none gives it back (the LoRAs are taken off whatever happens); A's image and
+    B's."""
     from helpers import psnr
 
     from sdtrt.tolerances import END_TO_END_PSNR_DB
@@ -174,7 +178,7 @@ def check_switches(pipe, a, b, repeat_db: float | None = None) -> np.ndarray:  #
         assert psnr(first_a, second_a) >= repeat_db and psnr(base, lora_image(pipe)) >= repeat_db
     assert psnr(first_a, only_b) < END_TO_END_PSNR_DB - 20
     assert psnr(base, first_a) < END_TO_END_PSNR_DB - 20
-    return first_a
+    return first_a, only_b
 
 
 def check_switching(
@@ -194,5 +198,5 @@ def check_switching(
     with Pipeline.load(merged) as merged_pipe:
         merged_image = lora_image(merged_pipe)
     with Pipeline.load(plain) as pipe:
-        first_a = check_switches(pipe, a, b, repeat_db)
+        first_a, _ = check_switches(pipe, a, b, repeat_db)
     assert psnr(merged_image, first_a) >= bar

@@ -45,6 +45,14 @@ def latent_dims(ranges: BuildRanges, vae_scale_factor: int) -> DimRanges:
     }
 
 
+def image_dims(ranges: BuildRanges, vae_scale_factor: int) -> DimRanges:
+    """The latent sizes, and the image sizes one VAE factor above them."""
+    latent = latent_dims(ranges, vae_scale_factor)
+    f = vae_scale_factor
+    (h0, h1, h2), (w0, w1, w2) = latent["latent_height"], latent["latent_width"]
+    return {**latent, "height": (h0 * f, h1 * f, h2 * f), "width": (w0 * f, w1 * f, w2 * f)}
+
+
 class ComponentSpec(ABC):
     """A network to export. Subclasses name their tensors and wrap the torch module."""
 

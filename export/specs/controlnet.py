@@ -24,7 +24,7 @@ from sdtrt.export.specs.base import (
     Point,
     Wrapper,
     batch_dims,
-    latent_dims,
+    image_dims,
     text_dims,
 )
 from sdtrt.export.specs.residuals import residual_dims, residual_tensors
@@ -76,16 +76,12 @@ class ControlNetSpec(ComponentSpec):
         self.outputs = residual_tensors(skeleton)
 
     def dims(self, ranges: BuildRanges) -> DimRanges:
-        latent = latent_dims(ranges, self.vae_scale_factor)
-        f = self.vae_scale_factor
-        (h0, h1, h2), (w0, w1, w2) = latent["latent_height"], latent["latent_width"]
+        images = image_dims(ranges, self.vae_scale_factor)
         return {
             "batch": batch_dims(ranges, 2),
-            **latent,
-            "height": (h0 * f, h1 * f, h2 * f),
-            "width": (w0 * f, w1 * f, w2 * f),
+            **images,
             "text_tokens": text_dims(ranges, self.max_length),
-            **residual_dims(latent, self.outputs, self.padding),
+            **residual_dims(images, self.outputs, self.padding),
         }
 
     def trace_point(self, ranges: BuildRanges) -> Point:

@@ -16,7 +16,7 @@ from sdtrt.export.specs.base import (
     Point,
     Wrapper,
     batch_dims,
-    latent_dims,
+    image_dims,
 )
 
 
@@ -26,15 +26,7 @@ class _VaeSpec(ComponentSpec):
     vae_scale_factor: int
 
     def dims(self, ranges: BuildRanges) -> DimRanges:
-        latent = latent_dims(ranges, self.vae_scale_factor)
-        f = self.vae_scale_factor
-        (h0, h1, h2), (w0, w1, w2) = latent["latent_height"], latent["latent_width"]
-        return {
-            "batch": batch_dims(ranges, 1),
-            **latent,
-            "height": (h0 * f, h1 * f, h2 * f),
-            "width": (w0 * f, w1 * f, w2 * f),
-        }
+        return {"batch": batch_dims(ranges, 1), **image_dims(ranges, self.vae_scale_factor)}
 
 
 class VaeDecoderSpec(_VaeSpec):

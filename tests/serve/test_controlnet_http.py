@@ -79,6 +79,9 @@ def test_a1111_controlnet_units_from_webuiapi(controlled: LiveServer, pipe: Pipe
     result = api.txt2img(
         prompt="a fox", steps=4, seed=9, cfg_scale=7.5, sampler_name="PNDM",
         width=64, height=64, controlnet_units=[unit],
+        # webuiapi writes the units into its default `alwayson_scripts={}`, which every later
+        # call in this process would otherwise send: a dict of this call's own.
+        alwayson_scripts={},
     )  # fmt: skip
     expected = pipe(
         "a fox",
