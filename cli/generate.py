@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from rich.progress import (
@@ -23,6 +24,9 @@ from sdtrt.cli.common import (
     user_errors,
 )
 from sdtrt.errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -175,9 +179,15 @@ def run(
         list[str] | None,
         typer.Option(
             help="NAME=HINT.png[:SCALE]: guide the image with ControlNet NAME (built with "
-            "`sdtrt build --controlnet`) and a hint image, at SCALE (1 by default); repeatable."
+            "`sdtrt build --controlnet`) and a hint image, at SCALE (the task's default: 1 for "
+            "text to image); canny:NAME=PHOTO.png makes the hint from a photo's edges; "
+            "repeatable."
         ),
     ] = None,
+    canny_thresholds: Annotated[
+        tuple[float, float],
+        typer.Option(help="LOW HIGH: the canny preprocessor's thresholds (the A1111 web UI's)."),
+    ] = (100.0, 200.0),
     control_start: Annotated[
         float, typer.Option(help="The fraction of the steps after which the ControlNets act.")
     ] = 0.0,
@@ -188,9 +198,17 @@ def run(
         list[Path] | None,
         typer.Option(
             help="A textual-inversion embedding (.safetensors: diffusers' or the A1111 web "
-            "UI's), used in the prompt by its word (the A1111 files': their name); repeatable."
+            "UI's; .pt with --allow-pickle), used in the prompt by its word (the A1111 files': "
+            "their name); repeatable."
         ),
     ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Read .pt and .bin embeddings too: pickles, which can run code as they load "
+            "(sdtrt's reader allows only tensors; trust their source all the same)."
+        ),
+    ] = False,
     embeddings_dir: Annotated[
         Path | None,
         typer.Option(
@@ -234,9 +252,9 @@ def run(
         controlled: dict[str, Any] = {}
         if controls:
             controlled = {
-                "controlnet": [name for name, _, _ in controls],
-                "control_image": [hint for _, hint, _ in controls],
-                "controlnet_conditioning_scale": [scale for _, _, scale in controls],
+                "controlnet": [c.name for c in controls],
+                "control_image": [control_hint(c, canny_thresholds) for c in controls],
+                "controlnet_conditioning_scale": [c.scale for c in controls],
                 "control_guidance_start": control_start,
                 "control_guidance_end": control_end,
                 "guess_mode": guess_mode,
@@ -269,11 +287,12 @@ def run(
         refined = None
         with ExitStack() as stack:
             pipe = stack.enter_context(Pipeline.load(directory))
+            embed = functools.partial(pipe.load_textual_inversion, allow_pickle=allow_pickle)
             second = None if refiner is None else stack.enter_context(Pipeline.load(refiner))
             if embeddings_dir is not None:
-                load_folder(embeddings_dir, pipe.load_textual_inversion)
+                load_folder(embeddings_dir, embed, allow_pickle)
             for path in embedding or []:
-                pipe.load_textual_inversion(path)
+                embed(path)
             if loras:
                 with console.status("applying LoRAs"):
                     pipe.set_loras(loras)
@@ -324,18 +343,39 @@ def run(
             out.print(timing_table(refined, "refiner timings"))
 
 
-def parse_control_arg(text: str) -> tuple[str, Path, float | None]:
-    """NAME=HINT[:SCALE] as (name, hint file, scale; None: the task's default, as diffusers')."""
-    name, sign, rest = text.partition("=")
-    if not sign or not name or not rest:
-        raise InputError(f"--control takes NAME=HINT.png[:SCALE], got {text!r}")
+class ControlArg(NamedTuple):
+    """One --control: [MODULE:]NAME=HINT[:SCALE]."""
+
+    name: str
+    hint: Path
+    scale: float | None  # None: the task's default, as diffusers'
+    module: str = "none"  # a preprocessor that makes the hint from HINT (canny)
+
+
+def parse_control_arg(text: str) -> ControlArg:
+    """[MODULE:]NAME=HINT[:SCALE]; a ControlNet's name has no colon, a preprocessor's neither."""
+    target, sign, rest = text.partition("=")
+    module, colon, name = target.rpartition(":")
+    if not sign or not name or not rest or (colon and not module):
+        raise InputError(f"--control takes [canny:]NAME=HINT.png[:SCALE], got {text!r}")
+    module = module or "none"
     hint, colon, scale = rest.rpartition(":")
     if colon and hint:
         try:
-            return name, Path(hint), float(scale)
+            return ControlArg(name, Path(hint), float(scale), module)
         except ValueError:
             pass  # a colon of the path (C:\...), not a scale
-    return name, Path(rest), None
+    return ControlArg(name, Path(rest), None, module)
+
+
+def control_hint(control: ControlArg, thresholds: tuple[float, float]) -> Path | Image.Image:
+    """The hint of a --control: its file, or what its preprocessor makes of that file."""
+    if control.module == "none":
+        return control.hint
+    from sdtrt.runtime.hint_preprocessors import run_preprocessor
+    from sdtrt.runtime.preprocess import open_image
+
+    return run_preprocessor(control.module, open_image(control.hint, "hint"), thresholds)
 
 
 @contextmanager

@@ -167,7 +167,8 @@ def build(
         list[str] | None,
         typer.Option(
             help="A ControlNet to build beside the model (`sdtrt run --control NAME=HINT.png`), "
-            "named after its folder: a ControlNetModel folder or hub id, or a preset "
+            "named after its folder or file: a ControlNetModel folder, a single .safetensors "
+            "file (diffusers' or the original layout) or hub id, or a preset "
             "(tiny-controlnet, tiny-controlnet-2, tiny-sdxl-controlnet, sd15-controlnet, "
             "sdxl-controlnet); repeatable."
         ),

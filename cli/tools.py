@@ -162,10 +162,18 @@ def serve(
     embeddings_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Textual-inversion embeddings (.safetensors), each used by its word in any "
-            "prompt, as the A1111 web UI's embeddings folder."
+            help="Textual-inversion embeddings (.safetensors; .pt with --allow-pickle), each "
+            "used by its word in any prompt, as the A1111 web UI's embeddings folder."
         ),
     ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Read .pt and .bin embeddings of --embeddings-dir too: pickles, which can run "
+            "code as they load (sdtrt's reader allows only tensors; trust their source all the "
+            "same)."
+        ),
+    ] = False,
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
@@ -196,6 +204,7 @@ def serve(
             lora_dir,
             memory_budget,
             embeddings_dir,
+            allow_pickle,
         )
         shown = f"[{host}]" if ":" in host else host
         served = ", ".join(str(directory) for directory in directories)

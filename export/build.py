@@ -74,7 +74,7 @@ def build(
     with (
         open_source(model, export_options.allow_pickle) as source,
         _tiny_vae_folder(export_options.tiny_vae) as tiny_folder,
-        open_controlnets(export_options.controlnets) as controlnets,
+        open_controlnets(export_options.controlnets, source.path) as controlnets,
     ):
         # A build that stores fp16 weights need not hold SD 3's T5-XXL in fp32 (17.7 GiB).
         sixteen_bit = stores_fp16_weights(build_options.precision)

@@ -1,7 +1,7 @@
 """ControlNets built beside a model (`sdtrt build MODEL --controlnet SOURCE`, repeatable).
 
-Each is a network of the engine directory, `controlnet/<name>`, named after its folder (or
-preset, or the last part of its hub id); the UNet is then built to take their residuals
+Each is a network of the engine directory, `controlnet/<name>`, named after its folder or file
+(or preset, or the last part of its hub id); the UNet is then built to take their residuals
 (export/specs/residuals.py). A ControlNet is checked against the model before anything is
 built: it must mirror the UNet's encoder and read hints at the model's VAE factor.
 """
@@ -9,7 +9,9 @@ built: it must mirror the UNet's encoder and read hints at the model's VAE facto
 from __future__ import annotations
 
 import functools
+import json
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from sdtrt.engine.layout import controlnet_component
 from sdtrt.engine.manifest import ControlNetInfo
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.errors import InputError, ModelSourceError, first_line
-from sdtrt.export.sources import digest_files, open_part
+from sdtrt.export.controlnet_file import convert_controlnet_file
+from sdtrt.export.sources import PartFolder, digest_files, open_part
 
 if TYPE_CHECKING:
     from sdtrt.export.specs.controlnet import ControlNetSpec
@@ -43,33 +46,16 @@ class ControlNetSource:
     name: str  # its network is controlnet/<name>, the name made fit for a folder
     folder: Path
     config: Mapping[str, Any]
+    origin: Path  # what its build key digests: the folder, or the single file it was read from
 
 
 @contextmanager
-def open_controlnets(refs: tuple[str, ...]) -> Iterator[list[ControlNetSource]]:
-    """Each of `refs` as a local ControlNetModel folder (an existing folder, a ControlNet preset
+def open_controlnets(refs: tuple[str, ...], model: Path) -> Iterator[list[ControlNetSource]]:
+    """Each of `refs` as a local ControlNetModel folder (an existing folder, a single
+    `.safetensors` file read for the UNet of the diffusers folder `model`, a ControlNet preset
     written for the block, or a hub id), named, in the order given."""
-    from sdtrt.export.presets.controlnet import CONTROLNET_PRESETS, write_controlnet
-
-    presets = {
-        name: functools.partial(write_controlnet, preset)
-        for name, preset in CONTROLNET_PRESETS.items()
-    }
     with ExitStack() as stack:
-        parts = [
-            stack.enter_context(
-                open_part(
-                    ref,
-                    kind="ControlNet",
-                    class_name=CLASS_NAME,
-                    described=f"a {CLASS_NAME}",
-                    presets=presets,
-                    patterns=HUB_PATTERNS,
-                )
-            )
-            for ref in refs
-        ]
-        sources = [ControlNetSource(_folder_name(p.name), p.path, p.config) for p in parts]
+        sources = [_open(ref, model, stack) for ref in refs]
         names = [source.name for source in sources]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -78,6 +64,45 @@ def open_controlnets(refs: tuple[str, ...]) -> Iterator[list[ControlNetSource]]:
                 "folder name"
             )
         yield sources
+
+
+def _open(ref: str, model: Path, stack: ExitStack) -> ControlNetSource:
+    from sdtrt.export.presets.controlnet import CONTROLNET_PRESETS, write_controlnet
+
+    file = Path(ref).expanduser()
+    if file.is_file():
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdtrt-cn-")))
+        folder = scratch / file.stem
+        convert_controlnet_file(file.resolve(), _unet_config(model), folder)
+        part = PartFolder(folder, file.stem, json.loads((folder / "config.json").read_text()))
+        return ControlNetSource(_folder_name(part.name), part.path, part.config, file.resolve())
+    presets = {
+        name: functools.partial(write_controlnet, preset)
+        for name, preset in CONTROLNET_PRESETS.items()
+    }
+    part = stack.enter_context(
+        open_part(
+            ref,
+            kind="ControlNet",
+            class_name=CLASS_NAME,
+            described=f"a {CLASS_NAME}",
+            presets=presets,
+            patterns=HUB_PATTERNS,
+        )
+    )
+    return ControlNetSource(_folder_name(part.name), part.path, part.config, part.path)
+
+
+def _unet_config(model: Path) -> dict[str, Any]:
+    """The config of the UNet of the diffusers folder `model`, which a ControlNet mirrors."""
+    try:
+        config: dict[str, Any] = json.loads((model / "unet" / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(
+            "ControlNets are built for SD 1.x, 2.x and SDXL models; this model has no "
+            "readable unet/config.json"
+        ) from error
+    return config
 
 
 def _folder_name(name: str) -> str:
@@ -166,5 +191,5 @@ def controlnet_spec(
 def controlnet_info(source: ControlNetSource) -> ControlNetInfo:
     """Its name and the digest of its files (its network's build key)."""
     return ControlNetInfo(
-        name=source.name, digest=digest_files(source.folder.parent, [source.folder.name])
+        name=source.name, digest=digest_files(source.origin.parent, [source.origin.name])
     )

@@ -70,14 +70,16 @@ def make_request(
     negative_prompt_2: str | Sequence[str] | None = None,
     sizes: SizeConditioning | None = None,
     task: str = "txt2img",
+    controlled: bool = False,
     prompt_3: str | Sequence[str] | None = None,
     negative_prompt_3: str | Sequence[str] | None = None,
     max_sequence_length: int | None = None,
     skip_layers: SkipLayers | None = None,
     vae: str = "full",
 ) -> Request:
-    """`task`: "txt2img", "img2img" or "inpaint", for the defaults diffusers' pipeline for it
-    has; `vae`: "full", or "tiny" where the engines have a tiny VAE (runtime/vae.py)."""
+    """`task`: "txt2img", "img2img" or "inpaint", and `controlled` (with ControlNets), for the
+    defaults diffusers' pipeline for it has; `vae`: "full", or "tiny" where the engines have a
+    tiny VAE (runtime/vae.py)."""
     prompts = _as_prompts(prompt, "prompt")
     negatives = _negatives(negative_prompt, len(prompts), "negative_prompt")
     model = manifest.model
@@ -110,7 +112,7 @@ def make_request(
     if num_inference_steps is None:
         num_inference_steps = family.default_steps(model, task)
     if guidance_scale is None:
-        guidance_scale = family.default_guidance(model, task)
+        guidance_scale = family.default_guidance(model, task, controlled)
     native_height, native_width = manifest.model.native_size
     height = native_height if height is None else int(height)
     width = native_width if width is None else int(width)

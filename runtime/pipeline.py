@@ -221,6 +221,7 @@ class Pipeline:
             prompt_2=prompt_2,
             negative_prompt_2=negative_prompt_2,
             task="txt2img" if inputs is None else inputs.kind,
+            controlled=controls is not None,
             prompt_3=prompt_3,
             negative_prompt_3=negative_prompt_3,
             max_sequence_length=max_sequence_length,
@@ -374,12 +375,14 @@ class Pipeline:
                 self.prompt_encoder.conditioners[name].encoder = engine
         self.loras = sources
 
-    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> None:
-        """Add a textual-inversion embedding (a .safetensors file: diffusers' or the A1111 web
-        UI's) as the word `token`, else the file's own word, as diffusers' method of this
-        name does; no rebuild. Prompts written after it may use the word. Not while another
-        thread generates with this pipeline (its tokenizers change)."""
-        self.prompt_encoder.add_embedding(read_embedding(path, token), Path(path).name)
+    def load_textual_inversion(
+        self, path: str | Path, token: str | None = None, allow_pickle: bool = False
+    ) -> None:
+        """Add a textual-inversion embedding (.safetensors: diffusers' or the A1111 web UI's;
+        .pt or .bin with `allow_pickle`) as the word `token`, else the file's own, as diffusers'
+        method does; no rebuild. Not while another thread generates with this pipeline."""
+        embedding = read_embedding(path, token, allow_pickle)
+        self.prompt_encoder.add_embedding(embedding, Path(path).name)
 
     def close(self) -> None:
         for engine in self.engines.values():

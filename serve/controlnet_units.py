@@ -8,8 +8,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
+from PIL import Image
 
 from sdtrt.errors import InputError
+from sdtrt.runtime.hint_preprocessors import PREPROCESSORS, run_preprocessor
 from sdtrt.serve.a1111_dialect import checkpoint_name
 from sdtrt.serve.encoding import image_from_base64
 from sdtrt.serve.jobs import ControlArguments
@@ -22,8 +24,8 @@ controlnet_router = APIRouter(prefix="/controlnet", tags=["A1111 API"])
 # blocks weighted most) is diffusers' guess mode. "My prompt is more important" has no
 # counterpart in diffusers, so it is refused rather than approximated.
 _MODES = {0: False, "Balanced": False, 2: True, "ControlNet is more important": True}
-# Preprocessors that leave the hint as it is; any other one is the extension's to run.
-_NO_PREPROCESSOR = ("none", "None", "")
+# The extension's defaults for a unit that leaves them out (-1 also means "the default").
+_PROCESSOR_RESOLUTION = 512
 
 
 def v1_controls(
@@ -37,7 +39,12 @@ def v1_controls(
     names = [unit.controlnet for unit in units]
     return ControlArguments(
         images=tuple(
-            image_from_base64(unit.image, f"control[{i}].image") for i, unit in enumerate(units)
+            run_preprocessor(
+                unit.preprocessor,
+                image_from_base64(unit.image, f"control[{i}].image"),
+                unit.thresholds or (None, None),
+            )
+            for i, unit in enumerate(units)
         ),
         names=_all_or_none(names),
         scales=_all_or_none([unit.scale for unit in units]),
@@ -63,17 +70,8 @@ def a1111_controls(extra: Mapping[str, Any] | None) -> ControlArguments | None:
     modes = {_mode(unit, i) for i, unit in enumerate(units)}
     if len(modes) > 1:
         raise InputError("ControlNet units with different control modes cannot run in one call")
-    for i, unit in enumerate(units):
-        if unit.get("module", "none") not in _NO_PREPROCESSOR:
-            raise InputError(
-                f"ControlNet unit {i}: the preprocessor {unit['module']!r} does not run here; "
-                "send the processed hint with module 'none'"
-            )
     return ControlArguments(
-        images=tuple(
-            image_from_base64(_hint_text(unit), f"ControlNet unit {i} image")
-            for i, unit in enumerate(units)
-        ),
+        images=tuple(_a1111_hint(unit, i) for i, unit in enumerate(units)),
         names=tuple(_model_name(unit, i) for i, unit in enumerate(units)),
         scales=tuple(_number(unit, "weight", 1.0, i) for i, unit in enumerate(units)),
         starts=tuple(_number(unit, "guidance_start", 0.0, i) for i, unit in enumerate(units)),
@@ -96,6 +94,29 @@ def _hint_text(unit: Mapping[str, Any]) -> str:
     if isinstance(image, dict):
         image = image.get("image") or ""
     return image if isinstance(image, str) else ""
+
+
+def _a1111_hint(unit: Mapping[str, Any], index: int) -> Image.Image:
+    """The unit's hint, through its preprocessor (`module`, with `threshold_a`, `threshold_b`
+    and `processor_res` as the extension reads them)."""
+    module = unit.get("module") or "none"
+    if not isinstance(module, str):
+        raise InputError(f"ControlNet unit {index}: module must be a name, got {module!r}")
+    thresholds = tuple(
+        None if unit.get(key, -1) == -1 else _number(unit, key, 0.0, index)
+        for key in ("threshold_a", "threshold_b")
+    )
+    resolution = _number(unit, "processor_res", _PROCESSOR_RESOLUTION, index)
+    image = image_from_base64(_hint_text(unit), f"ControlNet unit {index} image")
+    try:
+        return run_preprocessor(
+            module.lower(),
+            image,
+            (thresholds[0], thresholds[1]),
+            _PROCESSOR_RESOLUTION if resolution == -1 else int(resolution),
+        )
+    except InputError as error:
+        raise InputError(f"ControlNet unit {index}: {error}") from error
 
 
 def _model_name(unit: Mapping[str, Any], index: int) -> str:
@@ -137,8 +158,8 @@ def model_list(request: Request) -> dict[str, list[str]]:
 
 @controlnet_router.get("/module_list")
 def module_list() -> dict[str, list[str]]:
-    """Preprocessors: none runs here; hints come processed."""
-    return {"module_list": ["none"]}
+    """The preprocessors that run here (any other hint comes processed, with module none)."""
+    return {"module_list": ["none", *PREPROCESSORS]}
 
 
 @controlnet_router.get("/version")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
@@ -40,6 +40,12 @@ class ControlUnitBody(BaseModel):
     )
     start: Number = Field(0.0, description="The fraction of the steps after which it acts.")
     end: Number = Field(1.0, description="The fraction of the steps after which it stops.")
+    preprocessor: Literal["none", "canny"] = Field(
+        "none", description="Make the hint from the image: canny (its edges), or none (as sent)."
+    )
+    thresholds: tuple[Number, Number] | None = Field(
+        None, description="canny's low and high thresholds; (100, 200) if unset."
+    )
 
 
 class Txt2ImgRequest(BaseModel):

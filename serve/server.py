@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -95,14 +96,15 @@ def _budget(gib: float | None) -> int:
     return int(gib * 2**30) if gib is not None else int(0.75 * psutil.virtual_memory().total)
 
 
-def embedding_loader(folder: Path) -> Callable[[Path], Pipeline]:
+def embedding_loader(folder: Path, allow_pickle: bool = False) -> Callable[[Path], Pipeline]:
     """Pipeline.load, then every embedding of `folder` this model takes (A1111's embeddings
-    folder: a prompt's word that names one uses it)."""
+    folder: a prompt's word that names one uses it); pickles only with `allow_pickle`."""
 
     def load(directory: Path) -> Pipeline:
         pipe = Pipeline.load(directory)
+        embed = functools.partial(pipe.load_textual_inversion, allow_pickle=allow_pickle)
         try:
-            load_folder(folder, pipe.load_textual_inversion)
+            load_folder(folder, embed, allow_pickle)
         except BaseException:
             pipe.close()
             raise
@@ -124,6 +126,7 @@ def prepare(
     lora_dir: Path | None = None,
     memory_budget_gib: float | None = None,
     embeddings_dir: Path | None = None,
+    allow_pickle: bool = False,
 ) -> uvicorn.Server:
     """Check everything and make the server; `.run()` serves until SIGINT/SIGTERM, then drains."""
     import uvicorn
@@ -146,7 +149,9 @@ def prepare(
         raise InputError("name at least one engine directory to serve")
     if embeddings_dir is not None and not embeddings_dir.is_dir():
         raise InputError(f"--embeddings-dir {embeddings_dir} is not a folder")
-    loader = Pipeline.load if embeddings_dir is None else embedding_loader(embeddings_dir)
+    loader = (
+        Pipeline.load if embeddings_dir is None else embedding_loader(embeddings_dir, allow_pickle)
+    )
     models = ModelSet(
         folders,
         lambda folder: Service(folder, workers=workers, queue_size=queue, loader=loader),

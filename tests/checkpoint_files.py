@@ -160,3 +160,29 @@ def write_single_file(model_dir: Path, path: Path) -> Path:
         tensors.update(clip_to_ldm(text, "cond_stage_model.transformer."))
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
     return path
+
+
+def controlnet_to_ldm(weights: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
+    """A ControlNetModel's weights in the original ControlNet code's layout: the UNet's encoder
+    as the UNet's, then the hint encoder's convolutions at even indices of `input_hint_block`
+    (SiLUs between), the per-level outputs as `zero_convs`, all under `control_model.`."""
+    hint_blocks = len({k.split(".")[2] for k in weights if ".blocks." in k})
+    fixed = {
+        "controlnet_mid_block": "middle_block_out.0",
+        "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+        "controlnet_cond_embedding.conv_out": f"input_hint_block.{2 * (hint_blocks + 1)}",
+    }
+    out = {}
+    for name, value in weights.items():
+        parts = name.split(".")
+        if parts[0] == "controlnet_down_blocks":
+            new = f"zero_convs.{parts[1]}.0.{parts[2]}"
+        elif parts[:2] == ["controlnet_cond_embedding", "blocks"]:
+            new = f"input_hint_block.{2 * (int(parts[2]) + 1)}.{parts[3]}"
+        elif parts[0].startswith("controlnet_"):
+            new = _swap(name, fixed)
+        else:
+            (unet_name,) = unet_to_ldm({name: value}, config)
+            new = unet_name.removeprefix("model.diffusion_model.")
+        out["control_model." + new] = value
+    return out

@@ -139,12 +139,16 @@ def tiny_controlnet_engine_dir(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """ONNX Runtime fp32 engines for the tiny model with both tiny ControlNets (named after
-    their presets), default components. Read-only."""
+    their presets), default components: the first built from its folder, the second from a
+    single .safetensors file of its weights. Read-only."""
     from sdtrt.engine.options import BuildOptions, Precision
     from sdtrt.export.build import ExportOptions, build
 
+    first, second = (tiny_controlnet_dirs[name] for name in CONTROLNET_PRESETS)
+    file = tmp_path_factory.mktemp("controlnet-file") / f"{second.name}.safetensors"
+    shutil.copyfile(second / "diffusion_pytorch_model.safetensors", file)
     output = tmp_path_factory.mktemp("engines") / "tiny-with-controlnets"
-    refs = tuple(str(tiny_controlnet_dirs[name]) for name in CONTROLNET_PRESETS)
+    refs = (str(first), str(file))
     options = BuildOptions(backend="onnxruntime", precision=Precision.FP32)
     build(str(tiny_model_dir), output, ExportOptions(controlnets=refs), options)
     return output

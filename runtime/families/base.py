@@ -97,9 +97,9 @@ class Family:
     ) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def default_guidance(self, model: ModelInfo, task: str) -> float:
+    def default_guidance(self, model: ModelInfo, task: str, controlled: bool = False) -> float:
         """The guidance scale diffusers' pipeline for the model and task ("txt2img", "img2img"
-        or "inpaint") uses when none is given."""
+        or "inpaint"), with ControlNets (`controlled`) or not, uses when none is given."""
         if model.guidance_embedding_dim is not None:
             return 8.5  # LatentConsistencyModelPipeline
         return 7.5

@@ -58,7 +58,7 @@ class StableDiffusion3(Family):
             LAYER_MASK: np.ones(model.transformer_layers, np.float32),  # every layer runs
         }
 
-    def default_guidance(self, model: ModelInfo, task: str) -> float:
+    def default_guidance(self, model: ModelInfo, task: str, controlled: bool = False) -> float:
         """StableDiffusion3Pipeline's 7.0, for every task; none for a Turbo model, as its model
         card runs it."""
         return 0.0 if model.few_step else 7.0

@@ -31,9 +31,10 @@ class StableDiffusionXL(Family):
             "time_ids": _time_ids(request, model),
         }
 
-    def default_guidance(self, model: ModelInfo, task: str) -> float:
-        """StableDiffusionXLPipeline's 5; its inpainting pipeline keeps SD's 7.5."""
-        if model.guidance_embedding_dim is not None or task == "inpaint":
+    def default_guidance(self, model: ModelInfo, task: str, controlled: bool = False) -> float:
+        """StableDiffusionXLPipeline's 5; its inpainting pipeline keeps SD's 7.5, but not its
+        ControlNet inpainting pipeline."""
+        if model.guidance_embedding_dim is not None or (task == "inpaint" and not controlled):
             return super().default_guidance(model, task)
         return 5.0
 

@@ -44,6 +44,12 @@ def _picture():
     return Image.fromarray((pixels * 255).round().astype(np.uint8))
 
 
+def _mask():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 20:52] = 255
+    return Image.fromarray(mask)
+
+
 def _reference(cls, model_dir, tiny_controlnet_dirs, names):
     nets = [diffusers.ControlNetModel.from_pretrained(tiny_controlnet_dirs[n]) for n in names]
     reference = cls.from_pretrained(
@@ -133,9 +139,7 @@ def test_images_with_a_controlnet_are_diffusers_images(
     reference = _reference(cls, tiny_model_dir, tiny_controlnet_dirs, ["tiny-controlnet"])
     given = {"image": _picture(), "strength": 0.7}
     if task == "inpaint":
-        mask = np.zeros((64, 64), np.uint8)
-        mask[16:48, 20:52] = 255
-        given["mask_image"] = Image.fromarray(mask)
+        given["mask_image"] = _mask()
     hint = _hints()[0]
     arguments = dict(prompt="a watercolor lighthouse", num_inference_steps=8, **given)
     expected = reference(
@@ -230,14 +234,15 @@ def test_run_with_a_control_image(tiny_controlnet_engine_dir, tmp_path):
     )
     assert "controlnets x " in result.stdout
     bad = sdtrt("run", engines, "a fox", "--control", str(hint))
-    assert_one_line_error(bad, "--control takes NAME=HINT.png[:SCALE]")
+    assert_one_line_error(bad, "--control takes [canny:]NAME=HINT.png[:SCALE]")
     missing = sdtrt("run", engines, "a fox", "--control", "tiny-controlnet=nowhere.png")
     assert_one_line_error(missing, "control image file nowhere.png does not exist")
 
 
 def test_sdxl_with_a_controlnet_is_diffusers_image(tmp_path):
-    """Text to image, and image to image at the defaults of SDXL's ControlNet pipeline
-    (strength 0.8 and scale 0.8, where SDXL's own image-to-image pipeline has strength 0.3)."""
+    """Text to image, image to image at the defaults of SDXL's ControlNet pipeline (strength
+    0.8 and scale 0.8, where SDXL's own image-to-image pipeline has strength 0.3), and
+    inpainting."""
     model, net = tmp_path / "tiny-sdxl", tmp_path / "tiny-sdxl-controlnet"
     write_preset("tiny-sdxl", model)
     write_preset("tiny-sdxl-controlnet", net)
@@ -249,6 +254,10 @@ def test_sdxl_with_a_controlnet_is_diffusers_image(tmp_path):
     cases = [
         (diffusers.StableDiffusionXLControlNetPipeline, {"controlnet_conditioning_scale": 0.8}),
         (diffusers.StableDiffusionXLControlNetImg2ImgPipeline, {"image": _picture()}),
+        (
+            diffusers.StableDiffusionXLControlNetInpaintPipeline,
+            {"image": _picture(), "mask_image": _mask(), "strength": 0.7},
+        ),
     ]
     for cls, task in cases:
         reference = cls.from_pretrained(model, controlnet=controlnet)
@@ -292,5 +301,28 @@ def test_the_compare_bench_feeds_a_controlnet_ready_unet(pipe):
 def test_a_scale_left_out_on_the_command_line_is_the_tasks_default():
     from sdtrt.cli.generate import parse_control_arg
 
-    assert parse_control_arg("canny=edges.png")[2] is None
-    assert parse_control_arg("canny=C:/edges.png:0.5") == ("canny", Path("C:/edges.png"), 0.5)
+    assert parse_control_arg("canny=edges.png").scale is None
+    windows = parse_control_arg("canny=C:/edges.png:0.5")
+    assert windows == ("canny", Path("C:/edges.png"), 0.5, "none")
+    edges = parse_control_arg("canny:edges=photo.png")
+    assert edges == ("edges", Path("photo.png"), None, "canny")
+
+
+def test_run_makes_a_canny_hint_from_a_photo(tiny_controlnet_engine_dir, pipe, tmp_path):
+    from sdtrt.runtime.hint_preprocessors import canny
+
+    photo = Image.fromarray((np.random.default_rng(3).random((96, 80, 3)) * 255).astype(np.uint8))
+    photo.save(tmp_path / "photo.png")
+    output = tmp_path / "fox.png"
+    result = sdtrt("run", tiny_controlnet_engine_dir, "a fox", "--steps", 2, "--seed", 4,
+                   "--width", 64, "--height", 64, "-o", output,
+                   "--control", f"canny:tiny-controlnet={tmp_path / 'photo.png'}",
+                   "--canny-thresholds", 60, 180)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    expected = pipe("a fox", num_inference_steps=2, seed=4, width=64, height=64,
+                    controlnet="tiny-controlnet", control_image=canny(photo, 60, 180))  # fmt: skip
+    written = np.asarray(Image.open(output).convert("RGB"))
+    np.testing.assert_array_equal(written, np.asarray(expected.images[0]))
+    unknown = sdtrt("run", tiny_controlnet_engine_dir, "a fox", "--control",
+                    f"depth:tiny-controlnet={tmp_path / 'photo.png'}")  # fmt: skip
+    assert_one_line_error(unknown, "unknown hint preprocessor 'depth'")

@@ -99,8 +99,14 @@ def test_what_does_not_fit_is_refused(tiny_engine_dir, files, tmp_path):
     pickle = tmp_path / "old.pt"
     pickle.write_bytes(b"not read")
     with Pipeline.load(tiny_engine_dir) as pipe:
-        with pytest.raises(InputError, match="is not .safetensors"):
+        with pytest.raises(InputError, match="is a pickle, which can run code as it loads"):
             pipe.load_textual_inversion(pickle)
+        with pytest.raises(InputError, match="not a torch.save zip file"):
+            pipe.load_textual_inversion(pickle, allow_pickle=True)
+        text = tmp_path / "notes.txt"
+        text.write_text("not an embedding")
+        with pytest.raises(InputError, match="is not .safetensors"):
+            pipe.load_textual_inversion(text)
         with pytest.raises(InputError, match="holds vectors of width 32, 48; this model's text"):
             pipe.load_textual_inversion(files["sdxl"])
         taken = re.escape("'<|endoftext|>' is already in this model's vocabulary")
@@ -109,6 +115,52 @@ def test_what_does_not_fit_is_refused(tiny_engine_dir, files, tmp_path):
         pipe.load_textual_inversion(files["diffusers"])
         with pytest.raises(InputError, match="'<fox-style>' is already in this model's vocab"):
             pipe.load_textual_inversion(files["diffusers"])
+
+
+class _RunsCode:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("this ran",))
+
+
+def test_pickled_embeddings_are_read_without_torch_when_allowed(tiny_engine_dir, files, tmp_path):
+    """The A1111 web UI's .pt files (a tensor, or an old ParameterDict, under string_to_param)
+    and diffusers' .bin: the same vectors as their .safetensors make the same image."""
+    from safetensors.numpy import load_file
+
+    vectors = torch.from_numpy(load_file(str(files["a1111"]))["emb_params"])
+    written = {
+        "inkstyle.pt": {"string_to_token": {"*": 265}, "string_to_param": {"*": vectors.clone()}},
+        "module.pt": {
+            "string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors)}),
+            "name": "inkstyle",
+            "step": 500,
+        },
+        "learned_embeds.bin": {"inkstyle": vectors},
+    }
+    for name, data in written.items():
+        torch.save(data, tmp_path / name)
+    torch.save({"emb_params": _RunsCode()}, tmp_path / "runs-code.pt")
+    prompt = PROMPT.format("inkstyle")
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        pipe.load_textual_inversion(files["a1111"])
+        expected = pipe(prompt, num_inference_steps=3, seed=5, output_type="np").images
+        expected_png = pipe(prompt, num_inference_steps=3, seed=5).images[0]
+    for name in written:
+        with Pipeline.load(tiny_engine_dir) as pipe:
+            pipe.load_textual_inversion(tmp_path / name, token="inkstyle", allow_pickle=True)
+            actual = pipe(prompt, num_inference_steps=3, seed=5, output_type="np").images
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        with pytest.raises(InputError, match="asks to run .*print, which is not allowed"):
+            pipe.load_textual_inversion(tmp_path / "runs-code.pt", allow_pickle=True)
+    # The web UI's word is the file's name, as for its .safetensors.
+    refused = sdtrt("run", tiny_engine_dir, prompt, "--embedding", tmp_path / "inkstyle.pt")
+    assert_one_line_error(refused, "or pass --allow-pickle if you trust its source")
+    output = tmp_path / "ink.png"
+    allowed = sdtrt("run", tiny_engine_dir, prompt, "--steps", 3, "--seed", 5, "-o", output,
+                    "--embedding", tmp_path / "inkstyle.pt", "--allow-pickle")  # fmt: skip
+    assert allowed.exit_code == 0, allowed.stderr
+    assert np.array_equal(np.asarray(Image.open(output)), np.asarray(expected_png))
 
 
 def test_run_takes_embeddings(tiny_engine_dir, files, tmp_path):

@@ -15,6 +15,7 @@ import webuiapi
 from PIL import Image
 from serving import LiveServer, decode_png, live_server
 
+from sdtrt.runtime.hint_preprocessors import canny
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve.app import ServeOptions
 
@@ -97,12 +98,41 @@ def test_a1111_controlnet_units_from_webuiapi(controlled: LiveServer, pipe: Pipe
     _same(result.image, expected)
 
 
+def test_canny_units_make_their_hints_from_the_photo(
+    controlled: LiveServer, pipe: Pipeline
+) -> None:
+    photo = Image.fromarray((np.random.default_rng(7).random((64, 64, 3)) * 255).astype(np.uint8))
+    unit = {"image": _b64(photo), "module": "canny", "model": "tiny-controlnet",
+            "threshold_a": 50, "threshold_b": 150, "processor_res": 256}  # fmt: skip
+    a1111 = {"prompt": "a fox", "steps": 3, "seed": 2, "width": 64, "height": 64,
+             "cfg_scale": 7.5, "sampler_name": "PNDM",
+             "alwayson_scripts": {"controlnet": {"args": [unit]}}}  # fmt: skip
+    v1 = {"prompt": "a fox", "steps": 3, "seed": 2, "width": 64, "height": 64,
+          "control": [{"image": _b64(photo), "controlnet": "tiny-controlnet",
+                       "preprocessor": "canny", "thresholds": [50, 150]}]}  # fmt: skip
+    with controlled.client() as client:
+        modules = client.get("/controlnet/module_list").json()["module_list"]
+        from_a1111 = client.post("/sdapi/v1/txt2img", json=a1111)
+        from_v1 = client.post("/v1/txt2img", json=v1)
+    assert modules == ["none", "canny"]
+    assert from_a1111.status_code == 200, from_a1111.text
+    assert from_v1.status_code == 200, from_v1.text
+
+    def expected(resolution: int) -> Image.Image:
+        edges = canny(photo, 50, 150, resolution)
+        return pipe("a fox", num_inference_steps=3, seed=2, controlnet="tiny-controlnet",
+                    control_image=edges, width=64, height=64).images[0]  # fmt: skip
+
+    _same(decode_png(from_a1111.json()["images"][0]), expected(256))
+    _same(decode_png(from_v1.json()["images"][0]), expected(512))
+
+
 def test_what_the_server_cannot_do_is_one_400(controlled: LiveServer, server: LiveServer) -> None:
     hint = _b64(_hint())
-    unit = {"image": hint, "module": "canny", "model": "tiny-controlnet"}
+    unit = {"image": hint, "module": "depth", "model": "tiny-controlnet"}
     a1111 = {"prompt": "a fox", "steps": 2, "alwayson_scripts": {"ControlNet": {"args": [unit]}}}
     with controlled.client() as client:
-        canny = client.post("/sdapi/v1/txt2img", json=a1111)
+        depth = client.post("/sdapi/v1/txt2img", json=a1111)
         unit.update(module="none", control_mode="My prompt is more important")
         mode = client.post("/sdapi/v1/txt2img", json=a1111)
         mask = Image.new("L", (64, 64))
@@ -117,7 +147,7 @@ def test_what_the_server_cannot_do_is_one_400(controlled: LiveServer, server: Li
             "/v1/txt2img",
             json={"prompt": "a fox", "steps": 2, "control": [{"image": hint, "controlnet": "x"}]},
         )
-    assert canny.status_code == 400 and "preprocessor 'canny' does not run here" in canny.text
+    assert depth.status_code == 400 and "unknown hint preprocessor 'depth'" in depth.text
     assert mode.status_code == 400 and "control mode 'My prompt is more important'" in mode.text
     assert unknown.status_code == 400 and "no ControlNet 'x' was built here" in unknown.text
     assert cropped.status_code == 400 and "does not take ControlNets yet" in cropped.text
