@@ -24,8 +24,8 @@ class Engine(ABC):
     Outputs never alias buffers the engine reuses, so callers may keep them across calls.
 
     Engines are safe to call from several threads at once, and such calls run side by side, so
-    that one loaded engine can serve several threads (`sdtrt serve` still loads one pipeline per
-    worker today). A GPU engine gives each call in flight its own execution state (TensorRT: an
+    that one loaded engine can serve several threads (`sdtrt serve`'s workers share one
+    pipeline). A GPU engine gives each call in flight its own execution state (TensorRT: an
     execution context, a stream, I/O buffers and activation scratch), made when every existing
     one is busy and kept for later calls, so its memory grows with the most calls ever run at
     once. A GPU

@@ -96,6 +96,7 @@ class GenerationParams:
     denoising_start: float | None = None
     latents: list[np.ndarray] | None = None
     control: ControlArguments | None = None
+    vae: str = "full"  # or "tiny": the tiny VAE built beside the model
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 The first directory's model is the default and starts with the server; the others start when a
 request first names them (`/v1`'s and OpenAI's `model`, A1111's `sd_model_checkpoint`). Engines
-are held within a memory budget (their files' size times the workers that each load a copy):
-before a model starts, the least recently used idle ones are stopped until it fits.
+are held within a memory budget (their files' size: a model's workers share one copy): before
+a model starts, the least recently used idle ones are stopped until it fits.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sdtrt.engine.manifest import Manifest, read_manifest
 from sdtrt.errors import InputError
 from sdtrt.serve.errors import NotAccepting, UnknownJob
 from sdtrt.serve.jobs import Job
-from sdtrt.serve.service import Service, default_workers
+from sdtrt.serve.service import Service
 
 GIB = 2**30
 
@@ -27,7 +27,7 @@ GIB = 2**30
 class _Model:
     directory: Path
     manifest: Manifest
-    bytes: int  # what its workers hold: the engines' files, once per worker
+    bytes: int  # what its workers hold: the engines' files, one copy they share
     service: Service | None = None
     last_used: float = field(default_factory=time.monotonic)
 
@@ -41,7 +41,6 @@ class ModelSet:
         self,
         directories: Sequence[Path],
         make_service: Callable[[Path], Service],
-        workers: int | None = None,
         budget_bytes: int | None = None,
     ) -> None:
         self._make = make_service
@@ -54,8 +53,7 @@ class ModelSet:
                 name = directory.name
             if name in self.models:
                 raise InputError(f"two engine directories are both called {name!r}; rename one")
-            copies = default_workers(manifest) if workers is None else workers
-            self.models[name] = _Model(directory, manifest, copies * _engine_bytes(manifest))
+            self.models[name] = _Model(directory, manifest, _engine_bytes(manifest))
         self.default = next(iter(self.models))
         self.budget_bytes = budget_bytes
         self._lazy: set[str] = set()
@@ -63,7 +61,7 @@ class ModelSet:
     @classmethod
     def of(cls, service: Service) -> ModelSet:
         """A set of the one service given (started and stopped with the app)."""
-        models = cls([service.directory], lambda _: service, workers=service.workers)
+        models = cls([service.directory], lambda _: service)
         models.models[models.default].service = service
         return models
 

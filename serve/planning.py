@@ -83,8 +83,10 @@ def plan_calls(manifest: Manifest, default_scheduler: str, params: GenerationPar
         max_sequence_length=params.max_sequence_length,
         skip_layers=skip_layers(params.skip_guidance_layers),
         task="txt2img" if inputs is None else inputs.kind,
+        controlled=controls is not None,
         sizes=params.sizes,
         prompt_syntax=params.prompt_syntax,
+        vae=params.vae,
     )
     if task is not None and inputs is not None and params.denoising_start is None:
         chosen = task.strength

@@ -118,6 +118,11 @@ class Txt2ImgRequest(BaseModel):
         description="ControlNets built with the model, one hint each; the size is the "
         "first hint's if unset.",
     )
+    vae: Literal["full", "tiny"] = Field(
+        "full",
+        description="tiny: decode (and encode) with the tiny VAE built beside the model "
+        "(`sdtrt build --tiny-vae`): faster, less detailed.",
+    )
     guess_mode: Annotated[bool, Strict()] = Field(
         False, description="The ControlNets on the prompt's rows only, deep blocks weighted most."
     )

@@ -155,7 +155,6 @@ def prepare(
     models = ModelSet(
         folders,
         lambda folder: Service(folder, workers=workers, queue_size=queue, loader=loader),
-        workers=workers,
         budget_bytes=_budget(memory_budget_gib),
     )
     models.check_default()  # its settings checked now; it starts with the app

@@ -1,15 +1,15 @@
 """The service: a bounded FIFO queue in front of N workers over one engine directory.
 
-Each worker loads its own `Pipeline` (its own engines and execution state, since TensorRT
-contexts and device buffers must not be shared between threads) and warms it with one short
-generation before the service reports ready. Cancellation and deadlines are checked between
-denoising steps through the pipeline's step callback. `shutdown` drains: no new jobs, the
-queued and running ones finish (up to a timeout, after which they are cancelled).
+The workers share one `Pipeline` (serve/shared_pipeline.py: one copy of the engines, each call
+in flight with its own execution state), loaded and warmed with one short generation before
+the service reports ready. Cancellation and deadlines are checked between denoising steps
+through the pipeline's step callback. `shutdown` drains: no new jobs, the queued and running
+ones finish (up to a timeout, after which they are cancelled).
 
 Workers are supervised: a job that fails outside sdtrt's own errors (a device error, say) makes
-its worker load the engines again, and the service is unready while no worker is warm; a worker
-that cannot load them again stops, and with none left the service fails (and says so on
-/readyz) instead of failing every job while it says ready.
+the service load the engines again, unready until they are; where they cannot be loaded again
+the service fails (and says so on /readyz) instead of failing every job while it says ready. A
+worker outlives any error around a job.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sdtrt.engine.backends import get_backend
 from sdtrt.engine.manifest import Manifest, read_manifest
-from sdtrt.errors import ArtifactError, InputError, SdtrtError
+from sdtrt.errors import ArtifactError, InputError
 from sdtrt.runtime.engine_directory import default_scheduler, read_scheduler_config
 from sdtrt.runtime.pipeline import Pipeline
 from sdtrt.serve.errors import NotAccepting, QueueFull
@@ -32,7 +32,8 @@ from sdtrt.serve.history import JobHistory
 from sdtrt.serve.jobs import GenerationParams, Job, JobState
 from sdtrt.serve.metrics import ServiceMetrics
 from sdtrt.serve.planning import plan_calls
-from sdtrt.serve.running import run_job
+from sdtrt.serve.running import Outcome, run_job
+from sdtrt.serve.shared_pipeline import PipelineLost, SharedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,11 @@ class Service:
         self._history = JobHistory(history, history_bytes, history_ttl_s)
         self._warmup_steps = warmup_steps
         self._loader = loader
+        self._pipes = SharedPipeline(self._warm_pipeline)
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
         self._running = 0
-        self._warm = 0  # workers with a warm pipeline
-        self._alive = self.workers  # workers not given up
-        self._was_ready = False
         self._state = "created"  # created, starting, ready, draining, stopped, failed
         self._failure: str | None = None
         self._mean_run_s = 1.0  # running mean of job run time, for Retry-After
@@ -125,7 +124,7 @@ class Service:
             thread.start()
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every worker is warm; raise the load error if one failed."""
+        """Block until the pipeline is loaded and warm; raise the load error if it failed."""
         if not self.ready_event.wait(timeout):
             raise NotAccepting(f"the service did not become ready within {timeout} s")
         if self._state == "failed":
@@ -152,6 +151,7 @@ class Service:
                     self._finish_locked(self._queue.popleft(), JobState.CANCELLED, "shut down")
             for thread in self._threads:
                 thread.join(10.0)
+        self._pipes.close()
         with self._lock:
             self._state = "stopped"
         self.ready_event.set()
@@ -249,19 +249,24 @@ class Service:
         return "the service is warming up; retry in a few seconds"
 
     def _worker(self, index: int) -> None:
-        """Load and warm a pipeline, run jobs on it; replace it after a failure that may have
-        left it (or its device) broken. A worker whose pipeline cannot be loaded again stops,
-        and a service left with no worker fails: unready, rather than failing every job."""
-        started = False
-        while True:
+        """Run jobs on the shared pipeline (the first worker to start loads it) until the
+        service drains or fails."""
+        try:
+            self._pipes.ensure()
+        except PipelineLost as lost:
+            self._fail(str(lost))
+            return
+        self._set_ready()
+        while (job := self._take()) is not None:
             try:
-                pipe = self._warm_pipeline()
-            except Exception as error:  # noqa: BLE001 - reported through readiness, not lost
-                self._worker_lost(index, error, started)
-                return
-            started = True
-            if self._serve_jobs(index, pipe):
-                return
+                if not self._run(job):
+                    return
+            except Exception as error:  # noqa: BLE001 - a bug around a job must not stop the worker
+                log.exception("worker %d failed around job %s", index, job.id)
+                with self._lock:
+                    if not job.state.finished:
+                        self._running -= 1
+                        self._finish_locked(job, JobState.FAILED, f"internal error: {error!r}")
 
     def _warm_pipeline(self) -> Pipeline:
         pipe = self._loader(self.directory)
@@ -278,53 +283,25 @@ class Service:
             raise
         return pipe
 
-    def _serve_jobs(self, index: int, pipe: Pipeline) -> bool:
-        """Run jobs until the service drains (True) or the pipeline must be replaced (False)."""
+    def _set_ready(self) -> None:
         with self._lock:
-            self._warm += 1
-            # Ready first once every worker is warm; after a worker's restart, with one.
-            if self._state == "starting" and self._warm >= (1 if self._was_ready else self.workers):
+            if self._state == "starting":
                 self._state = "ready"
-                self._was_ready = True
                 self.metrics.ready.set(1)
                 self.ready_event.set()
-        with pipe:
-            try:
-                while (job := self._take()) is not None:
-                    if not self._run(pipe, job):  # which left the worker cold
-                        log.warning("worker %d loads its engines again after that failure", index)
-                        return False
-            except Exception:  # noqa: BLE001 - a bug outside any job: replace the pipeline
-                log.exception("worker %d failed between jobs; it loads its engines again", index)
-                with self._lock:
-                    self._cool_locked()
-                return False
-        with self._lock:
-            self._cool_locked()
-        return True
 
-    def _cool_locked(self) -> None:
-        """One worker fewer with a warm pipeline: unready with none, until one is warm again."""
-        self._warm -= 1
-        if self._warm == 0 and self._state == "ready":
-            self._state = "starting"
-            self.metrics.ready.set(0)
-
-    def _worker_lost(self, index: int, error: Exception, started: bool) -> None:
-        message = str(error) if isinstance(error, SdtrtError) else repr(error)
-        log.error("worker %d could not %s: %s", index, "restart" if started else "start", message)
+    def _fail(self, message: str) -> None:
+        """No pipeline can run: unready for good, and the queued jobs failed."""
+        log.error("the engines could not be loaded: %s", message)
         with self._lock:
-            self._alive -= 1
-            # At start one failure fails the service (its engines cannot load); later, the
-            # service goes on with the workers it has left.
-            if not started or self._alive == 0:
+            if self._state not in ("stopped", "failed"):
                 self._state = "failed"
                 self._failure = message
                 self.metrics.ready.set(0)
-                while self._queue:  # nobody is left to run them
-                    failed = f"the service failed: {message}"
-                    self._finish_locked(self._queue.popleft(), JobState.FAILED, failed)
-                self._work_ready.notify_all()
+            while self._queue:  # nobody is left to run them
+                failed = f"the service failed: {message}"
+                self._finish_locked(self._queue.popleft(), JobState.FAILED, failed)
+            self._work_ready.notify_all()
         self.ready_event.set()
 
     def _take(self) -> Job | None:
@@ -340,18 +317,33 @@ class Service:
         job.changed()
         return job
 
-    def _run(self, pipe: Pipeline, job: Job) -> bool:
-        """Run the job to its end; False after a failure that may have broken the pipeline."""
-        outcome = run_job(pipe, job, self.manifest.model.name)
+    def _run(self, job: Job) -> bool:
+        """Run the job to its end; False once the service has failed."""
+        generation = 0
+        try:
+            with self._pipes.lease(job.loras) as (pipe, generation):
+                outcome = run_job(pipe, job, self.manifest.model.name)
+        except PipelineLost as lost:  # while it waited for the pipeline
+            outcome = Outcome(JobState.FAILED, f"the service failed: {lost}", {})
         assert job.started is not None
         with self._lock:
             self._running -= 1
             run_s = time.monotonic() - job.started
             self._mean_run_s += 0.2 * (run_s - self._mean_run_s)
-            if outcome.broken:  # unready before the job's client hears of the failure
-                self._cool_locked()
-            self._finish_locked(job, outcome.state, outcome.error, outcome.timings)
-        return not outcome.broken
+            if outcome.broken and self._state == "ready":  # before its client hears of it
+                self._state = "starting"
+                self.metrics.ready.set(0)
+            self._finish_locked(job, outcome.state, outcome.error, outcome.timings or None)
+        if not outcome.broken:
+            return self._state != "failed"
+        log.warning("the engines are loaded again after that failure")
+        try:
+            if self._pipes.replace(generation):
+                self._set_ready()
+        except PipelineLost as lost:
+            self._fail(str(lost))
+            return False
+        return True
 
     def _finish_locked(
         self,

@@ -191,6 +191,7 @@ async def _generate(
         sizes=_sizes(body),
         loras=request.app.state.loras.sources(body.loras or {}),
         control=v1_controls(body.control, body.guess_mode),
+        vae=body.vae,
     )
     if body.refiner is not None:
         if not wait:

@@ -56,7 +56,7 @@ def live_server(
     def make(folder: Path) -> Service:
         return Service(folder, workers=workers, queue_size=queue, history=history, loader=loader)
 
-    models = ModelSet([engine_dir, *more_models], make, workers, budget_bytes)
+    models = ModelSet([engine_dir, *more_models], make, budget_bytes)
     app = create_app(models, options or ServeOptions())
     # IPPROTO_TCP given explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it every response waits ~40 ms on the client's delayed ACK.

@@ -37,7 +37,9 @@ def test_the_debug_switch_shows_the_traceback_behind_the_line(tmp_path, monkeypa
     from sdtrt.cli import app
     from sdtrt.errors import DEBUG_ENV
 
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    # "0", not deleted: monkeypatch then restores the variable's absence at the end, though
+    # `--debug` below sets it in this process's environment.
+    monkeypatch.setenv(DEBUG_ENV, "0")
     (tmp_path / "manifest.json").write_text("{not json", encoding="utf-8")
     plain = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert plain.exit_code == 1 and len(plain.stderr.strip().splitlines()) == 1
