@@ -130,7 +130,7 @@ def test_two_workers_hold_one_copy_and_run_side_by_side(tiny_engine_dir: Path) -
     service.start()
     service.wait_ready(120)
     try:
-        slow = [service.submit(GenerationParams(prompt="a fox", steps=40, seed=s)) for s in (1, 2)]
+        slow = [service.submit(GenerationParams(prompt="a fox", steps=25, seed=s)) for s in (1, 2)]
         _eventually(lambda: all(job.state is JobState.RUNNING for job in slow))
         for job in slow:
             assert job.done.wait(120) and job.state is JobState.SUCCEEDED
