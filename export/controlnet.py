@@ -23,7 +23,7 @@ from sdtrt.engine.manifest import ControlNetInfo
 from sdtrt.engine.tensors import TensorSpec
 from sdtrt.errors import InputError, ModelSourceError, first_line
 from sdtrt.export.controlnet_file import convert_controlnet_file
-from sdtrt.export.sources import PartFolder, digest_files, open_part
+from sdtrt.export.sources import digest_files, open_part
 
 if TYPE_CHECKING:
     from sdtrt.export.specs.controlnet import ControlNetSpec
@@ -74,8 +74,8 @@ def _open(ref: str, model: Path, stack: ExitStack) -> ControlNetSource:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdtrt-cn-")))
         folder = scratch / file.stem
         convert_controlnet_file(file.resolve(), _unet_config(model), folder)
-        part = PartFolder(folder, file.stem, json.loads((folder / "config.json").read_text()))
-        return ControlNetSource(_folder_name(part.name), part.path, part.config, file.resolve())
+        config = json.loads((folder / "config.json").read_text())
+        return ControlNetSource(_folder_name(file.stem), folder, config, file.resolve())
     presets = {
         name: functools.partial(write_controlnet, preset)
         for name, preset in CONTROLNET_PRESETS.items()

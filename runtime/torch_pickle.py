@@ -43,8 +43,16 @@ def _rebuild_tensor(
     storage: tuple[np.ndarray, str], offset: int, size: tuple[int, ...], stride: tuple[int, ...],
     *_: Any,
 ) -> np.ndarray:  # fmt: skip
-    """torch._utils._rebuild_tensor_v2: a view of `storage`, copied out."""
+    """torch._utils._rebuild_tensor_v2: a view of `storage`, copied out. Its size and strides
+    are checked to stay inside the storage first: a view past its end would read memory the
+    file does not hold."""
     data, kind = storage
+    shape_ok = all(isinstance(n, int) and n >= 0 for n in (offset, *size, *stride))
+    if not shape_ok or len(size) != len(stride):
+        raise ValueError("a tensor with a malformed size or stride")
+    last = offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
+    if 0 not in size and last >= len(data):
+        raise ValueError("a tensor that reaches past its storage")
     item = data.itemsize
     view = np.lib.stride_tricks.as_strided(
         data[offset:], shape=size, strides=tuple(s * item for s in stride)

@@ -163,6 +163,27 @@ def test_pickled_embeddings_are_read_without_torch_when_allowed(tiny_engine_dir,
     assert np.array_equal(np.asarray(Image.open(output)), np.asarray(expected_png))
 
 
+def test_a_pickled_tensor_reaching_past_its_storage_is_refused(tiny_engine_dir, tmp_path):
+    """A view past the end of its storage would read the process's memory: the tensor's size
+    and strides are checked against its storage before it is read."""
+    import zipfile
+
+    path = tmp_path / "inkstyle.pt"
+    torch.save({"emb_params": torch.zeros(2, 32)}, path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    pickled = next(name for name in files if name.endswith("data.pkl"))
+    size = b"K\x02K\x20\x86"  # the pickled size (2, 32): two small ints, then a pair
+    assert files[pickled].count(size) == 1
+    files[pickled] = files[pickled].replace(size, b"M\x00\x10K\x20\x86")  # (4096, 32)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with Pipeline.load(tiny_engine_dir) as pipe:
+        with pytest.raises(InputError, match="a tensor that reaches past its storage"):
+            pipe.load_textual_inversion(path, allow_pickle=True)
+
+
 def test_run_takes_embeddings(tiny_engine_dir, files, tmp_path):
     output = tmp_path / "ink.png"
     result = sdtrt("run", tiny_engine_dir, PROMPT.format("inkstyle"), "--steps", 2,
