@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -287,12 +286,11 @@ def run(
         refined = None
         with ExitStack() as stack:
             pipe = stack.enter_context(Pipeline.load(directory))
-            embed = functools.partial(pipe.load_textual_inversion, allow_pickle=allow_pickle)
             second = None if refiner is None else stack.enter_context(Pipeline.load(refiner))
             if embeddings_dir is not None:
-                load_folder(embeddings_dir, embed, allow_pickle)
+                load_folder(embeddings_dir, pipe.load_textual_inversion, allow_pickle)
             for path in embedding or []:
-                embed(path)
+                pipe.load_textual_inversion(path, allow_pickle=allow_pickle)
             if loras:
                 with console.status("applying LoRAs"):
                     pipe.set_loras(loras)

@@ -38,7 +38,7 @@ def controlnet_config(path: Path, unet_config: dict[str, Any]) -> dict[str, Any]
             "convert the ControlNet to .safetensors"
         )
     try:
-        shapes = _shapes(path)
+        shapes = SafetensorsFile(path).shapes()
     except (OSError, ValueError) as error:
         raise ModelSourceError(f"cannot read {path.name}: {first_line(error)}") from error
     accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
@@ -47,11 +47,6 @@ def controlnet_config(path: Path, unet_config: dict[str, Any]) -> dict[str, Any]
     config["conditioning_embedding_out_channels"] = _hint_channels(path, shapes)
     config.update(_transformer_depths(shapes, config))
     return config
-
-
-def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    file = SafetensorsFile(path)
-    return {name: file.shape(name) for name in file.keys()}
 
 
 def _hint_channels(path: Path, shapes: dict[str, tuple[int, ...]]) -> list[int]:

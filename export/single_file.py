@@ -103,8 +103,7 @@ def is_single_file(path: Path) -> bool:
 def _shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, from the header alone for .safetensors."""
     if path.suffix.lower() in SAFETENSORS:
-        file = SafetensorsFile(path)
-        return {name: file.shape(name) for name in file.keys()}
+        return SafetensorsFile(path).shapes()
     if not allow_pickle:
         raise ModelSourceError(
             f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; "

@@ -132,11 +132,12 @@ def expand_prompt(prompt: str, words: dict[str, str]) -> str:
 
 
 def load_folder(
-    folder: str | Path, load: Callable[[Path], None], allow_pickle: bool = False
+    folder: str | Path, load: Callable[..., None], allow_pickle: bool = False
 ) -> list[str]:
-    """`load` each embedding file in `folder` and below, in name order, as the web UI loads its
-    embeddings folder: those the model cannot take (another family's, a word it has) are
-    skipped with a warning, as are pickles unless `allow_pickle`. The files loaded."""
+    """`load(path, allow_pickle=...)` (`Pipeline.load_textual_inversion`) each embedding file in
+    `folder` and below, in name order, as the web UI loads its embeddings folder: those the
+    model cannot take (another family's, a word it has) are skipped with a warning, as are
+    pickles unless `allow_pickle`. The files loaded."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(f"the embeddings folder {folder} is not a folder")
@@ -153,7 +154,7 @@ def load_folder(
     loaded = []
     for path in files:
         try:
-            load(path)
+            load(path, allow_pickle=allow_pickle)
         except InputError as error:
             log.warning("embedding %s skipped: %s", path.name, error)
         else:

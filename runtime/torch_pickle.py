@@ -11,6 +11,7 @@ read only when the user allows pickles (`--allow-pickle`) even so.
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -79,8 +80,6 @@ ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
 
 class _Unpickler(pickle.Unpickler):
     def __init__(self, archive: zipfile.ZipFile, root: str, data: bytes) -> None:
-        import io
-
         super().__init__(io.BytesIO(data))
         self.archive, self.root = archive, root
 

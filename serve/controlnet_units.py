@@ -102,7 +102,7 @@ def _a1111_hint(unit: Mapping[str, Any], index: int) -> Image.Image:
     module = unit.get("module") or "none"
     if not isinstance(module, str):
         raise InputError(f"ControlNet unit {index}: module must be a name, got {module!r}")
-    thresholds = tuple(
+    low, high = (
         None if unit.get(key, -1) == -1 else _number(unit, key, 0.0, index)
         for key in ("threshold_a", "threshold_b")
     )
@@ -112,7 +112,7 @@ def _a1111_hint(unit: Mapping[str, Any], index: int) -> Image.Image:
         return run_preprocessor(
             module.lower(),
             image,
-            (thresholds[0], thresholds[1]),
+            (low, high),
             _PROCESSOR_RESOLUTION if resolution == -1 else int(resolution),
         )
     except InputError as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -102,9 +101,8 @@ def embedding_loader(folder: Path, allow_pickle: bool = False) -> Callable[[Path
 
     def load(directory: Path) -> Pipeline:
         pipe = Pipeline.load(directory)
-        embed = functools.partial(pipe.load_textual_inversion, allow_pickle=allow_pickle)
         try:
-            load_folder(folder, embed, allow_pickle)
+            load_folder(folder, pipe.load_textual_inversion, allow_pickle)
         except BaseException:
             pipe.close()
             raise

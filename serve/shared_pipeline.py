@@ -57,7 +57,7 @@ class SharedPipeline:
         """The pipeline, and its generation, for one job with `loras`: shared with the jobs
         that want the same LoRAs, alone for one that will switch them."""
         with self._changed:
-            waiting = False
+            waiting = alone = False
             try:
                 while True:
                     self._check_locked()
@@ -68,7 +68,7 @@ class SharedPipeline:
                         if pipe.loras == loras and self._waiting_alone == int(waiting):
                             break
                         if pipe.loras != loras and self._users == 0:
-                            self._alone = True
+                            alone = self._alone = True
                             break
                     if pipe is not None and pipe.loras != loras and not waiting:
                         waiting = True
@@ -84,7 +84,8 @@ class SharedPipeline:
         finally:
             with self._changed:
                 self._users -= 1
-                self._alone = False
+                if alone:
+                    self._alone = False
                 self._changed.notify_all()
 
     def replace(self, generation: int) -> bool:

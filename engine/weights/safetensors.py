@@ -77,6 +77,10 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name].shape
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape by name, from the header alone."""
+        return {name: entry.shape for name, entry in self.entries.items()}
+
     def read(self, name: str) -> np.ndarray:
         """Tensor `name` as a numpy array; bfloat16 comes back as float32 (exactly)."""
         entry = self.entries[name]
